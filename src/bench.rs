@@ -1,0 +1,129 @@
+//! `ldviz bench`: times training steps of a fixed llama config (vocab 8192, hidden 256, 8 layers,
+//! 4 heads, intermediate 1024, untied, batch 8 × 64, AdamW, f32): the median of N steps after 3
+//! warm-ups, split into forward (incl. loss), backward and optimizer.
+
+use std::time::Instant;
+
+use anyhow::{Result, anyhow};
+use candle_core::{DType, Device, Tensor};
+use serde::Serialize;
+
+use crate::model::config::{LlamaConfig, ModelConfig};
+use crate::model::{Model, Tok};
+use crate::train::config::{OptimConfig, OptimKind};
+use crate::train::optim::Optimizer;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchResult {
+    pub step_ms: f64,
+    pub forward_ms: f64,
+    pub backward_ms: f64,
+    pub optimizer_ms: f64,
+    pub tokens_per_s: f64,
+    pub gflops: f64,
+    pub params: usize,
+}
+
+/// The benchmark's model shape.
+pub fn bench_config() -> LlamaConfig {
+    LlamaConfig {
+        vocab_size: 8192,
+        hidden_size: 256,
+        intermediate_size: 1024,
+        num_hidden_layers: 8,
+        num_attention_heads: 4,
+        num_key_value_heads: 4,
+        head_dim: 64,
+        rms_norm_eps: 1e-6,
+        rope_theta: 10000.0,
+        rope_llama3: None,
+        tie_word_embeddings: false,
+        attention_bias: false,
+        max_position_embeddings: 2048,
+    }
+}
+
+/// A tokenizer-free stand-in for models built in code (benchmarks): one token, id 0 = EOS.
+pub fn placeholder_tok() -> Result<Tok> {
+    use tokenizers::models::wordlevel::WordLevel;
+    let vocab = [("<eos>".to_string(), 0u32)].into_iter().collect();
+    let wl = WordLevel::builder()
+        .vocab(vocab)
+        .unk_token("<eos>".into())
+        .build()
+        .map_err(|e| anyhow!("placeholder tokenizer: {e}"))?;
+    Ok(Tok::from_tokenizer(tokenizers::Tokenizer::new(wl), 0))
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+pub fn train_step(steps: usize) -> Result<BenchResult> {
+    let c = bench_config();
+    let (b, t) = (8usize, 64usize);
+    let raw = serde_json::json!({"model_type": "llama"});
+    let model = Model::random(
+        ModelConfig::Llama(c.clone()),
+        raw,
+        placeholder_tok()?,
+        0.02,
+        0,
+        &Device::Cpu,
+    )?;
+    let ids: Vec<u32> = (0..b * t)
+        .map(|i| ((i * 7919 + 13) % c.vocab_size) as u32)
+        .collect();
+    let ids = Tensor::from_vec(ids, (b, t), &Device::Cpu)?;
+    let targets = ids.narrow(1, 1, t - 1)?.flatten_all()?;
+    let mut opt = Optimizer::new(OptimConfig::new(OptimKind::Adamw, 1e-4), model.params.len());
+    let (mut f, mut bw, mut o) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..steps + 3 {
+        let t0 = Instant::now();
+        let logits = model.forward(&ids)?;
+        let v = logits.dim(2)?;
+        let logits = logits.narrow(1, 0, t - 1)?.reshape(((t - 1) * b, v))?;
+        let lse = logits.log_sum_exp(1)?;
+        let picked = logits.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?;
+        let loss = (lse - picked)?.mean_all()?;
+        let _ = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
+        let t1 = Instant::now();
+        let grads = loss.backward()?;
+        let g: Vec<Option<Tensor>> = model
+            .params
+            .vars()
+            .iter()
+            .map(|v| grads.get(v.as_tensor()).cloned())
+            .collect();
+        let t2 = Instant::now();
+        opt.step(model.params.vars(), &g, 1e-4)?;
+        let t3 = Instant::now();
+        if i >= 3 {
+            f.push((t1 - t0).as_secs_f64() * 1e3);
+            bw.push((t2 - t1).as_secs_f64() * 1e3);
+            o.push((t3 - t2).as_secs_f64() * 1e3);
+        }
+    }
+    let mut total: Vec<f64> = (0..f.len()).map(|i| f[i] + bw[i] + o[i]).collect();
+    let step_ms = median(&mut total);
+    let params = model.n_params();
+    let tokens = (b * t) as f64;
+    // 6 × params × tokens, plus attention (QKᵀ and PV: 2·2·T·T·hidden per layer per sequence, ×3 for fwd+bwd)
+    let attn = 3.0
+        * 4.0
+        * (b as f64)
+        * (t as f64).powi(2)
+        * c.hidden_size as f64
+        * c.num_hidden_layers as f64;
+    let flops = 6.0 * params as f64 * tokens + attn;
+    Ok(BenchResult {
+        step_ms,
+        forward_ms: median(&mut f),
+        backward_ms: median(&mut bw),
+        optimizer_ms: median(&mut o),
+        tokens_per_s: tokens * 1e3 / step_ms,
+        gflops: flops / (step_ms * 1e6),
+        params,
+    })
+}

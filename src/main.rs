@@ -1,0 +1,449 @@
+//! The `ldviz` command line: train, logprob, inspect, export, bench. Every failure is one line
+//! on stderr and a non-zero exit code.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use ldviz::data::{DataFormat, ProbeCount};
+use ldviz::probe::Lengths;
+use ldviz::run::Event;
+use ldviz::train::{Algo, Duration, OptimConfig, OptimKind, TrainConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "ldviz",
+    version,
+    about = "Watch an LLM learn: record how SFT/DPO move the log-probs of many kinds of responses"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Finetune a model and record the learning dynamics into a run file.
+    Train(TrainArgs),
+    /// Print the summed log-prob of chosen and rejected for every record, one JSON object per line.
+    Logprob(LogprobArgs),
+    /// Summarize a run file: per family, the mean over probes at the first and last evaluation.
+    Inspect {
+        run: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export a run's data.
+    Export {
+        run: PathBuf,
+        /// Long CSV step,examples,probe,family,logp (metrics go to FILE-stem.metrics.csv).
+        #[arg(long)]
+        csv: Option<PathBuf>,
+    },
+    /// Time training steps on a fixed llama config (median of 10 after 3 warm-ups).
+    Bench(BenchArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum AlgoArg {
+    Sft,
+    Dpo,
+    Ipo,
+    Hinge,
+    Robust,
+    Simpo,
+    Extended,
+    SftThenDpo,
+}
+
+impl From<AlgoArg> for Algo {
+    fn from(a: AlgoArg) -> Algo {
+        match a {
+            AlgoArg::Sft => Algo::Sft,
+            AlgoArg::Dpo => Algo::Dpo,
+            AlgoArg::Ipo => Algo::Ipo,
+            AlgoArg::Hinge => Algo::Hinge,
+            AlgoArg::Robust => Algo::Robust,
+            AlgoArg::Simpo => Algo::Simpo,
+            AlgoArg::Extended => Algo::Extended,
+            AlgoArg::SftThenDpo => Algo::SftThenDpo,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum OptArg {
+    Sgd,
+    Adamw,
+    Rmsprop,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FormatArg {
+    Auto,
+    Probe,
+    Standard,
+    Implicit,
+    Conversational,
+    Hh,
+}
+
+impl FormatArg {
+    fn get(self) -> Option<DataFormat> {
+        match self {
+            FormatArg::Auto => None,
+            FormatArg::Probe => Some(DataFormat::Probe),
+            FormatArg::Standard => Some(DataFormat::Standard),
+            FormatArg::Implicit => Some(DataFormat::Implicit),
+            FormatArg::Conversational => Some(DataFormat::Conversational),
+            FormatArg::Hh => Some(DataFormat::Hh),
+        }
+    }
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Hugging Face model folder, or "default" for the embedded model.
+    #[arg(long, default_value = "default")]
+    model: String,
+    /// Preference data file (.jsonl, .json, .jsonl.gz), or "default" for the demo dataset.
+    #[arg(long, default_value = "default")]
+    data: String,
+    /// Held-out records (for irr_test and random_nonhum).
+    #[arg(long)]
+    test_data: Option<String>,
+    /// Hold out this fraction of the data file (its last records) as test records.
+    #[arg(long, default_value_t = 0.0)]
+    test_fraction: f64,
+    #[arg(long, value_enum, default_value = "auto")]
+    format: FormatArg,
+    /// Objective; sft-then-dpo (the default) is SFT on chosen, then DPO from that model.
+    #[arg(long, value_enum, default_value = "sft-then-dpo")]
+    algo: AlgoArg,
+    #[arg(long, value_enum, default_value = "adamw")]
+    optimizer: OptArg,
+    /// Learning rate [default: 1e-4 for SFT, 1e-5 for preference losses].
+    #[arg(long)]
+    lr: Option<f64>,
+    /// SGD / RMSprop momentum.
+    #[arg(long, default_value_t = 0.0)]
+    momentum: f64,
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    /// Linear warm-up steps: lr·min(1, (s+1)/(warmup+1)).
+    #[arg(long, default_value_t = 0)]
+    warmup: usize,
+    /// Clip the global gradient norm.
+    #[arg(long)]
+    max_grad_norm: Option<f64>,
+    #[arg(long, default_value_t = 0.1)]
+    beta: f64,
+    /// SimPO's target margin.
+    #[arg(long, default_value_t = 0.5)]
+    gamma: f64,
+    /// Robust DPO's label smoothing ε.
+    #[arg(long, default_value_t = 0.1)]
+    label_smoothing: f64,
+    #[arg(long, default_value_t = 4)]
+    batch_size: usize,
+    /// Optimizer steps (of the DPO phase for extended / sft-then-dpo).
+    #[arg(long, conflicts_with = "epochs")]
+    steps: Option<usize>,
+    /// Epochs over the training records [default: 1].
+    #[arg(long)]
+    epochs: Option<f64>,
+    /// Steps of the SFT phase of extended / sft-then-dpo [default: as the DPO phase].
+    #[arg(long, conflicts_with = "sft_epochs")]
+    sft_steps: Option<usize>,
+    #[arg(long)]
+    sft_epochs: Option<f64>,
+    /// Learning rate of the SFT phase [default: 1e-4, or --lr].
+    #[arg(long)]
+    sft_lr: Option<f64>,
+    /// Evaluate the probes every N training examples (and at step 0 and at the end).
+    #[arg(long, default_value_t = 16)]
+    eval_every: usize,
+    /// Number of probes: the first N records, or "all".
+    #[arg(long, default_value = "32")]
+    probes: String,
+    /// Visit records in file order (batches of B, wrapping) instead of shuffling each epoch.
+    #[arg(long)]
+    no_shuffle: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 256)]
+    max_prompt_len: usize,
+    #[arg(long, default_value_t = 512)]
+    max_len: usize,
+    /// Top next tokens recorded per position of chosen and rejected.
+    #[arg(long, default_value_t = 5)]
+    top_k: usize,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+    /// Run file to write.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(Args)]
+struct LogprobArgs {
+    #[arg(long, default_value = "default")]
+    model: String,
+    #[arg(long, default_value = "default")]
+    data: String,
+    #[arg(long, value_enum, default_value = "auto")]
+    format: FormatArg,
+    /// Also print each response's tokens with their log-probs.
+    #[arg(long)]
+    tokens: bool,
+    #[arg(long, default_value_t = 256)]
+    max_prompt_len: usize,
+    #[arg(long, default_value_t = 512)]
+    max_len: usize,
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Timed steps (median reported).
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+}
+
+fn main() -> ExitCode {
+    ldviz::perf::init();
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        None => {
+            eprintln!(
+                "ldviz: the desktop app is not part of this build yet; see `ldviz --help` for the commands"
+            );
+            Ok(())
+        }
+        Some(Cmd::Train(a)) => train(a),
+        Some(Cmd::Logprob(a)) => logprob(a),
+        Some(Cmd::Inspect { run, json }) => inspect(&run, json),
+        Some(Cmd::Export { run, csv }) => export(&run, csv),
+        Some(Cmd::Bench(a)) => bench(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
+    let algo: Algo = a.algo.into();
+    let kind = match a.optimizer {
+        OptArg::Sgd => OptimKind::Sgd,
+        OptArg::Adamw => OptimKind::Adamw,
+        OptArg::Rmsprop => OptimKind::Rmsprop,
+    };
+    let default_lr = if algo == Algo::Sft { 1e-4 } else { 1e-5 };
+    let lr = a.lr.unwrap_or(default_lr);
+    for (name, v) in [("--lr", Some(lr)), ("--sft-lr", a.sft_lr)] {
+        if let Some(v) = v
+            && !(v > 0.0 && v.is_finite())
+        {
+            bail!("{name} must be a positive number, got {v}");
+        }
+    }
+    let optim = |lr: f64| {
+        let mut o = OptimConfig::new(kind, lr);
+        o.momentum = a.momentum;
+        o.weight_decay = a.weight_decay;
+        o.warmup = a.warmup;
+        o.max_grad_norm = a.max_grad_norm;
+        o
+    };
+    let main_dur = match (a.steps, a.epochs) {
+        (Some(s), _) => Duration::Steps(s),
+        (None, Some(e)) => Duration::Epochs(e),
+        (None, None) => Duration::Epochs(1.0),
+    };
+    if let Duration::Epochs(e) = main_dur
+        && !(e > 0.0 && e.is_finite())
+    {
+        bail!("--epochs must be a positive number");
+    }
+    let sft_dur = match (a.sft_steps, a.sft_epochs) {
+        (Some(s), _) => Duration::Steps(s),
+        (None, Some(e)) => Duration::Epochs(e),
+        (None, None) => main_dur,
+    };
+    let sft_lr = a.sft_lr.or(a.lr).unwrap_or(1e-4);
+    let probes: ProbeCount = a
+        .probes
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--probes: {e}"))?;
+    if !(0.0..1.0).contains(&a.test_fraction) {
+        bail!("--test-fraction must be in [0, 1)");
+    }
+    if a.max_prompt_len == 0 || a.max_len <= a.max_prompt_len {
+        bail!("--max-len must be larger than --max-prompt-len (and both positive)");
+    }
+    Ok(TrainConfig {
+        model: a.model.clone(),
+        data: a.data.clone(),
+        test_data: a.test_data.clone(),
+        format: a.format.get(),
+        test_fraction: a.test_fraction,
+        algo,
+        phases: TrainConfig::phases_for(algo, (main_dur, optim(lr)), (sft_dur, optim(sft_lr))),
+        beta: a.beta,
+        gamma: a.gamma,
+        label_smoothing: a.label_smoothing,
+        batch_size: a.batch_size,
+        seed: a.seed,
+        shuffle: !a.no_shuffle,
+        eval_every: a.eval_every,
+        probes,
+        lengths: Lengths {
+            max_prompt: a.max_prompt_len,
+            max_total: a.max_len,
+        },
+        top_k: a.top_k,
+    })
+}
+
+fn train(a: TrainArgs) -> Result<()> {
+    let cfg = train_config(&a)?;
+    let handle = ldviz::train::spawn(cfg, Some(a.out.clone()));
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let mut last_loss = f64::NAN;
+    let mut end = None;
+    for ev in handle.events.iter() {
+        match &ev {
+            Event::Header(h) => {
+                let total: usize = h.phases.iter().map(|p| p.steps).sum();
+                if !a.quiet {
+                    let pb = indicatif::ProgressBar::new(total as u64);
+                    pb.set_style(
+                        indicatif::ProgressStyle::with_template(
+                            "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  {per_sec}  ETA {eta}  {msg}",
+                        )
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                    );
+                    bar = Some(pb);
+                }
+            }
+            Event::Step(s) => {
+                if let Some(l) = s.metrics.get("loss") {
+                    last_loss = *l;
+                }
+                if let Some(pb) = &bar {
+                    pb.set_position(s.step as u64);
+                    pb.set_message(format!("{}  loss {:.4}", s.phase, last_loss));
+                }
+            }
+            Event::End {
+                reason,
+                step,
+                message,
+            } => end = Some((*reason, *step, message.clone())),
+            _ => {}
+        }
+    }
+    if let Some(pb) = &bar {
+        pb.finish_and_clear();
+    }
+    let result = handle.join();
+    if let Some((reason, step, _)) = end
+        && !a.quiet
+    {
+        eprintln!(
+            "{}: {:?} after {step} steps (last loss {last_loss:.4})",
+            a.out.display(),
+            reason
+        );
+    }
+    result
+}
+
+fn logprob(a: LogprobArgs) -> Result<()> {
+    use ldviz::probe::{Batch, Seq, logprob::token_logps};
+    let dir = ldviz::train::trainer::resolve_model(&a.model)?;
+    let model = ldviz::model::Model::load(&dir, &candle_core::Device::Cpu)?;
+    let chat =
+        ldviz::data::ChatTemplate::from_tokenizer_config(&dir.join("tokenizer_config.json"))?;
+    let ds = ldviz::data::load_dataset(
+        &ldviz::train::trainer::resolve_data(&a.data)?,
+        a.format.get(),
+        chat.as_ref(),
+    )?;
+    let lim = Lengths {
+        max_prompt: a.max_prompt_len,
+        max_total: a.max_len,
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for r in &ds.records {
+        let ctx = || format!("{}:{}", ds.path.display(), r.line);
+        let c = Seq::encode(&model.tok, &r.prompt, &r.chosen, lim).with_context(ctx)?;
+        let j = Seq::encode(&model.tok, &r.prompt, &r.rejected, lim).with_context(ctx)?;
+        let batch = Batch::new(&[&c, &j], &model.device).with_context(ctx)?;
+        let logits = model.forward_eval(&batch.ids)?;
+        let (per_tok, summed) = token_logps(&logits, &batch)?;
+        let summed: Vec<f32> = summed.to_vec1()?;
+        let mut obj =
+            serde_json::json!({"index": r.index, "chosen": summed[0], "rejected": summed[1]});
+        if a.tokens {
+            let rows: Vec<Vec<f32>> = per_tok.to_vec2()?;
+            let toks = |row: usize, s: &Seq| -> Vec<serde_json::Value> {
+                let (start, n) = batch.spans[row];
+                (0..n)
+                    .map(|m| {
+                        serde_json::json!({"id": s.response[m], "text": model.tok.token_text(s.response[m]), "logp": rows[row][start + m]})
+                    })
+                    .collect()
+            };
+            obj["tokens"] = serde_json::json!({"prompt": c.prompt, "chosen": toks(0, &c), "rejected": toks(1, &j)});
+        }
+        writeln!(out, "{obj}").context("stdout")?;
+    }
+    Ok(())
+}
+
+fn inspect(path: &std::path::Path, json: bool) -> Result<()> {
+    let run = ldviz::run::read_run(path)?;
+    let s = ldviz::run::summary::summarize(&run);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        print!("{}", ldviz::run::summary::render_text(&run, &s));
+    }
+    Ok(())
+}
+
+fn export(path: &std::path::Path, csv: Option<PathBuf>) -> Result<()> {
+    let Some(csv) = csv else {
+        bail!("nothing to export: pass --csv FILE")
+    };
+    let run = ldviz::run::read_run(path)?;
+    let m = ldviz::export::csv::write_csv(&run, &csv)?;
+    eprintln!("wrote {} and {}", csv.display(), m.display());
+    Ok(())
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    let r = ldviz::bench::train_step(a.steps.max(1))?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "llama 8x256 (vocab 8192), batch 8x64, AdamW, f32: step {:.1} ms (forward {:.1}, backward {:.1}, optimizer {:.1}), {:.0} tokens/s, {:.1} GFLOP/s",
+            r.step_ms, r.forward_ms, r.backward_ms, r.optimizer_ms, r.tokens_per_s, r.gflops
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,279 @@
+//! The trainable language model: our own differentiable transformer on candle (llama, qwen2,
+//! gpt_neox, gpt2), loaded from a local Hugging Face folder (config.json, safetensors,
+//! tokenizer.json) and saved back to safetensors.
+//!
+//! Two forward paths: [`Model::forward`] builds the backprop graph (training), and
+//! [`Model::forward_eval`] runs on detached weights so no graph is ever built (probes,
+//! generation). No module here depends on the GUI.
+
+pub mod config;
+pub mod gpt2;
+pub mod gpt_neox;
+pub mod layers;
+pub mod llama;
+pub mod tokenizer;
+pub mod weights;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use candle_core::{DType, Device, Tensor, Var};
+use sha2::{Digest, Sha256};
+
+pub use config::{Arch, ModelConfig};
+pub use tokenizer::Tok;
+pub use weights::Params;
+
+/// Weight access for one forward pass: with `grad`, the Vars themselves (tracked); without,
+/// detached views (no graph).
+pub struct Weights<'a> {
+    params: &'a Params,
+    grad: bool,
+}
+
+impl Weights<'_> {
+    pub fn get(&self, name: &str) -> candle_core::Result<Tensor> {
+        let v = self
+            .params
+            .get(name)
+            .ok_or_else(|| candle_core::Error::Msg(format!("weight \"{name}\" is missing")))?;
+        Ok(if self.grad {
+            v.as_tensor().clone()
+        } else {
+            v.as_tensor().detach()
+        })
+    }
+}
+
+/// A loaded (or freshly initialised) model with its tokenizer.
+pub struct Model {
+    pub config: ModelConfig,
+    pub params: Params,
+    pub tok: Tok,
+    pub device: Device,
+    /// The folder it was loaded from, if any.
+    pub dir: Option<PathBuf>,
+    /// sha256 over config, tokenizer, and the weights as loaded (see [`Model::fingerprint`]).
+    pub fingerprint: String,
+    /// config.json as read (written back by [`Model::save`]).
+    pub raw_config: serde_json::Value,
+}
+
+impl Model {
+    /// Loads a Hugging Face model folder onto `device` in f32.
+    pub fn load(dir: &Path, device: &Device) -> Result<Model> {
+        if !dir.is_dir() {
+            bail!(
+                "{}: not a folder (expected a Hugging Face model folder)",
+                dir.display()
+            );
+        }
+        let cfg_path = dir.join("config.json");
+        if !cfg_path.exists() {
+            bail!(
+                "{}: no config.json (a model folder needs config.json, *.safetensors and tokenizer.json)",
+                dir.display()
+            );
+        }
+        let text = std::fs::read_to_string(&cfg_path)
+            .with_context(|| format!("{}: cannot read", cfg_path.display()))?;
+        let raw: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not valid JSON", cfg_path.display()))?;
+        let config = ModelConfig::from_value(&raw, &cfg_path.display().to_string())?;
+        let tok = Tok::load(dir, &raw)?;
+        if tok.vocab_size() > config.vocab_size() {
+            bail!(
+                "{}: the tokenizer has {} tokens but config.json's vocab_size is {}: this tokenizer does not belong to this model",
+                dir.display(),
+                tok.vocab_size(),
+                config.vocab_size()
+            );
+        }
+        if tok.eos_id as usize >= config.vocab_size() {
+            bail!(
+                "{}: EOS id {} is outside the model's vocab_size {}",
+                dir.display(),
+                tok.eos_id,
+                config.vocab_size()
+            );
+        }
+        let files = weights::checkpoint_files(dir)?;
+        let tensors = weights::read_tensors(&files, device)?;
+        let params = weights::params_from_tensors(
+            tensors,
+            &param_shapes(&config),
+            &dir.display().to_string(),
+        )?;
+        let mut model = Model {
+            config,
+            params,
+            tok,
+            device: device.clone(),
+            dir: Some(dir.to_path_buf()),
+            fingerprint: String::new(),
+            raw_config: raw,
+        };
+        model.fingerprint = model.compute_fingerprint()?;
+        Ok(model)
+    }
+
+    /// A new model with random weights (std `init_std` normal for matrices and embeddings, ones
+    /// for norm scales, zeros for biases), seeded.
+    pub fn random(
+        config: ModelConfig,
+        raw_config: serde_json::Value,
+        tok: Tok,
+        init_std: f64,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Model> {
+        use rand::{SeedableRng, rngs::StdRng};
+        use rand_distr::{Distribution, Normal};
+        let mut rng = StdRng::seed_from_u64(seed);
+        let normal =
+            Normal::new(0.0f64, init_std).map_err(|e| anyhow!("init_std {init_std}: {e}"))?;
+        let mut entries = Vec::new();
+        for (name, shape) in param_shapes(&config) {
+            let n: usize = shape.iter().product();
+            let is_norm = name.contains("norm") || name.contains("ln_");
+            let data: Vec<f32> = if name.ends_with(".bias") {
+                vec![0.0; n]
+            } else if is_norm {
+                vec![1.0; n]
+            } else {
+                (0..n).map(|_| normal.sample(&mut rng) as f32).collect()
+            };
+            let t = Tensor::from_vec(data, shape.as_slice(), device)?;
+            entries.push((name, Var::from_tensor(&t)?));
+        }
+        let mut model = Model {
+            config,
+            params: Params::new(entries),
+            tok,
+            device: device.clone(),
+            dir: None,
+            fingerprint: String::new(),
+            raw_config,
+        };
+        model.fingerprint = model.compute_fingerprint()?;
+        Ok(model)
+    }
+
+    pub fn arch(&self) -> Arch {
+        self.config.arch()
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.config.vocab_size()
+    }
+
+    pub fn eos_id(&self) -> u32 {
+        self.tok.eos_id
+    }
+
+    /// Logits [B, T, V] with the backprop graph (training).
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        self.run(ids, true)
+    }
+
+    /// Logits [B, T, V] on detached weights: no backprop graph is built.
+    pub fn forward_eval(&self, ids: &Tensor) -> Result<Tensor> {
+        self.run(ids, false)
+    }
+
+    fn run(&self, ids: &Tensor, grad: bool) -> Result<Tensor> {
+        let (_, t) = ids.dims2()?;
+        if t > self.config.max_positions() && self.arch() == Arch::Gpt2 {
+            bail!(
+                "sequence of {t} tokens is longer than the model's {} positions",
+                self.config.max_positions()
+            );
+        }
+        let w = Weights {
+            params: &self.params,
+            grad,
+        };
+        let logits = match &self.config {
+            ModelConfig::Llama(c) | ModelConfig::Qwen2(c) => llama::forward(c, &w, ids)?,
+            ModelConfig::GptNeox(c) => gpt_neox::forward(c, &w, ids)?,
+            ModelConfig::Gpt2(c) => gpt2::forward(c, &w, ids)?,
+        };
+        Ok(logits)
+    }
+
+    /// Copies of all weights (e.g. to restore or to diff later).
+    pub fn snapshot(&self) -> Result<Vec<Tensor>> {
+        self.params
+            .vars()
+            .iter()
+            .map(|v| v.as_tensor().copy().map_err(Into::into))
+            .collect()
+    }
+
+    /// Sets all weights from a snapshot taken with [`Model::snapshot`].
+    pub fn restore(&self, snap: &[Tensor]) -> Result<()> {
+        if snap.len() != self.params.len() {
+            bail!(
+                "snapshot has {} tensors, model has {}",
+                snap.len(),
+                self.params.len()
+            );
+        }
+        for (v, t) in self.params.vars().iter().zip(snap) {
+            v.set(t)?;
+        }
+        Ok(())
+    }
+
+    /// Writes config.json, model.safetensors and tokenizer.json into `dir`.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create", dir.display()))?;
+        let cfg = serde_json::to_string_pretty(&self.raw_config)?;
+        std::fs::write(dir.join("config.json"), cfg)
+            .with_context(|| format!("{}: cannot write config.json", dir.display()))?;
+        weights::save(&self.params, &dir.join("model.safetensors"))?;
+        self.tok
+            .inner()
+            .save(dir.join("tokenizer.json"), false)
+            .map_err(|e| anyhow!("{}: cannot write tokenizer.json: {e}", dir.display()))?;
+        if let Some(src) = &self.dir {
+            let tc = src.join("tokenizer_config.json");
+            if tc.exists() && src != dir {
+                std::fs::copy(&tc, dir.join("tokenizer_config.json"))
+                    .with_context(|| format!("{}: cannot copy", tc.display()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// sha256 (hex, first 16 chars) over config.json, the tokenizer vocabulary size and every
+    /// weight's bytes.
+    pub fn compute_fingerprint(&self) -> Result<String> {
+        let mut h = Sha256::new();
+        h.update(self.raw_config.to_string().as_bytes());
+        h.update((self.tok.vocab_size() as u64).to_le_bytes());
+        for (name, v) in self.params.names().iter().zip(self.params.vars()) {
+            h.update(name.as_bytes());
+            let t = v.as_tensor().to_dtype(DType::F32)?.flatten_all()?;
+            for x in t.to_vec1::<f32>()? {
+                h.update(x.to_le_bytes());
+            }
+        }
+        let d = h.finalize();
+        Ok(d.iter().take(8).map(|b| format!("{b:02x}")).collect())
+    }
+
+    pub fn n_params(&self) -> usize {
+        self.params.numel()
+    }
+}
+
+/// The weight list of an architecture: names (HF) and shapes.
+pub fn param_shapes(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    match config {
+        ModelConfig::Llama(c) | ModelConfig::Qwen2(c) => llama::param_shapes(c),
+        ModelConfig::GptNeox(c) => gpt_neox::param_shapes(c),
+        ModelConfig::Gpt2(c) => gpt2::param_shapes(c),
+    }
+}

@@ -1,0 +1,104 @@
+//! The model's `tokenizer.json` (tokenizers crate, offline) and the EOS id ldviz appends.
+
+use std::path::Path;
+
+use anyhow::{Result, anyhow};
+use serde_json::Value;
+
+/// A Hugging Face tokenizer plus the id of the end-of-sequence token.
+#[derive(Clone)]
+pub struct Tok {
+    inner: tokenizers::Tokenizer,
+    pub eos_id: u32,
+}
+
+impl Tok {
+    /// Loads `tokenizer.json` from a model folder. The EOS id comes from config.json's
+    /// `eos_token_id` (an integer or a list: the first), else tokenizer_config.json's
+    /// `eos_token`, else a token named `<|endoftext|>`, `</s>` or `<eos>`.
+    pub fn load(dir: &Path, config: &Value) -> Result<Tok> {
+        let path = dir.join("tokenizer.json");
+        if !path.exists() {
+            return Err(anyhow!(
+                "{}: no tokenizer.json (a model folder needs config.json, *.safetensors and tokenizer.json)",
+                dir.display()
+            ));
+        }
+        let inner = tokenizers::Tokenizer::from_file(&path)
+            .map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", path.display()))?;
+        let from_config = match config.get("eos_token_id") {
+            Some(Value::Number(n)) => n.as_u64().map(|x| x as u32),
+            Some(Value::Array(a)) => a.first().and_then(Value::as_u64).map(|x| x as u32),
+            _ => None,
+        };
+        let from_tok_config = || -> Option<u32> {
+            let text = std::fs::read_to_string(dir.join("tokenizer_config.json")).ok()?;
+            let v: Value = serde_json::from_str(&text).ok()?;
+            let eos = v.get("eos_token")?;
+            let s = eos.as_str().map(str::to_string).or_else(|| {
+                eos.get("content")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })?;
+            inner.token_to_id(&s)
+        };
+        let eos_id = from_config
+            .or_else(from_tok_config)
+            .or_else(|| {
+                ["<|endoftext|>", "</s>", "<eos>", "<|im_end|>"]
+                    .iter()
+                    .find_map(|t| inner.token_to_id(t))
+            })
+            .ok_or_else(|| {
+                anyhow!(
+                    "{}: cannot tell the EOS token: config.json has no eos_token_id and the tokenizer has no <|endoftext|>, </s> or <eos>",
+                    dir.display()
+                )
+            })?;
+        Ok(Tok { inner, eos_id })
+    }
+
+    pub fn from_tokenizer(inner: tokenizers::Tokenizer, eos_id: u32) -> Tok {
+        Tok { inner, eos_id }
+    }
+
+    pub fn inner(&self) -> &tokenizers::Tokenizer {
+        &self.inner
+    }
+
+    /// Number of ids the tokenizer can produce (added tokens included).
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Token ids of `text`, without special tokens (ldviz tokenizes prompt and response
+    /// separately and appends EOS itself).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| anyhow!("tokenizer failed on {:?}: {e}", truncate(text, 40)))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Readable text of one token (decoded, so byte-level "Ġ" shows as a space).
+    pub fn token_text(&self, id: u32) -> String {
+        match self.inner.decode(&[id], false) {
+            Ok(s) if !s.is_empty() => s,
+            _ => self
+                .inner
+                .id_to_token(id)
+                .unwrap_or_else(|| format!("<{id}>")),
+        }
+    }
+
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| anyhow!("tokenizer cannot decode: {e}"))
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}

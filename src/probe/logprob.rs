@@ -1,0 +1,226 @@
+//! Batched sequence scoring: the summed log-prob of a response given its prompt (EOS appended,
+//! tokenized separately), per-token log-probs, and, on the evaluation path, per-position
+//! entropy, top-k next tokens and the teacher-forced greedy response y*.
+//!
+//! Layout: sequences are right-padded to the longest; logits at position t predict token t+1,
+//! so targets are the ids shifted left and a 0/1 mask selects the response positions. With a
+//! causal mask, padded rows score exactly as unpadded ones.
+
+use anyhow::{Result, bail};
+use candle_core::{D, DType, Device, Tensor};
+
+use crate::model::{Model, Tok};
+
+/// A tokenized (prompt, response) pair; `response` ends with the EOS id.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Seq {
+    pub prompt: Vec<u32>,
+    pub response: Vec<u32>,
+}
+
+/// Limits on sequence length (in tokens).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Lengths {
+    /// Longest prompt; longer prompts keep their last tokens.
+    pub max_prompt: usize,
+    /// Longest prompt + response; longer responses are cut at the end (their EOS then falls off).
+    pub max_total: usize,
+}
+
+impl Default for Lengths {
+    fn default() -> Self {
+        Lengths {
+            max_prompt: 256,
+            max_total: 512,
+        }
+    }
+}
+
+impl Seq {
+    /// Tokenizes prompt and response separately (no special tokens) and appends EOS.
+    pub fn encode(tok: &Tok, prompt: &str, response: &str, lim: Lengths) -> Result<Seq> {
+        let mut p = tok.encode(prompt)?;
+        let mut r = tok.encode(response)?;
+        r.push(tok.eos_id);
+        if p.len() > lim.max_prompt {
+            p.drain(..p.len() - lim.max_prompt);
+        }
+        let room = lim.max_total.saturating_sub(p.len()).max(1);
+        r.truncate(room);
+        Ok(Seq {
+            prompt: p,
+            response: r,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.prompt.len() + self.response.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Padded ids, shifted targets and the response mask for a list of sequences.
+pub struct Batch {
+    pub ids: Tensor,
+    pub targets: Tensor,
+    pub mask: Tensor,
+    /// (first response position in the *logit* index, number of response tokens) per row.
+    pub spans: Vec<(usize, usize)>,
+    pub t: usize,
+}
+
+impl Batch {
+    pub fn new(seqs: &[&Seq], device: &Device) -> Result<Batch> {
+        if seqs.is_empty() {
+            bail!("empty batch");
+        }
+        let t = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
+        let b = seqs.len();
+        let mut ids = vec![0u32; b * t];
+        let mut targets = vec![0u32; b * t];
+        let mut mask = vec![0f32; b * t];
+        let mut spans = Vec::with_capacity(b);
+        for (i, s) in seqs.iter().enumerate() {
+            if s.prompt.is_empty() {
+                bail!(
+                    "a prompt tokenized to zero tokens: there is nothing to condition the first response token on"
+                );
+            }
+            let row = &mut ids[i * t..(i + 1) * t];
+            row[..s.prompt.len()].copy_from_slice(&s.prompt);
+            row[s.prompt.len()..s.len()].copy_from_slice(&s.response);
+            // logits at position p predict token p+1
+            for p in 0..s.len() - 1 {
+                targets[i * t + p] = row[p + 1];
+            }
+            let start = s.prompt.len() - 1;
+            for p in start..start + s.response.len() {
+                mask[i * t + p] = 1.0;
+            }
+            spans.push((start, s.response.len()));
+        }
+        Ok(Batch {
+            ids: Tensor::from_vec(ids, (b, t), device)?,
+            targets: Tensor::from_vec(targets, (b, t), device)?,
+            mask: Tensor::from_vec(mask, (b, t), device)?,
+            spans,
+            t,
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Number of response tokens per row (for per-token means).
+    pub fn response_lens(&self) -> Vec<usize> {
+        self.spans.iter().map(|s| s.1).collect()
+    }
+}
+
+/// Per-position log-prob of each target [B, T] (masked to response positions) and the summed
+/// log-prob per row [B]. Differentiable when `logits` carries a graph.
+pub fn token_logps(logits: &Tensor, batch: &Batch) -> Result<(Tensor, Tensor)> {
+    let logits = if logits.dtype() == DType::F32 {
+        logits.clone()
+    } else {
+        logits.to_dtype(DType::F32)?
+    };
+    let picked = logits.gather(&batch.targets.unsqueeze(2)?, 2)?.squeeze(2)?;
+    let lse = logits.log_sum_exp(D::Minus1)?;
+    let per_tok = ((picked - lse)? * &batch.mask)?;
+    let summed = per_tok.sum(1)?;
+    Ok((per_tok, summed))
+}
+
+/// Summed response log-probs of `seqs` under `model`, without a graph, in chunks of `chunk` rows.
+pub fn score(model: &Model, seqs: &[Seq], chunk: usize) -> Result<Vec<f64>> {
+    let mut out = Vec::with_capacity(seqs.len());
+    for part in seqs.chunks(chunk.max(1)) {
+        let refs: Vec<&Seq> = part.iter().collect();
+        let batch = Batch::new(&refs, &model.device)?;
+        let logits = model.forward_eval(&batch.ids)?;
+        let (_, summed) = token_logps(&logits, &batch)?;
+        out.extend(summed.to_vec1::<f32>()?.into_iter().map(f64::from));
+    }
+    Ok(out)
+}
+
+/// Per-token details of one response at every position: log-prob of the actual token, entropy
+/// of the next-token distribution, and its top-k tokens.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TokenTrace {
+    pub logp: Vec<f32>,
+    pub entropy: Vec<f32>,
+    /// top-k (token id, log-prob) per position, most likely first.
+    pub top: Vec<Vec<(u32, f32)>>,
+}
+
+/// The teacher-forced greedy response along a row: argmax token and its log-prob per position.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Greedy {
+    pub ids: Vec<u32>,
+    pub logp: Vec<f32>,
+}
+
+impl Greedy {
+    pub fn sum(&self) -> f64 {
+        self.logp.iter().map(|&x| f64::from(x)).sum()
+    }
+}
+
+/// Reads the response positions of row `row` out of detached logits [B, T, V] and computes the
+/// token trace (with top-`k`) and the greedy response.
+pub fn trace_row(
+    logits: &Tensor,
+    batch: &Batch,
+    row: usize,
+    seq: &Seq,
+    k: usize,
+) -> Result<(TokenTrace, Greedy)> {
+    let (start, n) = batch.spans[row];
+    let rows = logits
+        .get(row)?
+        .narrow(0, start, n)?
+        .to_dtype(DType::F32)?
+        .to_vec2::<f32>()?;
+    let mut tr = TokenTrace::default();
+    let mut g = Greedy::default();
+    for (m, z) in rows.iter().enumerate() {
+        let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = z.iter().map(|&x| f64::from(x - max).exp()).sum();
+        let lse = f64::from(max) + sum.ln();
+        let mut ent = 0f64;
+        for &x in z {
+            let lp = f64::from(x) - lse;
+            ent -= lp.exp() * lp;
+        }
+        let target = seq.response[m] as usize;
+        tr.logp.push((f64::from(z[target]) - lse) as f32);
+        tr.entropy.push(ent as f32);
+        let mut idx: Vec<usize> = (0..z.len()).collect();
+        let kk = k.min(z.len());
+        if kk > 0 {
+            idx.select_nth_unstable_by(kk - 1, |&a, &b| z[b].total_cmp(&z[a]));
+            idx.truncate(kk);
+            idx.sort_by(|&a, &b| z[b].total_cmp(&z[a]));
+        }
+        tr.top.push(
+            idx.iter()
+                .map(|&i| (i as u32, (f64::from(z[i]) - lse) as f32))
+                .collect(),
+        );
+        let am = z
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .map(|(i, _)| i)
+            .unwrap_or(0);
+        g.ids.push(am as u32);
+        g.logp.push((f64::from(max) - lse) as f32);
+    }
+    Ok((tr, g))
+}

@@ -1,0 +1,166 @@
+//! The events a run produces, which are also the records of a run file (one JSON object per
+//! line, tagged by "type"). See RUNFILE.md for the documented format.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::{DataFormat, Family};
+use crate::probe::ProbeTrace;
+use crate::train::config::{Algo, TrainConfig};
+
+/// Format name and version written in every header.
+pub const FORMAT: &str = "ldviz-run";
+pub const VERSION: u32 = 1;
+
+/// The conventions a run was recorded with (so readers never have to guess).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Conventions {
+    pub tokenization: String,
+    pub eos_appended: bool,
+    pub sequence_logp: String,
+    pub sft_loss: String,
+    pub reference: String,
+    pub evaluation: String,
+    pub argmax: String,
+    pub step: String,
+}
+
+impl Default for Conventions {
+    fn default() -> Self {
+        Conventions {
+            tokenization: "prompt and response tokenized separately without special tokens, then concatenated".into(),
+            eos_appended: true,
+            sequence_logp: "sum over response tokens and the appended EOS of log pi(token | prefix), natural log".into(),
+            sft_loss: "batch mean of the summed negative log-likelihood".into(),
+            reference: "the phase's starting weights, frozen; reference log-probs of all training pairs computed once when the phase starts".into(),
+            evaluation: "probes scored before the first update (step 0), every eval_every examples, and after the last step, without a backprop graph".into(),
+            argmax: "y*: teacher-forced greedy response along the chosen response, sum over positions of max_v log pi(v | x, y+_<m)".into(),
+            step: "number of optimizer updates applied before the record".into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    pub path: String,
+    pub arch: String,
+    pub fingerprint: String,
+    pub n_params: usize,
+    pub vocab_size: usize,
+    pub eos_id: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DataInfo {
+    pub path: String,
+    pub format: DataFormat,
+    pub fingerprint: String,
+    pub n_records: usize,
+    pub n_train: usize,
+    pub n_test: usize,
+    pub test_path: Option<String>,
+}
+
+/// A probe as recorded: its texts, and token ids of the chosen and rejected responses (EOS
+/// included), which the per-token traces index.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProbeInfo {
+    pub index: usize,
+    pub prompt: String,
+    pub responses: BTreeMap<Family, String>,
+    pub tokens: BTreeMap<Family, Vec<u32>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PhasePlan {
+    pub name: String,
+    pub algo: Algo,
+    pub steps: usize,
+}
+
+/// The first record of every run file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunHeader {
+    pub format: String,
+    pub version: u32,
+    pub ldviz_version: String,
+    /// Seconds since the Unix epoch when the run started.
+    pub created_unix: u64,
+    pub config: TrainConfig,
+    pub conventions: Conventions,
+    pub model: ModelInfo,
+    pub data: DataInfo,
+    pub families: Vec<Family>,
+    pub probes: Vec<ProbeInfo>,
+    pub phases: Vec<PhasePlan>,
+    pub batch_size: usize,
+    /// Training records per epoch.
+    pub examples_per_epoch: usize,
+}
+
+/// One optimizer update.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StepRecord {
+    /// Updates applied so far, this one included (1 = after the first update).
+    pub step: usize,
+    pub examples: usize,
+    pub epoch: f64,
+    pub phase: String,
+    /// Record indices of the batch, in file order numbering.
+    pub batch: Vec<usize>,
+    /// TRL's names: loss, logps/chosen, logps/rejected, rewards/chosen, rewards/rejected,
+    /// rewards/margins, rewards/accuracies, grad_norm, learning_rate.
+    pub metrics: BTreeMap<String, f64>,
+    pub wall_ms: f64,
+}
+
+/// One probe evaluation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EvalRecord {
+    pub step: usize,
+    pub examples: usize,
+    pub epoch: f64,
+    pub phase: String,
+    /// Summed log-prob per family, one value per probe (header order).
+    pub logps: BTreeMap<Family, Vec<f64>>,
+    /// Per-token traces of chosen, rejected and argmax, one per probe (header order).
+    pub tokens: Vec<ProbeTrace>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndReason {
+    Completed,
+    Stopped,
+    Error,
+}
+
+/// Everything a trainer reports, in order. Each is one line of the run file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    Header(Box<RunHeader>),
+    /// Text of token ids first seen in this run (for top-k and argmax displays).
+    Vocab {
+        tokens: BTreeMap<u32, String>,
+    },
+    Phase {
+        name: String,
+        algo: Algo,
+        step: usize,
+        examples: usize,
+    },
+    Step(StepRecord),
+    Eval(Box<EvalRecord>),
+    /// Paused / running (live only; also recorded).
+    State {
+        paused: bool,
+        step: usize,
+    },
+    End {
+        reason: EndReason,
+        step: usize,
+        message: Option<String>,
+    },
+}

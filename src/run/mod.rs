@@ -1,0 +1,12 @@
+//! Run files: the versioned, append-only JSON Lines record of a run (header, then one record per
+//! event), its writer, its reader (tolerant of a cut last line) and the `inspect` summary.
+//! The format is documented in RUNFILE.md.
+
+pub mod event;
+pub mod reader;
+pub mod summary;
+pub mod writer;
+
+pub use event::{EndReason, EvalRecord, Event, RunHeader, StepRecord};
+pub use reader::{Run, read_run};
+pub use writer::Writer;

@@ -1,0 +1,152 @@
+//! `ldviz inspect`: the header summary and, per family, the mean over probes at the first and
+//! last evaluation and its min and max (overall and per phase).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::reader::Run;
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct FamilyStats {
+    pub first: f64,
+    pub last: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PhaseSummary {
+    pub name: String,
+    pub algo: String,
+    pub first_step: usize,
+    pub last_step: usize,
+    pub families: BTreeMap<String, FamilyStats>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Summary {
+    pub steps: usize,
+    pub evaluations: usize,
+    pub probes: usize,
+    pub families: BTreeMap<String, FamilyStats>,
+    pub phases: Vec<PhaseSummary>,
+    pub end: Option<String>,
+    pub truncated: bool,
+}
+
+fn stats(series: &[(usize, f64)], lo: usize, hi: usize) -> Option<FamilyStats> {
+    let v: Vec<f64> = series
+        .iter()
+        .filter(|(s, _)| *s >= lo && *s <= hi)
+        .map(|p| p.1)
+        .collect();
+    let (first, last) = (*v.first()?, *v.last()?);
+    Some(FamilyStats {
+        first,
+        last,
+        min: v.iter().copied().fold(f64::INFINITY, f64::min),
+        max: v.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+    })
+}
+
+fn families(run: &Run, lo: usize, hi: usize) -> BTreeMap<String, FamilyStats> {
+    let mut out = BTreeMap::new();
+    for f in &run.header.families {
+        if let Some(s) = stats(&run.family_means(*f), lo, hi) {
+            out.insert(f.key().to_string(), s);
+        }
+    }
+    out
+}
+
+pub fn summarize(run: &Run) -> Summary {
+    let last = run.last_step();
+    let mut phases = Vec::new();
+    for (i, p) in run.phases.iter().enumerate() {
+        let end = run.phases.get(i + 1).map(|n| n.step).unwrap_or(last);
+        phases.push(PhaseSummary {
+            name: p.name.clone(),
+            algo: p.algo.key().to_string(),
+            first_step: p.step,
+            last_step: end,
+            families: families(run, p.step, end),
+        });
+    }
+    Summary {
+        steps: last,
+        evaluations: run.evals.len(),
+        probes: run.header.probes.len(),
+        families: families(run, 0, usize::MAX),
+        phases,
+        end: run.end.as_ref().map(|(r, s, m)| {
+            let r = serde_json::to_value(r)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            match m {
+                Some(m) => format!("{r} at step {s}: {m}"),
+                None => format!("{r} at step {s}"),
+            }
+        }),
+        truncated: run.truncated,
+    }
+}
+
+/// A human-readable rendering of the summary.
+pub fn render_text(run: &Run, s: &Summary) -> String {
+    let h = &run.header;
+    let mut out = String::new();
+    out.push_str(&format!(
+        "run: {} on {} ({}, {} params, fingerprint {})\n",
+        h.config.algo, h.model.path, h.model.arch, h.model.n_params, h.model.fingerprint
+    ));
+    out.push_str(&format!(
+        "data: {} ({:?}, {} train / {} test records, fingerprint {})\n",
+        h.data.path, h.data.format, h.data.n_train, h.data.n_test, h.data.fingerprint
+    ));
+    out.push_str(&format!(
+        "steps: {}  evaluations: {}  probes: {}  batch: {}{}\n",
+        s.steps,
+        s.evaluations,
+        s.probes,
+        h.batch_size,
+        if s.truncated {
+            "  (last record was cut and skipped)"
+        } else {
+            ""
+        }
+    ));
+    if let Some(e) = &s.end {
+        out.push_str(&format!("end: {e}\n"));
+    }
+    let table = |fams: &BTreeMap<String, FamilyStats>, out: &mut String| {
+        out.push_str(&format!(
+            "  {:<20} {:>10} {:>10} {:>10} {:>10} {:>10}\n",
+            "family", "first", "last", "delta", "min", "max"
+        ));
+        for f in &h.families {
+            if let Some(st) = fams.get(f.key()) {
+                out.push_str(&format!(
+                    "  {:<20} {:>10.3} {:>10.3} {:>+10.3} {:>10.3} {:>10.3}\n",
+                    f.key(),
+                    st.first,
+                    st.last,
+                    st.last - st.first,
+                    st.min,
+                    st.max
+                ));
+            }
+        }
+    };
+    out.push_str("mean summed log-prob over probes:\n");
+    table(&s.families, &mut out);
+    for p in &s.phases {
+        out.push_str(&format!(
+            "phase {} ({}), steps {}..{}:\n",
+            p.name, p.algo, p.first_step, p.last_step
+        ));
+        table(&p.families, &mut out);
+    }
+    out
+}

@@ -1,0 +1,228 @@
+//! [`TrainConfig`]: everything that defines a run. It is written verbatim into the run file's
+//! header, so a run can be reproduced from its file.
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::{DataFormat, ProbeCount};
+use crate::probe::Lengths;
+
+/// Training objective.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Algo {
+    /// NLL of the chosen response (batch mean of summed NLL).
+    Sft,
+    /// DPO, sigmoid loss: −log σ(βΔ).
+    Dpo,
+    /// IPO: (r̄⁺ − r̄⁻ − 1/(2β))², per-token mean log-probs.
+    Ipo,
+    /// SLiC hinge: relu(1 − βΔ).
+    Hinge,
+    /// Robust DPO / cDPO with label smoothing ε.
+    Robust,
+    /// SimPO (reference-free): −log σ(β(mean⁺ − mean⁻) − γ).
+    Simpo,
+    /// SFT on chosen AND rejected, then DPO with that SFT result as the reference (two phases).
+    Extended,
+    /// SFT on chosen, then DPO from it (two phases; the demo the app's Start button runs).
+    SftThenDpo,
+    /// SFT on chosen and rejected responses alike (the first phase of `extended`).
+    SftBoth,
+}
+
+impl Algo {
+    pub const CLI: [Algo; 8] = [
+        Algo::Sft,
+        Algo::Dpo,
+        Algo::Ipo,
+        Algo::Hinge,
+        Algo::Robust,
+        Algo::Simpo,
+        Algo::Extended,
+        Algo::SftThenDpo,
+    ];
+
+    pub fn key(self) -> &'static str {
+        match self {
+            Algo::Sft => "sft",
+            Algo::Dpo => "dpo",
+            Algo::Ipo => "ipo",
+            Algo::Hinge => "hinge",
+            Algo::Robust => "robust",
+            Algo::Simpo => "simpo",
+            Algo::Extended => "extended",
+            Algo::SftThenDpo => "sft_then_dpo",
+            Algo::SftBoth => "sft_both",
+        }
+    }
+
+    pub fn from_key(s: &str) -> Option<Algo> {
+        [Algo::SftBoth]
+            .iter()
+            .chain(Algo::CLI.iter())
+            .copied()
+            .find(|a| a.key() == s)
+    }
+
+    /// Whether the loss needs reference log-probs of the training pairs.
+    pub fn needs_reference(self) -> bool {
+        matches!(self, Algo::Dpo | Algo::Ipo | Algo::Hinge | Algo::Robust)
+    }
+
+    /// Whether the loss is an SFT loss (no rejected term).
+    pub fn is_sft(self) -> bool {
+        matches!(self, Algo::Sft | Algo::SftBoth)
+    }
+}
+
+impl std::fmt::Display for Algo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.key())
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimKind {
+    Sgd,
+    Adamw,
+    Rmsprop,
+}
+
+impl OptimKind {
+    pub fn key(self) -> &'static str {
+        match self {
+            OptimKind::Sgd => "sgd",
+            OptimKind::Adamw => "adamw",
+            OptimKind::Rmsprop => "rmsprop",
+        }
+    }
+}
+
+/// How long a phase trains.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Duration {
+    Steps(usize),
+    Epochs(f64),
+}
+
+impl Duration {
+    /// Number of optimizer steps for `n_train` records in batches of `batch`.
+    pub fn steps(self, n_train: usize, batch: usize) -> usize {
+        match self {
+            Duration::Steps(s) => s,
+            Duration::Epochs(e) => ((e * n_train as f64) / batch.max(1) as f64).ceil() as usize,
+        }
+    }
+}
+
+/// Optimizer hyperparameters.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OptimConfig {
+    pub kind: OptimKind,
+    pub lr: f64,
+    /// SGD momentum (0 = plain SGD) or RMSprop momentum.
+    pub momentum: f64,
+    pub weight_decay: f64,
+    /// Linear warm-up: the lr of update s (0-based) is lr·min(1, (s+1)/(warmup+1)), as the
+    /// authors' code does.
+    pub warmup: usize,
+    /// Clip the global gradient L2 norm to this value (None = no clipping).
+    pub max_grad_norm: Option<f64>,
+    pub adam_betas: (f64, f64),
+    /// RMSprop smoothing constant α.
+    pub rms_alpha: f64,
+    pub eps: f64,
+}
+
+impl OptimConfig {
+    pub fn new(kind: OptimKind, lr: f64) -> Self {
+        OptimConfig {
+            kind,
+            lr,
+            momentum: 0.0,
+            weight_decay: 0.0,
+            warmup: 0,
+            max_grad_norm: None,
+            adam_betas: (0.9, 0.999),
+            rms_alpha: 0.99,
+            eps: 1e-8,
+        }
+    }
+
+    /// The learning rate of update `s` (0-based within its phase).
+    pub fn lr_at(&self, s: usize) -> f64 {
+        if self.warmup == 0 {
+            self.lr
+        } else {
+            self.lr * ((s + 1) as f64 / (self.warmup + 1) as f64).min(1.0)
+        }
+    }
+}
+
+/// One training phase: an objective trained for a number of steps.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PhaseConfig {
+    pub name: String,
+    pub algo: Algo,
+    pub duration: Duration,
+    pub optim: OptimConfig,
+}
+
+/// The full definition of a run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Model folder (or "default").
+    pub model: String,
+    /// Training data file (or "default").
+    pub data: String,
+    /// Held-out data file for irr_test / random_nonhum.
+    pub test_data: Option<String>,
+    pub format: Option<DataFormat>,
+    /// Fraction of the data file held out as test records (when no test file is given).
+    pub test_fraction: f64,
+    /// The algorithm as asked for (phases are derived from it).
+    pub algo: Algo,
+    pub phases: Vec<PhaseConfig>,
+    pub beta: f64,
+    /// SimPO's target margin γ.
+    pub gamma: f64,
+    /// Robust DPO's label smoothing ε.
+    pub label_smoothing: f64,
+    pub batch_size: usize,
+    pub seed: u64,
+    pub shuffle: bool,
+    /// Evaluate probes every this many training examples (and at t = 0 and at the end).
+    pub eval_every: usize,
+    pub probes: ProbeCount,
+    pub lengths: Lengths,
+    /// Number of top next tokens recorded per position.
+    pub top_k: usize,
+}
+
+impl TrainConfig {
+    /// The phases for `algo`: one phase, or SFT then DPO for `extended` / `sft_then_dpo`
+    /// (`sft` gives the first phase's duration and optimizer).
+    pub fn phases_for(
+        algo: Algo,
+        main: (Duration, OptimConfig),
+        sft: (Duration, OptimConfig),
+    ) -> Vec<PhaseConfig> {
+        let phase =
+            |name: &str, algo: Algo, (duration, optim): (Duration, OptimConfig)| PhaseConfig {
+                name: name.to_string(),
+                algo,
+                duration,
+                optim,
+            };
+        match algo {
+            Algo::Extended => vec![
+                phase("sft_both", Algo::SftBoth, sft),
+                phase("dpo", Algo::Dpo, main),
+            ],
+            Algo::SftThenDpo => vec![phase("sft", Algo::Sft, sft), phase("dpo", Algo::Dpo, main)],
+            a => vec![phase(a.key(), a, main)],
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! Losses of the SFT and DPO families (TRL's definitions, see ANCHORS.md), on summed response
+//! log-probs, plus the per-step metrics under TRL's names.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use candle_core::Tensor;
+
+use super::config::Algo;
+
+/// Hyperparameters of the preference losses.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LossParams {
+    pub beta: f64,
+    pub gamma: f64,
+    pub label_smoothing: f64,
+}
+
+/// log σ(x) = −(relu(−x) + log(1 + e^(−|x|))), stable and differentiable.
+pub fn log_sigmoid(x: &Tensor) -> Result<Tensor> {
+    let sp = (x.neg()?.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
+    Ok(sp.neg()?)
+}
+
+fn mean(v: &[f32]) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.iter().map(|&x| f64::from(x)).sum::<f64>() / v.len() as f64
+}
+
+/// Inputs of one batch: policy and reference summed log-probs [B] and response lengths [B]
+/// (tokens incl. EOS), for chosen and (except for SFT) rejected.
+pub struct LossInputs<'a> {
+    pub policy_chosen: &'a Tensor,
+    pub policy_rejected: Option<&'a Tensor>,
+    pub ref_chosen: Option<&'a Tensor>,
+    pub ref_rejected: Option<&'a Tensor>,
+    pub len_chosen: &'a Tensor,
+    pub len_rejected: Option<&'a Tensor>,
+}
+
+/// The loss (a scalar with graph) and the step's metrics (TRL names; learning_rate and
+/// grad_norm are added by the trainer).
+pub fn compute(
+    algo: Algo,
+    p: LossParams,
+    x: &LossInputs,
+) -> Result<(Tensor, BTreeMap<String, f64>)> {
+    let mut m = BTreeMap::new();
+    let pc = x.policy_chosen;
+    m.insert(
+        "logps/chosen".to_string(),
+        mean(&pc.detach().to_vec1::<f32>()?),
+    );
+    if let Some(pr) = x.policy_rejected {
+        m.insert(
+            "logps/rejected".to_string(),
+            mean(&pr.detach().to_vec1::<f32>()?),
+        );
+    }
+    let need = |t: Option<&Tensor>, what: &str| -> Result<Tensor> {
+        t.cloned()
+            .ok_or_else(|| anyhow::anyhow!("{algo} needs {what}"))
+    };
+    let loss = match algo {
+        Algo::Sft => pc.neg()?.mean_all()?,
+        Algo::SftBoth => {
+            let pr = need(x.policy_rejected, "rejected log-probs")?;
+            Tensor::cat(&[pc, &pr], 0)?.neg()?.mean_all()?
+        }
+        Algo::Dpo | Algo::Hinge | Algo::Robust | Algo::Ipo => {
+            let pr = need(x.policy_rejected, "rejected log-probs")?;
+            let rc = need(x.ref_chosen, "reference log-probs")?;
+            let rr = need(x.ref_rejected, "reference log-probs")?;
+            let (pc, pr, rc, rr) = if algo == Algo::Ipo {
+                let lc = x.len_chosen;
+                let lr = need(x.len_rejected, "rejected lengths")?;
+                (pc.div(lc)?, pr.div(&lr)?, rc.div(lc)?, rr.div(&lr)?)
+            } else {
+                (pc.clone(), pr, rc, rr)
+            };
+            let r_c = (&pc - &rc)?;
+            let r_r = (&pr - &rr)?;
+            let delta = (&r_c - &r_r)?;
+            let b = p.beta;
+            let loss = match algo {
+                Algo::Dpo => log_sigmoid(&(&delta * b)?)?.neg()?.mean_all()?,
+                Algo::Hinge => ((&delta * -b)? + 1.0)?.relu()?.mean_all()?,
+                Algo::Robust => {
+                    let e = p.label_smoothing;
+                    let a = (log_sigmoid(&(&delta * b)?)? * -(1.0 - e))?;
+                    let c = (log_sigmoid(&(&delta * -b)?)? * e)?;
+                    ((a + c)? / (1.0 - 2.0 * e))?.mean_all()?
+                }
+                _ => (delta - 1.0 / (2.0 * b))?.sqr()?.mean_all()?,
+            };
+            rewards(&mut m, &(r_c * b)?, &(r_r * b)?)?;
+            loss
+        }
+        Algo::Simpo => {
+            let pr = need(x.policy_rejected, "rejected log-probs")?;
+            let lr = need(x.len_rejected, "rejected lengths")?;
+            let mc = pc.div(x.len_chosen)?;
+            let mr = pr.div(&lr)?;
+            let z = (((&mc - &mr)? * p.beta)? - p.gamma)?;
+            let loss = log_sigmoid(&z)?.neg()?.mean_all()?;
+            rewards(&mut m, &(mc * p.beta)?, &(mr * p.beta)?)?;
+            loss
+        }
+        Algo::Extended | Algo::SftThenDpo => {
+            anyhow::bail!("{algo} is a sequence of phases, not a loss")
+        }
+    };
+    m.insert(
+        "loss".to_string(),
+        f64::from(loss.detach().to_scalar::<f32>()?),
+    );
+    Ok((loss, m))
+}
+
+fn rewards(m: &mut BTreeMap<String, f64>, rc: &Tensor, rr: &Tensor) -> Result<()> {
+    let c: Vec<f32> = rc.detach().to_vec1()?;
+    let r: Vec<f32> = rr.detach().to_vec1()?;
+    let margins: Vec<f32> = c.iter().zip(&r).map(|(a, b)| a - b).collect();
+    let acc: Vec<f32> = margins
+        .iter()
+        .map(|&x| if x > 0.0 { 1.0 } else { 0.0 })
+        .collect();
+    m.insert("rewards/chosen".to_string(), mean(&c));
+    m.insert("rewards/rejected".to_string(), mean(&r));
+    m.insert("rewards/margins".to_string(), mean(&margins));
+    m.insert("rewards/accuracies".to_string(), mean(&acc));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn log_sigmoid_matches_formula_and_is_stable() {
+        let x = Tensor::new(&[-50f32, -2.0, 0.0, 3.0, 80.0], &Device::Cpu).unwrap();
+        let y: Vec<f32> = log_sigmoid(&x).unwrap().to_vec1().unwrap();
+        for (xi, yi) in [-50f64, -2.0, 0.0, 3.0, 80.0].iter().zip(y) {
+            let want = -(1.0 + (-xi).exp()).ln();
+            assert!((f64::from(yi) - want).abs() < 1e-5, "{xi}: {yi} vs {want}");
+        }
+    }
+
+    #[test]
+    fn dpo_loss_and_metrics_by_hand() {
+        let d = Device::Cpu;
+        let t = |v: &[f32]| Tensor::new(v, &d).unwrap();
+        let (pc, pr, rc, rr, l) = (
+            t(&[-10.0, -8.0]),
+            t(&[-12.0, -7.0]),
+            t(&[-11.0, -8.5]),
+            t(&[-11.0, -6.0]),
+            t(&[3.0, 4.0]),
+        );
+        let x = LossInputs {
+            policy_chosen: &pc,
+            policy_rejected: Some(&pr),
+            ref_chosen: Some(&rc),
+            ref_rejected: Some(&rr),
+            len_chosen: &l,
+            len_rejected: Some(&l),
+        };
+        let p = LossParams {
+            beta: 0.5,
+            gamma: 0.5,
+            label_smoothing: 0.2,
+        };
+        // Δ = (1 − (−1)) = 2 and (0.5 − (−1)) = 1.5
+        let deltas = [2.0f64, 1.5];
+        let ls = |z: f64| -(1.0 + (-z).exp()).ln();
+        let (loss, m) = compute(Algo::Dpo, p, &x).unwrap();
+        let want = deltas.iter().map(|d| -ls(0.5 * d)).sum::<f64>() / 2.0;
+        assert!((f64::from(loss.to_scalar::<f32>().unwrap()) - want).abs() < 1e-6);
+        assert!((m["rewards/chosen"] - 0.5 * (1.0 + 0.5) / 2.0).abs() < 1e-6);
+        assert!((m["rewards/rejected"] - 0.5 * (-1.0 - 1.0) / 2.0).abs() < 1e-6);
+        assert_eq!(m["rewards/accuracies"], 1.0);
+        let (loss, _) = compute(Algo::Hinge, p, &x).unwrap();
+        let want = deltas.iter().map(|d| (1.0 - 0.5 * d).max(0.0)).sum::<f64>() / 2.0;
+        assert!((f64::from(loss.to_scalar::<f32>().unwrap()) - want).abs() < 1e-6);
+        let (loss, _) = compute(Algo::Robust, p, &x).unwrap();
+        let want = deltas
+            .iter()
+            .map(|d| (-(0.8) * ls(0.5 * d) + 0.2 * ls(-0.5 * d)) / 0.6)
+            .sum::<f64>()
+            / 2.0;
+        assert!((f64::from(loss.to_scalar::<f32>().unwrap()) - want).abs() < 1e-6);
+        let (loss, _) = compute(Algo::Ipo, p, &x).unwrap();
+        let h = [2.0f64 / 3.0, 1.5 / 4.0];
+        let want = h.iter().map(|h| (h - 1.0).powi(2)).sum::<f64>() / 2.0;
+        assert!((f64::from(loss.to_scalar::<f32>().unwrap()) - want).abs() < 1e-6);
+        let (loss, _) = compute(Algo::Simpo, p, &x).unwrap();
+        let z = [
+            0.5 * (-10.0 / 3.0 + 12.0 / 3.0) - 0.5,
+            0.5 * (-8.0 / 4.0 + 7.0 / 4.0) - 0.5,
+        ];
+        let want = z.iter().map(|z| -ls(*z)).sum::<f64>() / 2.0;
+        assert!((f64::from(loss.to_scalar::<f32>().unwrap()) - want).abs() < 1e-6);
+        let (loss, m) = compute(Algo::Sft, p, &x).unwrap();
+        assert!((f64::from(loss.to_scalar::<f32>().unwrap()) - 9.0).abs() < 1e-6);
+        assert!((m["logps/chosen"] + 9.0).abs() < 1e-6);
+    }
+}

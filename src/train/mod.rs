@@ -1,0 +1,10 @@
+//! Training: configuration, losses (SFT and the DPO family), optimizers, and the trainer loop
+//! that runs on its own thread and reports through Events.
+
+pub mod config;
+pub mod loss;
+pub mod optim;
+pub mod trainer;
+
+pub use config::{Algo, Duration, OptimConfig, OptimKind, PhaseConfig, TrainConfig};
+pub use trainer::{Command, TrainerHandle, spawn};

@@ -1,0 +1,615 @@
+//! The training loop on its own thread. It loads the model and data, records the header, then
+//! trains phase by phase, evaluating probes at t = 0, every `eval_every` examples, at every phase
+//! boundary and at the end. Each [`Event`] is appended to the run file (when one is given) and
+//! sent over a crossbeam channel; [`Command`]s (pause, resume, step once, stop) are obeyed
+//! between updates. The CLI and the app both drive training through [`spawn`].
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, anyhow, bail};
+use candle_core::{Device, Tensor};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use rand::seq::SliceRandom;
+use rand::{SeedableRng, rngs::StdRng};
+
+use super::config::{Algo, TrainConfig};
+use super::loss::{self, LossInputs, LossParams};
+use super::optim::{self, Optimizer};
+use crate::data::{self, ChatTemplate, Family, PreferenceRecord, ProbeSet};
+use crate::model::Model;
+use crate::probe::{Batch, Evaluation, ProbeRunner, Seq, logprob};
+use crate::run::Writer;
+use crate::run::event::{
+    Conventions, DataInfo, EndReason, EvalRecord, Event, FORMAT, ModelInfo, PhasePlan, ProbeInfo,
+    RunHeader, StepRecord, VERSION,
+};
+
+/// Instructions to a running trainer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Command {
+    Pause,
+    Resume,
+    /// While paused: apply exactly one update, then stay paused.
+    Step,
+    Stop,
+}
+
+/// A trainer running on its own thread.
+pub struct TrainerHandle {
+    pub events: Receiver<Event>,
+    pub commands: Sender<Command>,
+    join: std::thread::JoinHandle<Result<()>>,
+}
+
+impl TrainerHandle {
+    /// Waits for the thread; its error (bad input, NaN loss, …) comes back here.
+    pub fn join(self) -> Result<()> {
+        self.join
+            .join()
+            .map_err(|_| anyhow!("the trainer thread panicked"))?
+    }
+}
+
+/// Starts training `cfg` on a new thread; events are also appended to `out` when given.
+pub fn spawn(cfg: TrainConfig, out: Option<PathBuf>) -> TrainerHandle {
+    let (etx, erx) = crossbeam_channel::unbounded();
+    let (ctx, crx) = crossbeam_channel::unbounded();
+    let join = std::thread::Builder::new()
+        .name("ldviz-trainer".into())
+        .spawn(move || {
+            crate::perf::init_thread();
+            let session = Session::prepare(&cfg)?;
+            session.run(out.as_deref(), &etx, &crx)
+        });
+    let join = match join {
+        Ok(j) => j,
+        Err(e) => {
+            let msg = format!("cannot start the trainer thread: {e}");
+            std::thread::spawn(move || Err(anyhow!(msg)))
+        }
+    };
+    TrainerHandle {
+        events: erx,
+        commands: ctx,
+        join,
+    }
+}
+
+/// A training pair, tokenized.
+struct Pair {
+    index: usize,
+    chosen: Seq,
+    rejected: Seq,
+}
+
+/// Everything loaded and tokenized, ready to train.
+pub struct Session {
+    pub cfg: TrainConfig,
+    pub model: Model,
+    pub probe_set: ProbeSet,
+    pub header: RunHeader,
+    pairs: Vec<Pair>,
+    runner: ProbeRunner,
+}
+
+/// Resolves the model argument ("default" = the embedded default model).
+pub fn resolve_model(arg: &str) -> Result<PathBuf> {
+    if arg == "default" {
+        return crate::assets::default_model_dir();
+    }
+    Ok(PathBuf::from(arg))
+}
+
+/// Resolves the data argument ("default" = the embedded demo dataset).
+pub fn resolve_data(arg: &str) -> Result<PathBuf> {
+    if arg == "default" {
+        return crate::assets::default_data_file();
+    }
+    Ok(PathBuf::from(arg))
+}
+
+/// Loads the records of the training file (and test file, or the held-out fraction).
+pub fn load_records(
+    cfg: &TrainConfig,
+    model_dir: &Path,
+) -> Result<(data::Dataset, Vec<PreferenceRecord>, Vec<PreferenceRecord>)> {
+    let chat = ChatTemplate::from_tokenizer_config(&model_dir.join("tokenizer_config.json"))?;
+    let ds = data::load_dataset(&resolve_data(&cfg.data)?, cfg.format, chat.as_ref())?;
+    let (train, test) = match &cfg.test_data {
+        Some(t) => {
+            let tds = data::load_dataset(Path::new(t), cfg.format, chat.as_ref())?;
+            (ds.records.clone(), tds.records)
+        }
+        None => data::split_test(ds.records.clone(), cfg.test_fraction)?,
+    };
+    Ok((ds, train, test))
+}
+
+impl Session {
+    pub fn prepare(cfg: &TrainConfig) -> Result<Session> {
+        if cfg.batch_size == 0 {
+            bail!("--batch-size must be at least 1");
+        }
+        if cfg.eval_every == 0 {
+            bail!("--eval-every must be at least 1");
+        }
+        if !(cfg.beta > 0.0 && cfg.beta.is_finite()) {
+            bail!("--beta must be a positive number");
+        }
+        if !(0.0..0.5).contains(&cfg.label_smoothing) {
+            bail!("--label-smoothing must be in [0, 0.5)");
+        }
+        let model_dir = resolve_model(&cfg.model)?;
+        let model = Model::load(&model_dir, &Device::Cpu)?;
+        let (ds, train, test) = load_records(cfg, &model_dir)?;
+        let probe_set = data::build_probe_set(&train, &test, cfg.probes, cfg.seed)?;
+        let lim = cfg.lengths;
+        let pairs = train
+            .iter()
+            .map(|r| {
+                Ok(Pair {
+                    index: r.index,
+                    chosen: Seq::encode(&model.tok, &r.prompt, &r.chosen, lim)
+                        .with_context(|| format!("{}:{}: chosen", ds.path.display(), r.line))?,
+                    rejected: Seq::encode(&model.tok, &r.prompt, &r.rejected, lim)
+                        .with_context(|| format!("{}:{}: rejected", ds.path.display(), r.line))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for p in &pairs {
+            if p.chosen.prompt.is_empty() {
+                bail!(
+                    "{}: record {} has a prompt that tokenizes to nothing",
+                    ds.path.display(),
+                    p.index
+                );
+            }
+        }
+        let runner = ProbeRunner::new(&model, &probe_set, lim, cfg.top_k)?;
+        let phases = cfg
+            .phases
+            .iter()
+            .map(|p| PhasePlan {
+                name: p.name.clone(),
+                algo: p.algo,
+                steps: p.duration.steps(pairs.len(), cfg.batch_size),
+            })
+            .collect();
+        let probes = probe_set
+            .probes
+            .iter()
+            .zip(&runner.probes)
+            .map(|(p, tp)| ProbeInfo {
+                index: p.index,
+                prompt: p.prompt.clone(),
+                responses: p.responses.clone(),
+                tokens: tp
+                    .seqs
+                    .iter()
+                    .filter(|(f, _)| matches!(f, Family::Chosen | Family::Rejected))
+                    .map(|(f, s)| (*f, s.response.clone()))
+                    .collect(),
+            })
+            .collect();
+        let header = RunHeader {
+            format: FORMAT.to_string(),
+            version: VERSION,
+            ldviz_version: env!("CARGO_PKG_VERSION").to_string(),
+            created_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            config: cfg.clone(),
+            conventions: Conventions::default(),
+            model: ModelInfo {
+                path: model_dir.display().to_string(),
+                arch: model.arch().model_type().to_string(),
+                fingerprint: model.fingerprint.clone(),
+                n_params: model.n_params(),
+                vocab_size: model.vocab_size(),
+                eos_id: model.eos_id(),
+            },
+            data: DataInfo {
+                path: ds.path.display().to_string(),
+                format: ds.format,
+                fingerprint: ds.fingerprint.clone(),
+                n_records: ds.records.len(),
+                n_train: train.len(),
+                n_test: test.len(),
+                test_path: cfg.test_data.clone(),
+            },
+            families: probe_set.families.clone(),
+            probes,
+            phases,
+            batch_size: cfg.batch_size,
+            examples_per_epoch: pairs.len(),
+        };
+        Ok(Session {
+            cfg: cfg.clone(),
+            model,
+            probe_set,
+            header,
+            pairs,
+            runner,
+        })
+    }
+
+    /// Runs all phases, sending events (and appending them to `out`).
+    pub fn run(self, out: Option<&Path>, tx: &Sender<Event>, rx: &Receiver<Command>) -> Result<()> {
+        let mut sink = Sink {
+            writer: match out {
+                Some(p) => Some(Writer::create(p)?),
+                None => None,
+            },
+            tx,
+            seen: BTreeSet::new(),
+        };
+        sink.emit(Event::Header(Box::new(self.header.clone())))?;
+        let mut vocab = BTreeMap::new();
+        for p in &self.header.probes {
+            for ids in p.tokens.values() {
+                for &id in ids {
+                    if sink.seen.insert(id) {
+                        vocab.insert(id, self.model.tok.token_text(id));
+                    }
+                }
+            }
+        }
+        sink.emit(Event::Vocab { tokens: vocab })?;
+        let mut state = LoopState {
+            step: 0,
+            examples: 0,
+            last_eval: None,
+            paused: false,
+        };
+        let result = self.train_phases(&mut sink, rx, &mut state);
+        let end = match &result {
+            Ok(true) => Event::End {
+                reason: EndReason::Completed,
+                step: state.step,
+                message: None,
+            },
+            Ok(false) => Event::End {
+                reason: EndReason::Stopped,
+                step: state.step,
+                message: None,
+            },
+            Err(e) => Event::End {
+                reason: EndReason::Error,
+                step: state.step,
+                message: Some(format!("{e:#}")),
+            },
+        };
+        sink.emit(end)?;
+        result.map(|_| ())
+    }
+
+    fn epoch(&self, examples: usize) -> f64 {
+        examples as f64 / self.pairs.len().max(1) as f64
+    }
+
+    fn evaluate(&self, sink: &mut Sink, st: &mut LoopState, phase: &str) -> Result<()> {
+        if st.last_eval == Some(st.step) {
+            return Ok(());
+        }
+        let ev: Evaluation = self.runner.evaluate(&self.model)?;
+        let mut vocab = BTreeMap::new();
+        for t in &ev.traces {
+            for id in t.argmax.ids.iter().chain(
+                t.chosen
+                    .top
+                    .iter()
+                    .chain(&t.rejected.top)
+                    .flatten()
+                    .map(|(i, _)| i),
+            ) {
+                if sink.seen.insert(*id) {
+                    vocab.insert(*id, self.model.tok.token_text(*id));
+                }
+            }
+        }
+        if !vocab.is_empty() {
+            sink.emit(Event::Vocab { tokens: vocab })?;
+        }
+        let logps = self.runner.families.iter().copied().zip(ev.logps).collect();
+        sink.emit(Event::Eval(Box::new(EvalRecord {
+            step: st.step,
+            examples: st.examples,
+            epoch: self.epoch(st.examples),
+            phase: phase.to_string(),
+            logps,
+            tokens: ev.traces,
+        })))?;
+        st.last_eval = Some(st.step);
+        Ok(())
+    }
+
+    /// Returns Ok(true) when every phase completed, Ok(false) when stopped.
+    fn train_phases(
+        &self,
+        sink: &mut Sink,
+        rx: &Receiver<Command>,
+        st: &mut LoopState,
+    ) -> Result<bool> {
+        let b = self.cfg.batch_size;
+        let n = self.pairs.len();
+        if n == 0 {
+            bail!("no training records");
+        }
+        let lp = LossParams {
+            beta: self.cfg.beta,
+            gamma: self.cfg.gamma,
+            label_smoothing: self.cfg.label_smoothing,
+        };
+        let mut order = Order::new(n, self.cfg.shuffle, self.cfg.seed);
+        for (pi, phase) in self.cfg.phases.iter().enumerate() {
+            let steps = self.header.phases[pi].steps;
+            sink.emit(Event::Phase {
+                name: phase.name.clone(),
+                algo: phase.algo,
+                step: st.step,
+                examples: st.examples,
+            })?;
+            self.evaluate(sink, st, &phase.name)?;
+            let reference = if phase.algo.needs_reference() {
+                let seqs: Vec<Seq> = self
+                    .pairs
+                    .iter()
+                    .flat_map(|p| [p.chosen.clone(), p.rejected.clone()])
+                    .collect();
+                let s = logprob::score(&self.model, &seqs, 16)?;
+                Some(s.chunks(2).map(|c| (c[0], c[1])).collect::<Vec<_>>())
+            } else {
+                None
+            };
+            let mut opt = Optimizer::new(phase.optim.clone(), self.model.params.len());
+            for s in 0..steps {
+                if !self.obey(rx, sink, st)? {
+                    self.evaluate(sink, st, &phase.name)?;
+                    return Ok(false);
+                }
+                let t0 = Instant::now();
+                let idx: Vec<usize> = (0..b).map(|_| order.next()).collect();
+                let lr = phase.optim.lr_at(s);
+                let mut metrics = self.update(
+                    phase.algo,
+                    &idx,
+                    reference.as_deref(),
+                    lp,
+                    &mut opt,
+                    lr,
+                    st.step + 1,
+                )?;
+                metrics.insert("learning_rate".to_string(), lr);
+                let before = st.examples;
+                st.step += 1;
+                st.examples += b;
+                sink.emit(Event::Step(StepRecord {
+                    step: st.step,
+                    examples: st.examples,
+                    epoch: self.epoch(st.examples),
+                    phase: phase.name.clone(),
+                    batch: idx.iter().map(|&i| self.pairs[i].index).collect(),
+                    metrics,
+                    wall_ms: t0.elapsed().as_secs_f64() * 1e3,
+                }))?;
+                if st.examples / self.cfg.eval_every > before / self.cfg.eval_every {
+                    self.evaluate(sink, st, &phase.name)?;
+                }
+            }
+            self.evaluate(sink, st, &phase.name)?;
+        }
+        Ok(true)
+    }
+
+    /// Handles pending commands; blocks while paused. Returns false to stop.
+    fn obey(&self, rx: &Receiver<Command>, sink: &mut Sink, st: &mut LoopState) -> Result<bool> {
+        loop {
+            let cmd = if st.paused {
+                match rx.recv() {
+                    Ok(c) => c,
+                    Err(_) => return Ok(false),
+                }
+            } else {
+                match rx.try_recv() {
+                    Ok(c) => c,
+                    Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => return Ok(true),
+                }
+            };
+            match cmd {
+                Command::Stop => return Ok(false),
+                Command::Pause => {
+                    if !st.paused {
+                        st.paused = true;
+                        sink.emit(Event::State {
+                            paused: true,
+                            step: st.step,
+                        })?;
+                    }
+                }
+                Command::Resume => {
+                    if st.paused {
+                        st.paused = false;
+                        sink.emit(Event::State {
+                            paused: false,
+                            step: st.step,
+                        })?;
+                    }
+                }
+                Command::Step => {
+                    if st.paused {
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One optimizer update on the records `idx` (positions in the training list).
+    #[allow(clippy::too_many_arguments)]
+    fn update(
+        &self,
+        algo: Algo,
+        idx: &[usize],
+        reference: Option<&[(f64, f64)]>,
+        lp: LossParams,
+        opt: &mut Optimizer,
+        lr: f64,
+        step: usize,
+    ) -> Result<BTreeMap<String, f64>> {
+        let b = idx.len();
+        let dev = &self.model.device;
+        let with_rejected = algo != Algo::Sft;
+        let mut seqs: Vec<&Seq> = idx.iter().map(|&i| &self.pairs[i].chosen).collect();
+        if with_rejected {
+            seqs.extend(idx.iter().map(|&i| &self.pairs[i].rejected));
+        }
+        let batch = Batch::new(&seqs, dev)?;
+        let logits = self.model.forward(&batch.ids)?;
+        let (_, summed) = logprob::token_logps(&logits, &batch)?;
+        let lens: Vec<f32> = batch.response_lens().iter().map(|&l| l as f32).collect();
+        let pc = summed.narrow(0, 0, b)?;
+        let lc = Tensor::from_vec(lens[..b].to_vec(), b, dev)?;
+        let (pr, lrj) = if with_rejected {
+            (
+                Some(summed.narrow(0, b, b)?),
+                Some(Tensor::from_vec(lens[b..].to_vec(), b, dev)?),
+            )
+        } else {
+            (None, None)
+        };
+        let (rc, rr) = match reference {
+            Some(r) => {
+                let c: Vec<f32> = idx.iter().map(|&i| r[i].0 as f32).collect();
+                let j: Vec<f32> = idx.iter().map(|&i| r[i].1 as f32).collect();
+                (
+                    Some(Tensor::from_vec(c, b, dev)?),
+                    Some(Tensor::from_vec(j, b, dev)?),
+                )
+            }
+            None => (None, None),
+        };
+        let (loss, mut metrics) = loss::compute(
+            algo,
+            lp,
+            &LossInputs {
+                policy_chosen: &pc,
+                policy_rejected: pr.as_ref(),
+                ref_chosen: rc.as_ref(),
+                ref_rejected: rr.as_ref(),
+                len_chosen: &lc,
+                len_rejected: lrj.as_ref(),
+            },
+        )?;
+        let lv = metrics.get("loss").copied().unwrap_or(f64::NAN);
+        if !lv.is_finite() {
+            bail!(
+                "the loss became {lv} at step {step} (learning rate too high?); training stopped, every earlier record is kept"
+            );
+        }
+        let grads = loss.backward()?;
+        let vars = self.model.params.vars();
+        let mut g: Vec<Option<Tensor>> = vars
+            .iter()
+            .map(|v| grads.get(v.as_tensor()).cloned())
+            .collect();
+        let norm = optim::grad_norm(&g)?;
+        if !norm.is_finite() {
+            bail!(
+                "the gradient norm became {norm} at step {step}; training stopped, every earlier record is kept"
+            );
+        }
+        metrics.insert("grad_norm".to_string(), norm);
+        if let Some(max) = opt.config().max_grad_norm {
+            optim::clip(&mut g, norm, max)?;
+        }
+        opt.step(vars, &g, lr)?;
+        Ok(metrics)
+    }
+}
+
+struct LoopState {
+    step: usize,
+    examples: usize,
+    last_eval: Option<usize>,
+    paused: bool,
+}
+
+/// Where events go: the run file (if any) and the channel.
+struct Sink<'a> {
+    writer: Option<Writer>,
+    tx: &'a Sender<Event>,
+    seen: BTreeSet<u32>,
+}
+
+impl Sink<'_> {
+    fn emit(&mut self, ev: Event) -> Result<()> {
+        if let Some(w) = self.writer.as_mut() {
+            w.write(&ev)?;
+        }
+        // A receiver that went away (closed window) must not stop the recording.
+        let _ = self.tx.send(ev);
+        Ok(())
+    }
+}
+
+/// The order training records are visited in: file order wrapping (no shuffle), or a fresh
+/// seeded permutation each epoch.
+pub struct Order {
+    n: usize,
+    shuffle: bool,
+    rng: StdRng,
+    perm: Vec<usize>,
+    pos: usize,
+}
+
+impl Order {
+    pub fn new(n: usize, shuffle: bool, seed: u64) -> Order {
+        Order {
+            n,
+            shuffle,
+            rng: StdRng::seed_from_u64(seed),
+            perm: Vec::new(),
+            pos: 0,
+        }
+    }
+
+    pub fn next(&mut self) -> usize {
+        let k = self.pos % self.n;
+        if k == 0 {
+            self.perm = (0..self.n).collect();
+            if self.shuffle {
+                self.perm.shuffle(&mut self.rng);
+            }
+        }
+        self.pos += 1;
+        self.perm[k]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_shuffle_order_wraps_in_file_order() {
+        let mut o = Order::new(10, false, 0);
+        let got: Vec<usize> = (0..12).map(|_| o.next()).collect();
+        assert_eq!(got, vec![0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]);
+    }
+
+    #[test]
+    fn shuffled_order_is_a_permutation_per_epoch_and_seeded() {
+        let mut a = Order::new(7, true, 3);
+        let mut b = Order::new(7, true, 3);
+        let ea: Vec<usize> = (0..14).map(|_| a.next()).collect();
+        let eb: Vec<usize> = (0..14).map(|_| b.next()).collect();
+        assert_eq!(ea, eb);
+        let mut first = ea[..7].to_vec();
+        first.sort();
+        assert_eq!(first, (0..7).collect::<Vec<_>>());
+        assert_ne!(ea[..7], ea[7..]);
+    }
+}
