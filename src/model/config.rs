@@ -235,6 +235,9 @@ impl ModelConfig {
                         "{file}: hidden_act \"{act}\" is not supported for {model_type} (expected silu)"
                     );
                 }
+                if opt_bool(v, "mlp_bias", file)?.unwrap_or(false) {
+                    bail!("{file}: mlp_bias = true is not supported");
+                }
                 if head_dim % 2 != 0 {
                     bail!("{file}: head_dim {head_dim} must be even for RoPE");
                 }

@@ -43,7 +43,8 @@ pub fn forward(c: &Gpt2Config, w: &Weights, ids: &Tensor) -> Result<Tensor> {
     let nh = c.n_head;
     let dh = h / nh;
     let exact = c.activation_function == "gelu";
-    let mask = causal_mask(t, dev)?;
+    let dtype = w.get("transformer.wte.weight")?.dtype();
+    let mask = causal_mask(t, dtype, dev)?;
     let wte = w.get("transformer.wte.weight")?;
     let wpe = w.get("transformer.wpe.weight")?.narrow(0, 0, t)?;
     let mut x = wte

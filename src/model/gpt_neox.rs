@@ -71,8 +71,9 @@ pub fn forward(c: &GptNeoxConfig, w: &Weights, ids: &Tensor) -> Result<Tensor> {
     let dh = h / nh;
     let rot = rotary_ndims(c);
     let exact = c.hidden_act == "gelu";
-    let mask = causal_mask(t, dev)?;
-    let (cos, sin) = rope_tables(&inv_freq(rot, c.rotary_emb_base), t, dev)?;
+    let dtype = w.get("gpt_neox.embed_in.weight")?.dtype();
+    let mask = causal_mask(t, dtype, dev)?;
+    let (cos, sin) = rope_tables(&inv_freq(rot, c.rotary_emb_base), t, dtype, dev)?;
     let embed = w.get("gpt_neox.embed_in.weight")?;
     let mut x = embed.embedding(&ids.flatten_all()?)?.reshape((b, t, h))?;
     let rope_part = |x: &Tensor| -> Result<Tensor> {

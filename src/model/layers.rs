@@ -53,31 +53,36 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor
 }
 
 /// The additive causal mask [T, T]: 0 on and below the diagonal, −inf above.
-pub fn causal_mask(t: usize, device: &Device) -> Result<Tensor> {
+pub fn causal_mask(t: usize, dtype: DType, device: &Device) -> Result<Tensor> {
     let mut m = vec![0f32; t * t];
     for i in 0..t {
         for j in (i + 1)..t {
             m[i * t + j] = f32::NEG_INFINITY;
         }
     }
-    Tensor::from_vec(m, (t, t), device)
+    Tensor::from_vec(m, (t, t), device)?.to_dtype(dtype)
 }
 
 /// cos/sin tables [T, rot/2] for rotary embeddings with the given inverse frequencies.
-pub fn rope_tables(inv_freq: &[f64], t: usize, device: &Device) -> Result<(Tensor, Tensor)> {
+pub fn rope_tables(
+    inv_freq: &[f64],
+    t: usize,
+    dtype: DType,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
     let half = inv_freq.len();
     let mut cos = Vec::with_capacity(t * half);
     let mut sin = Vec::with_capacity(t * half);
     for p in 0..t {
         for f in inv_freq {
             let a = p as f64 * f;
-            cos.push(a.cos() as f32);
-            sin.push(a.sin() as f32);
+            cos.push(a.cos());
+            sin.push(a.sin());
         }
     }
     Ok((
-        Tensor::from_vec(cos, (t, half), device)?,
-        Tensor::from_vec(sin, (t, half), device)?,
+        Tensor::from_vec(cos, (t, half), device)?.to_dtype(dtype)?,
+        Tensor::from_vec(sin, (t, half), device)?.to_dtype(dtype)?,
     ))
 }
 

@@ -83,8 +83,9 @@ pub fn forward(c: &LlamaConfig, w: &Weights, ids: &Tensor) -> Result<Tensor> {
     let dh = c.head_dim;
     let nh = c.num_attention_heads;
     let nkv = c.num_key_value_heads;
-    let mask = causal_mask(t, dev)?;
-    let (cos, sin) = rope_tables(&rope_freqs(c), t, dev)?;
+    let dtype = w.get("model.embed_tokens.weight")?.dtype();
+    let mask = causal_mask(t, dtype, dev)?;
+    let (cos, sin) = rope_tables(&rope_freqs(c), t, dtype, dev)?;
     let embed = w.get("model.embed_tokens.weight")?;
     let mut x = embed
         .embedding(&ids.flatten_all()?)?

@@ -264,6 +264,32 @@ impl Model {
         Ok(d.iter().take(8).map(|b| format!("{b:02x}")).collect())
     }
 
+    /// A copy of this model with every weight converted to `dtype` (e.g. F64 for
+    /// finite-difference checks).
+    pub fn to_dtype(&self, dtype: DType) -> Result<Model> {
+        let entries = self
+            .params
+            .names()
+            .iter()
+            .zip(self.params.vars())
+            .map(|(n, v)| {
+                Ok((
+                    n.clone(),
+                    Var::from_tensor(&v.as_tensor().to_dtype(dtype)?)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Model {
+            config: self.config.clone(),
+            params: Params::new(entries),
+            tok: self.tok.clone(),
+            device: self.device.clone(),
+            dir: self.dir.clone(),
+            fingerprint: self.fingerprint.clone(),
+            raw_config: self.raw_config.clone(),
+        })
+    }
+
     pub fn n_params(&self) -> usize {
         self.params.numel()
     }

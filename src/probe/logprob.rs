@@ -124,14 +124,14 @@ impl Batch {
 /// Per-position log-prob of each target [B, T] (masked to response positions) and the summed
 /// log-prob per row [B]. Differentiable when `logits` carries a graph.
 pub fn token_logps(logits: &Tensor, batch: &Batch) -> Result<(Tensor, Tensor)> {
-    let logits = if logits.dtype() == DType::F32 {
-        logits.clone()
-    } else {
-        logits.to_dtype(DType::F32)?
+    // Reductions in at least f32 (bf16/f16 logits are upcast); f64 stays f64.
+    let logits = match logits.dtype() {
+        DType::F32 | DType::F64 => logits.clone(),
+        _ => logits.to_dtype(DType::F32)?,
     };
     let picked = logits.gather(&batch.targets.unsqueeze(2)?, 2)?.squeeze(2)?;
     let lse = logits.log_sum_exp(D::Minus1)?;
-    let per_tok = ((picked - lse)? * &batch.mask)?;
+    let per_tok = ((picked - lse)? * batch.mask.to_dtype(logits.dtype())?)?;
     let summed = per_tok.sum(1)?;
     Ok((per_tok, summed))
 }
@@ -144,7 +144,7 @@ pub fn score(model: &Model, seqs: &[Seq], chunk: usize) -> Result<Vec<f64>> {
         let batch = Batch::new(&refs, &model.device)?;
         let logits = model.forward_eval(&batch.ids)?;
         let (_, summed) = token_logps(&logits, &batch)?;
-        out.extend(summed.to_vec1::<f32>()?.into_iter().map(f64::from));
+        out.extend(summed.to_dtype(DType::F64)?.to_vec1::<f64>()?);
     }
     Ok(out)
 }

@@ -81,7 +81,7 @@ impl ProbeRunner {
             let batch = Batch::new(&refs, &model.device)?;
             let logits = model.forward_eval(&batch.ids)?;
             let (_, summed) = logprob::token_logps(&logits, &batch)?;
-            let summed: Vec<f32> = summed.to_vec1()?;
+            let summed: Vec<f64> = summed.to_dtype(candle_core::DType::F64)?.to_vec1()?;
             let mut trace = ProbeTrace::default();
             for (row, (f, seq)) in p.seqs.iter().enumerate() {
                 match f {
@@ -102,7 +102,7 @@ impl ProbeRunner {
                     trace.argmax.sum()
                 } else {
                     let row = p.seqs.iter().position(|(g, _)| g == f).unwrap_or(0);
-                    f64::from(summed[row])
+                    summed[row]
                 };
                 logps[fi].push(v);
             }

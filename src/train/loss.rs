@@ -22,11 +22,18 @@ pub fn log_sigmoid(x: &Tensor) -> Result<Tensor> {
     Ok(sp.neg()?)
 }
 
-fn mean(v: &[f32]) -> f64 {
+fn mean(v: &[f64]) -> f64 {
     if v.is_empty() {
         return 0.0;
     }
-    v.iter().map(|&x| f64::from(x)).sum::<f64>() / v.len() as f64
+    v.iter().sum::<f64>() / v.len() as f64
+}
+
+/// Values of a (detached) 1-D tensor as f64, whatever its dtype.
+fn values(t: &Tensor) -> Result<Vec<f64>> {
+    Ok(t.detach()
+        .to_dtype(candle_core::DType::F64)?
+        .to_vec1::<f64>()?)
 }
 
 /// Inputs of one batch: policy and reference summed log-probs [B] and response lengths [B]
@@ -49,15 +56,9 @@ pub fn compute(
 ) -> Result<(Tensor, BTreeMap<String, f64>)> {
     let mut m = BTreeMap::new();
     let pc = x.policy_chosen;
-    m.insert(
-        "logps/chosen".to_string(),
-        mean(&pc.detach().to_vec1::<f32>()?),
-    );
+    m.insert("logps/chosen".to_string(), mean(&values(pc)?));
     if let Some(pr) = x.policy_rejected {
-        m.insert(
-            "logps/rejected".to_string(),
-            mean(&pr.detach().to_vec1::<f32>()?),
-        );
+        m.insert("logps/rejected".to_string(), mean(&values(pr)?));
     }
     let need = |t: Option<&Tensor>, what: &str| -> Result<Tensor> {
         t.cloned()
@@ -114,16 +115,18 @@ pub fn compute(
     };
     m.insert(
         "loss".to_string(),
-        f64::from(loss.detach().to_scalar::<f32>()?),
+        loss.detach()
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?,
     );
     Ok((loss, m))
 }
 
 fn rewards(m: &mut BTreeMap<String, f64>, rc: &Tensor, rr: &Tensor) -> Result<()> {
-    let c: Vec<f32> = rc.detach().to_vec1()?;
-    let r: Vec<f32> = rr.detach().to_vec1()?;
-    let margins: Vec<f32> = c.iter().zip(&r).map(|(a, b)| a - b).collect();
-    let acc: Vec<f32> = margins
+    let c = values(rc)?;
+    let r = values(rr)?;
+    let margins: Vec<f64> = c.iter().zip(&r).map(|(a, b)| a - b).collect();
+    let acc: Vec<f64> = margins
         .iter()
         .map(|&x| if x > 0.0 { 1.0 } else { 0.0 })
         .collect();

@@ -1,0 +1,114 @@
+//! Sequence log-probs of our models against Hugging Face transformers (fixtures made by
+//! tools/make_fixtures.py with torch + transformers; committed, so this needs no Python).
+
+use std::path::PathBuf;
+
+use candle_core::Device;
+use ldviz::data::load_dataset;
+use ldviz::model::Model;
+use ldviz::probe::{Lengths, Seq, logprob};
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn check(name: &str) {
+    let dir = fixtures().join(name);
+    let model = Model::load(&dir, &Device::Cpu).unwrap();
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let ds = load_dataset(&fixtures().join("prefs.jsonl"), None, None).unwrap();
+    let recs = expected["records"].as_array().unwrap();
+    assert_eq!(recs.len(), ds.records.len());
+    let mut worst = 0f64;
+    for (r, e) in ds.records.iter().zip(recs) {
+        let ids = |k: &str| -> Vec<u32> {
+            e[k].as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap() as u32)
+                .collect()
+        };
+        let c = Seq::encode(&model.tok, &r.prompt, &r.chosen, Lengths::default()).unwrap();
+        let j = Seq::encode(&model.tok, &r.prompt, &r.rejected, Lengths::default()).unwrap();
+        assert_eq!(
+            c.prompt,
+            ids("prompt_ids"),
+            "{name} record {}: prompt tokens",
+            r.index
+        );
+        assert_eq!(
+            c.response,
+            ids("chosen_ids"),
+            "{name} record {}: chosen tokens",
+            r.index
+        );
+        assert_eq!(
+            j.response,
+            ids("rejected_ids"),
+            "{name} record {}: rejected tokens",
+            r.index
+        );
+        let got = logprob::score(&model, &[c, j], 8).unwrap();
+        for (g, k) in got.iter().zip(["chosen", "rejected"]) {
+            let want = e[k].as_f64().unwrap();
+            let err = (g - want).abs();
+            worst = worst.max(err);
+            assert!(
+                err < 1e-4,
+                "{name} record {} {k}: ours {g} vs transformers {want}",
+                r.index
+            );
+        }
+    }
+    eprintln!("{name}: max |Δ| vs transformers = {worst:.2e}");
+}
+
+#[test]
+fn llama_matches_transformers() {
+    check("llama");
+}
+
+#[test]
+fn llama_tied_matches_transformers() {
+    check("llama_tied");
+}
+
+#[test]
+fn llama_sharded_loads_and_matches() {
+    check("llama_sharded");
+}
+
+#[test]
+fn qwen2_matches_transformers() {
+    check("qwen2");
+}
+
+#[test]
+fn gpt_neox_matches_transformers() {
+    check("gpt_neox");
+}
+
+#[test]
+fn gpt2_matches_transformers() {
+    check("gpt2");
+}
+
+/// Padding must not change a row's score: score every record alone and in one padded batch.
+#[test]
+fn padded_batch_equals_single_rows() {
+    let dir = fixtures().join("llama");
+    let model = Model::load(&dir, &Device::Cpu).unwrap();
+    let ds = load_dataset(&fixtures().join("prefs.jsonl"), None, None).unwrap();
+    let seqs: Vec<Seq> = ds
+        .records
+        .iter()
+        .map(|r| Seq::encode(&model.tok, &r.prompt, &r.chosen, Lengths::default()).unwrap())
+        .collect();
+    let batched = logprob::score(&model, &seqs, 64).unwrap();
+    for (s, b) in seqs.iter().zip(&batched) {
+        let single = logprob::score(&model, std::slice::from_ref(s), 1).unwrap()[0];
+        assert!((single - b).abs() < 1e-4, "{single} vs {b}");
+    }
+}
