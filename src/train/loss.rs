@@ -16,10 +16,19 @@ pub struct LossParams {
     pub label_smoothing: f64,
 }
 
-/// log σ(x) = −(relu(−x) + log(1 + e^(−|x|))), stable and differentiable.
+/// log σ(x), stable and differentiable with the exact derivative σ(−x) everywhere, x = 0
+/// included. (The textbook −(relu(−x) + log(1 + e^(−|x|))) is wrong at 0 under candle's
+/// subgradients relu′(0) = abs′(0) = 1: it gives 1.5 instead of 0.5, and DPO's first step sits
+/// exactly at Δ = 0.) Each branch only ever sees inputs of its own sign, so nothing overflows.
 pub fn log_sigmoid(x: &Tensor) -> Result<Tensor> {
-    let sp = (x.neg()?.relu()? + (x.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
-    Ok(sp.neg()?)
+    let zero = x.zeros_like()?;
+    let pos = x.ge(&zero)?;
+    let xp = pos.where_cond(x, &zero)?;
+    let xn = pos.where_cond(&zero, x)?;
+    // x ≥ 0: −log(1 + e^(−x));  x < 0: x − log(1 + e^x)
+    let bp = (xp.neg()?.exp()? + 1.0)?.log()?.neg()?;
+    let bn = (&xn - (xn.exp()? + 1.0)?.log()?)?;
+    Ok(pos.where_cond(&bp, &bn)?)
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -149,6 +158,24 @@ mod tests {
         for (xi, yi) in [-50f64, -2.0, 0.0, 3.0, 80.0].iter().zip(y) {
             let want = -(1.0 + (-xi).exp()).ln();
             assert!((f64::from(yi) - want).abs() < 1e-5, "{xi}: {yi} vs {want}");
+        }
+    }
+
+    #[test]
+    fn log_sigmoid_gradient_is_sigmoid_of_minus_x_even_at_zero() {
+        let xs = [-100f64, -3.0, -1e-3, 0.0, 1e-3, 2.5, 100.0];
+        let x = candle_core::Var::new(&xs, &Device::Cpu).unwrap();
+        let y = log_sigmoid(x.as_tensor()).unwrap().sum_all().unwrap();
+        let g: Vec<f64> = y
+            .backward()
+            .unwrap()
+            .get(x.as_tensor())
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for (xi, gi) in xs.iter().zip(g) {
+            let want = 1.0 / (1.0 + xi.exp());
+            assert!((gi - want).abs() < 1e-12, "x = {xi}: {gi} vs {want}");
         }
     }
 
