@@ -141,9 +141,10 @@ pub enum EndReason {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     Header(Box<RunHeader>),
-    /// Text of token ids first seen in this run (for top-k and argmax displays).
+    /// Text of token ids first seen in this run (for top-k and argmax displays), as
+    /// [id, text] pairs.
     Vocab {
-        tokens: BTreeMap<u32, String>,
+        tokens: Vec<(u32, String)>,
     },
     Phase {
         name: String,

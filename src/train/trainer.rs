@@ -257,7 +257,9 @@ impl Session {
                 }
             }
         }
-        sink.emit(Event::Vocab { tokens: vocab })?;
+        sink.emit(Event::Vocab {
+            tokens: vocab.into_iter().collect(),
+        })?;
         let mut state = LoopState {
             step: 0,
             examples: 0,
@@ -311,7 +313,9 @@ impl Session {
             }
         }
         if !vocab.is_empty() {
-            sink.emit(Event::Vocab { tokens: vocab })?;
+            sink.emit(Event::Vocab {
+                tokens: vocab.into_iter().collect(),
+            })?;
         }
         let logps = self.runner.families.iter().copied().zip(ev.logps).collect();
         sink.emit(Event::Eval(Box::new(EvalRecord {

@@ -1,0 +1,428 @@
+//! The `ldviz` binary end to end on the fixture models: train + inspect, logprob, export, run
+//! files cut mid-record, and a one-line error with a non-zero exit for every bad input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn ldviz(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ldviz"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = ldviz(args);
+    assert!(
+        o.status.success(),
+        "ldviz {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// Runs a command that must fail; returns its one-line stderr.
+fn fails(args: &[&str]) -> String {
+    let o = ldviz(args);
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!o.status.success(), "ldviz {args:?} should fail");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "error is not one line: {err}"
+    );
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+const FAMILIES: [&str; 13] = [
+    "chosen",
+    "rejected",
+    "chosen_initial",
+    "chosen_gptsemantic",
+    "chosen_gptformat",
+    "reject_gptsemantic",
+    "reject_gptformat",
+    "irr_train",
+    "irr_test",
+    "irr_hum",
+    "random_permute",
+    "random_nonhum",
+    "argmax",
+];
+
+fn train_args<'a>(model: &'a str, data: &'a str, out: &'a str, algo: &'a str) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--model",
+        model,
+        "--data",
+        data,
+        "--algo",
+        algo,
+        "--optimizer",
+        "sgd",
+        "--lr",
+        "0.05",
+        "--batch-size",
+        "4",
+        "--steps",
+        "4",
+        "--eval-every",
+        "8",
+        "--probes",
+        "all",
+        "--no-shuffle",
+        "--quiet",
+        "--out",
+        out,
+    ]
+}
+
+#[test]
+fn dpo_train_and_inspect_show_every_family_and_argmax() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("dpo.jsonl");
+    let model = fixtures().join("llama");
+    let data = fixtures().join("probes_all.jsonl");
+    ok(&train_args(p(&model), p(&data), p(&run), "dpo"));
+    let s: Value = serde_json::from_str(&ok(&["inspect", p(&run), "--json"])).unwrap();
+    assert_eq!(s["steps"], 4);
+    let fams = s["families"].as_object().unwrap();
+    for f in FAMILIES {
+        let st = &fams[f];
+        for k in ["first", "last", "min", "max"] {
+            assert!(st[k].as_f64().unwrap().is_finite(), "{f}.{k}");
+        }
+        assert!(st["min"].as_f64().unwrap() <= st["first"].as_f64().unwrap());
+        assert!(st["max"].as_f64().unwrap() >= st["last"].as_f64().unwrap());
+    }
+    // evaluations at steps 0, 2 (8 examples), 4
+    assert_eq!(s["evaluations"], 3);
+    // DPO pushes the rejected responses down relative to the reference
+    let rej = &fams["rejected"];
+    assert!(rej["last"].as_f64().unwrap() < rej["first"].as_f64().unwrap());
+    let text = ok(&["inspect", p(&run)]);
+    for f in FAMILIES {
+        assert!(text.contains(f), "text summary lacks {f}");
+    }
+}
+
+#[test]
+fn derived_families_from_standard_format_and_extended_phases() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("ext.jsonl");
+    let model = fixtures().join("llama");
+    let data = fixtures().join("prefs.jsonl");
+    let mut args = train_args(p(&model), p(&data), p(&run), "extended");
+    args.extend(["--test-fraction", "0.2", "--sft-steps", "2"]);
+    ok(&args);
+    let s: Value = serde_json::from_str(&ok(&["inspect", p(&run), "--json"])).unwrap();
+    let fams = s["families"].as_object().unwrap();
+    let mut got: Vec<&str> = fams.keys().map(String::as_str).collect();
+    got.sort();
+    let mut want = vec![
+        "chosen",
+        "rejected",
+        "irr_train",
+        "irr_test",
+        "random_permute",
+        "random_nonhum",
+        "argmax",
+    ];
+    want.sort();
+    assert_eq!(got, want);
+    let phases = s["phases"].as_array().unwrap();
+    assert_eq!(phases.len(), 2);
+    assert_eq!(phases[0]["name"], "sft_both");
+    assert_eq!(phases[0]["first_step"], 0);
+    assert_eq!(phases[0]["last_step"], 2);
+    assert_eq!(phases[1]["name"], "dpo");
+    assert_eq!(phases[1]["first_step"], 2);
+    assert_eq!(phases[1]["last_step"], 6);
+    // SFT on chosen and rejected raises the rejected responses in the first phase
+    let r = &phases[0]["families"]["rejected"];
+    assert!(r["last"].as_f64().unwrap() > r["first"].as_f64().unwrap());
+    assert_eq!(s["steps"], 6);
+}
+
+#[test]
+fn logprob_matches_the_reference_values() {
+    let model = fixtures().join("qwen2");
+    let out = ok(&[
+        "logprob",
+        "--model",
+        p(&model),
+        "--data",
+        p(&fixtures().join("prefs.jsonl")),
+        "--tokens",
+    ]);
+    let want: Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("expected.json")).unwrap())
+            .unwrap();
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 10);
+    for (l, w) in lines.iter().zip(want["records"].as_array().unwrap()) {
+        assert_eq!(l["index"], w["index"]);
+        for k in ["chosen", "rejected"] {
+            let (a, b) = (l[k].as_f64().unwrap(), w[k].as_f64().unwrap());
+            assert!((a - b).abs() < 1e-4, "{k}: {a} vs {b}");
+        }
+        let toks = l["tokens"]["chosen"].as_array().unwrap();
+        assert_eq!(toks.len(), w["chosen_ids"].as_array().unwrap().len());
+        let sum: f64 = toks.iter().map(|t| t["logp"].as_f64().unwrap()).sum();
+        assert!((sum - w["chosen"].as_f64().unwrap()).abs() < 1e-3);
+    }
+}
+
+#[test]
+fn export_csv_and_cut_run_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("sft.jsonl");
+    let model = fixtures().join("gpt2");
+    let data = fixtures().join("probes_all.jsonl");
+    ok(&train_args(p(&model), p(&data), p(&run), "sft"));
+    let csv = dir.path().join("out.csv");
+    ok(&["export", p(&run), "--csv", p(&csv)]);
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("step,examples,probe,family,logp"));
+    // 3 evaluations × 13 families × 8 probes
+    assert_eq!(lines.count(), 3 * 13 * 8);
+    let metrics = std::fs::read_to_string(dir.path().join("out.metrics.csv")).unwrap();
+    let head = metrics.lines().next().unwrap();
+    for m in [
+        "step",
+        "examples",
+        "loss",
+        "logps/chosen",
+        "grad_norm",
+        "learning_rate",
+    ] {
+        assert!(
+            head.split(',').any(|c| c == m),
+            "metrics header {head} lacks {m}"
+        );
+    }
+    assert_eq!(metrics.lines().count(), 1 + 4);
+
+    // Cut the file in the middle of its last record: every complete record still loads.
+    let bytes = std::fs::read(&run).unwrap();
+    let full: Value = serde_json::from_str(&ok(&["inspect", p(&run), "--json"])).unwrap();
+    let last_nl = bytes[..bytes.len() - 1]
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .unwrap();
+    let cut = dir.path().join("cut.jsonl");
+    std::fs::write(&cut, &bytes[..last_nl + 1 + (bytes.len() - last_nl) / 2]).unwrap();
+    let s: Value = serde_json::from_str(&ok(&["inspect", p(&cut), "--json"])).unwrap();
+    assert_eq!(s["truncated"], true);
+    assert_eq!(s["evaluations"], full["evaluations"]);
+    // cut inside the final evaluation record (the line before the end record)
+    let lines: Vec<&[u8]> = bytes.split_inclusive(|&b| b == b'\n').collect();
+    let keep: usize = lines[..lines.len() - 2].iter().map(|l| l.len()).sum();
+    std::fs::write(&cut, &bytes[..keep + 100]).unwrap();
+    let s: Value = serde_json::from_str(&ok(&["inspect", p(&cut), "--json"])).unwrap();
+    assert_eq!(
+        s["evaluations"].as_u64().unwrap(),
+        full["evaluations"].as_u64().unwrap() - 1
+    );
+    assert_eq!(s["steps"], 4);
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let f = dir.join(name);
+    std::fs::write(&f, bytes).unwrap();
+    f
+}
+
+#[test]
+fn bad_data_gives_one_line_errors_naming_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let model = fixtures().join("llama");
+    let good = r#"{"prompt": "Q?", "chosen": " yes", "rejected": " no"}"#;
+    let cases: Vec<(&str, Vec<u8>, Vec<&str>)> = vec![
+        (
+            "malformed.jsonl",
+            format!("{good}\n{{\"prompt\": \"x\",\n").into_bytes(),
+            vec!["malformed.jsonl:2"],
+        ),
+        (
+            "missing.jsonl",
+            format!("{good}\n{{\"prompt\": \"Q?\", \"chosen\": \" yes\"}}\n").into_bytes(),
+            vec!["missing.jsonl:2", "rejected"],
+        ),
+        (
+            "mistyped.jsonl",
+            format!("{good}\n{{\"prompt\": \"Q?\", \"chosen\": 5, \"rejected\": \" no\"}}\n")
+                .into_bytes(),
+            vec!["mistyped.jsonl:2", "chosen"],
+        ),
+        (
+            "empty.jsonl",
+            b"\n\n".to_vec(),
+            vec!["empty.jsonl", "no records"],
+        ),
+        (
+            "unknown.jsonl",
+            b"{\"question\": \"a\", \"answer\": \"b\"}\n".to_vec(),
+            vec!["unknown.jsonl", "question"],
+        ),
+        (
+            "binary.jsonl",
+            [
+                good.as_bytes(),
+                b"\n{\"prompt\": \"\xff\xfe\", \"chosen\": \"a\", \"rejected\": \"b\"}\n",
+            ]
+            .concat(),
+            vec!["binary.jsonl:2", "UTF-8"],
+        ),
+    ];
+    for (name, bytes, needles) in cases {
+        let f = write(d, name, &bytes);
+        let run = d.join(format!("{name}.run"));
+        for args in [
+            train_args(p(&model), p(&f), p(&run), "dpo"),
+            vec!["logprob", "--model", p(&model), "--data", p(&f)],
+        ] {
+            let err = fails(&args);
+            for n in &needles {
+                assert!(
+                    err.to_lowercase().contains(&n.to_lowercase()),
+                    "{name}: error {err:?} lacks {n:?}"
+                );
+            }
+        }
+        assert!(
+            !run.exists(),
+            "{name}: a run file was created for bad input"
+        );
+    }
+}
+
+fn copy_model(src: &Path, dst: &Path, skip: &[&str]) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let n = e.file_name().to_string_lossy().to_string();
+        if !skip.contains(&n.as_str()) {
+            std::fs::copy(e.path(), dst.join(&n)).unwrap();
+        }
+    }
+}
+
+#[test]
+fn bad_models_give_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src = fixtures().join("llama");
+    let data = fixtures().join("prefs.jsonl");
+    let check = |m: &Path, needles: &[&str]| {
+        let err = fails(&["logprob", "--model", p(m), "--data", p(&data)]);
+        for n in needles {
+            assert!(err.contains(n), "error {err:?} lacks {n:?}");
+        }
+        let run = d.join("x.run");
+        fails(&train_args(p(m), p(&data), p(&run), "sft"));
+        assert!(!run.exists());
+    };
+    let m = d.join("no_config");
+    copy_model(&src, &m, &["config.json"]);
+    check(&m, &["no_config", "config.json"]);
+
+    let m = d.join("no_tok");
+    copy_model(&src, &m, &["tokenizer.json"]);
+    check(&m, &["no_tok", "tokenizer.json"]);
+
+    let m = d.join("mamba");
+    copy_model(&src, &m, &[]);
+    let cfg = std::fs::read_to_string(m.join("config.json"))
+        .unwrap()
+        .replace("\"llama\"", "\"mamba\"");
+    std::fs::write(m.join("config.json"), cfg).unwrap();
+    check(&m, &["config.json", "mamba", "not supported"]);
+
+    let m = d.join("pickle");
+    copy_model(&src, &m, &["model.safetensors"]);
+    std::fs::write(m.join("pytorch_model.bin"), b"PK\x03\x04 not really").unwrap();
+    check(&m, &["pytorch_model.bin", "pickle", "save_pretrained"]);
+
+    let m = d.join("truncated");
+    copy_model(&src, &m, &[]);
+    let w = std::fs::read(m.join("model.safetensors")).unwrap();
+    std::fs::write(m.join("model.safetensors"), &w[..w.len() / 2]).unwrap();
+    check(&m, &["model.safetensors", "truncated"]);
+
+    let m = d.join("small_vocab");
+    copy_model(&src, &m, &[]);
+    let cfg = std::fs::read_to_string(m.join("config.json"))
+        .unwrap()
+        .replace("\"vocab_size\": 320", "\"vocab_size\": 200");
+    std::fs::write(m.join("config.json"), cfg).unwrap();
+    check(&m, &["small_vocab", "300 tokens", "vocab_size is 200"]);
+
+    let m = d.join("missing_folder");
+    check(&m, &["missing_folder"]);
+}
+
+#[test]
+fn nan_loss_stops_the_run_and_keeps_earlier_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("nan.jsonl");
+    let model = fixtures().join("llama");
+    let data = fixtures().join("prefs.jsonl");
+    let mut args = train_args(p(&model), p(&data), p(&run), "sft");
+    let lr = args.iter().position(|a| *a == "0.05").unwrap();
+    args[lr] = "1e30";
+    let err = fails(&args);
+    assert!(
+        err.contains("loss became") || err.contains("gradient norm became"),
+        "{err}"
+    );
+    let s: Value = serde_json::from_str(&ok(&["inspect", p(&run), "--json"])).unwrap();
+    assert!(
+        s["steps"].as_u64().unwrap() >= 1,
+        "the first step must be kept"
+    );
+    assert!(
+        s["end"].as_str().unwrap().starts_with("error"),
+        "{}",
+        s["end"]
+    );
+    assert!(
+        s["families"]["chosen"]["first"]
+            .as_f64()
+            .unwrap()
+            .is_finite()
+    );
+}
+
+#[test]
+fn bad_run_files_give_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = write(dir.path(), "empty.jsonl", b"");
+    assert!(fails(&["inspect", p(&f)]).contains("empty run file"));
+    let f = write(
+        dir.path(),
+        "noheader.jsonl",
+        b"{\"type\":\"state\",\"paused\":true,\"step\":0}\n",
+    );
+    assert!(fails(&["inspect", p(&f)]).contains("header"));
+    let missing = dir.path().join("nope.jsonl");
+    assert!(fails(&["inspect", p(&missing)]).contains("nope.jsonl"));
+}

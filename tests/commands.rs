@@ -1,0 +1,129 @@
+//! The trainer thread obeys Pause / Step / Resume / Stop, and a stopped run keeps its file.
+
+use std::path::PathBuf;
+
+use ldviz::data::ProbeCount;
+use ldviz::probe::Lengths;
+use ldviz::run::{EndReason, Event, read_run};
+use ldviz::train::{Algo, Command, Duration, OptimConfig, OptimKind, TrainConfig};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn config(steps: usize) -> TrainConfig {
+    let o = OptimConfig::new(OptimKind::Adamw, 1e-3);
+    TrainConfig {
+        model: fixtures().join("gpt_neox").display().to_string(),
+        data: fixtures().join("probes_all.jsonl").display().to_string(),
+        test_data: None,
+        format: None,
+        test_fraction: 0.0,
+        algo: Algo::Dpo,
+        phases: TrainConfig::phases_for(
+            Algo::Dpo,
+            (Duration::Steps(steps), o.clone()),
+            (Duration::Steps(steps), o),
+        ),
+        beta: 0.1,
+        gamma: 0.5,
+        label_smoothing: 0.0,
+        batch_size: 2,
+        seed: 1,
+        shuffle: true,
+        eval_every: 4,
+        probes: ProbeCount::N(3),
+        lengths: Lengths::default(),
+        top_k: 3,
+    }
+}
+
+#[test]
+fn pause_step_resume_and_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("live.jsonl");
+    let h = ldviz::train::spawn(config(1000), Some(out.clone()));
+    // queued before the first update: the trainer pauses before training
+    h.commands.send(Command::Pause).unwrap();
+    let mut steps = 0;
+    let mut paused_seen = false;
+    let mut stepped_while_paused = 0;
+    let mut sent_pause = false;
+    let mut stopped_at = None;
+    for ev in h.events.iter() {
+        match ev {
+            Event::State { paused: true, step } if !paused_seen => {
+                paused_seen = true;
+                assert_eq!(step, 0);
+                h.commands.send(Command::Step).unwrap();
+                h.commands.send(Command::Step).unwrap();
+            }
+            Event::State { paused: true, step } => {
+                // paused again: stop while paused, so the stop step is deterministic
+                stopped_at = Some(step);
+                h.commands.send(Command::Stop).unwrap();
+            }
+            Event::Step(s) => {
+                steps += 1;
+                if paused_seen && steps <= 2 {
+                    stepped_while_paused += 1;
+                }
+                if steps == 2 {
+                    h.commands.send(Command::Resume).unwrap();
+                }
+                if steps == 5 && !sent_pause {
+                    h.commands.send(Command::Pause).unwrap();
+                    sent_pause = true;
+                }
+            }
+            Event::End { reason, step, .. } => {
+                assert_eq!(reason, EndReason::Stopped);
+                assert_eq!(step, steps);
+            }
+            _ => {}
+        }
+    }
+    h.join().unwrap();
+    assert!(paused_seen);
+    assert_eq!(stepped_while_paused, 2);
+    // no update after the pause that preceded the stop
+    let k = stopped_at.unwrap();
+    assert!(k >= 5);
+    assert_eq!(steps, k);
+    let run = read_run(&out).unwrap();
+    assert_eq!(run.steps.len(), k);
+    assert_eq!(run.end.as_ref().unwrap().0, EndReason::Stopped);
+    // evaluations at step 0, every 4 examples (2 steps), and the state at the stop
+    let eval_steps: Vec<usize> = run.evals.iter().map(|e| e.step).collect();
+    let mut want: Vec<usize> = (0..=k).step_by(2).collect();
+    if k % 2 == 1 {
+        want.push(k);
+    }
+    assert_eq!(eval_steps, want);
+    // the header records the configuration, conventions and probes
+    assert_eq!(run.header.config.batch_size, 2);
+    assert_eq!(run.header.probes.len(), 3);
+    assert!(run.header.conventions.eos_appended);
+    assert_eq!(run.header.families.last().map(|f| f.key()), Some("argmax"));
+    // per-token traces cover every chosen token, with top-k sorted and entropies ≥ 0
+    let e = &run.evals[0];
+    for (tr, p) in e.tokens.iter().zip(&run.header.probes) {
+        let n = p.tokens[&ldviz::data::Family::Chosen].len();
+        assert_eq!(tr.chosen.logp.len(), n);
+        assert_eq!(tr.argmax.ids.len(), n);
+        for (m, top) in tr.chosen.top.iter().enumerate() {
+            assert_eq!(top.len(), 3);
+            assert!(top[0].1 >= top[1].1 && top[1].1 >= top[2].1);
+            assert!(tr.chosen.entropy[m] >= 0.0);
+            // the greedy token is the top-1 token, and no token beats it
+            assert_eq!(top[0].0, tr.argmax.ids[m]);
+            assert!(tr.chosen.logp[m] <= tr.argmax.logp[m] + 1e-6);
+        }
+        for id in tr.argmax.ids.iter() {
+            assert!(
+                run.vocab.contains_key(id),
+                "token {id} has no text in the run's vocab"
+            );
+        }
+    }
+}
