@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Finetune a model and record the learning dynamics into a run file.
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Print the summed log-prob of chosen and rejected for every record, one JSON object per line.
     Logprob(LogprobArgs),
     /// Summarize a run file: per family, the mean over probes at the first and last evaluation.
@@ -227,7 +227,7 @@ fn main() -> ExitCode {
             );
             Ok(())
         }
-        Some(Cmd::Train(a)) => train(a),
+        Some(Cmd::Train(a)) => train(*a),
         Some(Cmd::Logprob(a)) => logprob(a),
         Some(Cmd::Inspect { run, json }) => inspect(&run, json),
         Some(Cmd::Export { run, csv }) => export(&run, csv),

@@ -63,7 +63,7 @@ fn pause_step_resume_and_stop() {
                 stopped_at = Some(step);
                 h.commands.send(Command::Stop).unwrap();
             }
-            Event::Step(s) => {
+            Event::Step(_) => {
                 steps += 1;
                 if paused_seen && steps <= 2 {
                     stepped_while_paused += 1;

@@ -282,7 +282,9 @@ impl ModelConfig {
                     max_position_embeddings: opt_usize(v, "max_position_embeddings", file)?
                         .unwrap_or(2048),
                 };
-                if c.num_attention_heads == 0 || c.hidden_size % c.num_attention_heads != 0 {
+                if c.num_attention_heads == 0
+                    || !c.hidden_size.is_multiple_of(c.num_attention_heads)
+                {
                     bail!("{file}: hidden_size must be a multiple of num_attention_heads");
                 }
                 ModelConfig::GptNeox(c)
@@ -308,7 +310,7 @@ impl ModelConfig {
                     layer_norm_epsilon: opt_f64(v, "layer_norm_epsilon", file)?.unwrap_or(1e-5),
                     activation_function,
                 };
-                if c.n_head == 0 || c.n_embd % c.n_head != 0 {
+                if c.n_head == 0 || !c.n_embd.is_multiple_of(c.n_head) {
                     bail!("{file}: n_embd must be a multiple of n_head");
                 }
                 ModelConfig::Gpt2(c)

@@ -165,7 +165,7 @@ mod tests {
         let (mut m, mut v) = (0.0f64, 0.0f64);
         for (t, g) in [(1, 0.5f64), (2, -0.25)] {
             opt.step(
-                &[var.clone()],
+                std::slice::from_ref(&var),
                 &[Some(Tensor::new(&[g as f32], &d).unwrap())],
                 0.1,
             )
@@ -189,14 +189,14 @@ mod tests {
         cfg.momentum = 0.9;
         let mut opt = Optimizer::new(cfg, 1);
         let g = |x: f32| vec![Some(Tensor::new(&[x], &d).unwrap())];
-        opt.step(&[var.clone()], &g(1.0), 0.1).unwrap(); // buf = 1, θ = 1.9
-        opt.step(&[var.clone()], &g(1.0), 0.1).unwrap(); // buf = 1.9, θ = 1.71
+        opt.step(std::slice::from_ref(&var), &g(1.0), 0.1).unwrap(); // buf = 1, θ = 1.9
+        opt.step(std::slice::from_ref(&var), &g(1.0), 0.1).unwrap(); // buf = 1.9, θ = 1.71
         let got = var.as_tensor().to_vec1::<f32>().unwrap()[0];
         assert!((got - 1.71).abs() < 1e-6);
 
         let var = Var::new(&[1.0f32], &d).unwrap();
         let mut opt = Optimizer::new(OptimConfig::new(OptimKind::Rmsprop, 0.01), 1);
-        opt.step(&[var.clone()], &g(0.5), 0.01).unwrap();
+        opt.step(std::slice::from_ref(&var), &g(0.5), 0.01).unwrap();
         let sq = 0.01 * 0.25f64;
         let want = 1.0 - 0.01 * 0.5 / (sq.sqrt() + 1e-8);
         let got = f64::from(var.as_tensor().to_vec1::<f32>().unwrap()[0]);

@@ -375,7 +375,7 @@ impl Session {
                     return Ok(false);
                 }
                 let t0 = Instant::now();
-                let idx: Vec<usize> = (0..b).map(|_| order.next()).collect();
+                let idx: Vec<usize> = (0..b).map(|_| order.next_index()).collect();
                 let lr = phase.optim.lr_at(s);
                 let mut metrics = self.update(
                     phase.algo,
@@ -580,7 +580,7 @@ impl Order {
         }
     }
 
-    pub fn next(&mut self) -> usize {
+    pub fn next_index(&mut self) -> usize {
         let k = self.pos % self.n;
         if k == 0 {
             self.perm = (0..self.n).collect();
@@ -600,7 +600,7 @@ mod tests {
     #[test]
     fn no_shuffle_order_wraps_in_file_order() {
         let mut o = Order::new(10, false, 0);
-        let got: Vec<usize> = (0..12).map(|_| o.next()).collect();
+        let got: Vec<usize> = (0..12).map(|_| o.next_index()).collect();
         assert_eq!(got, vec![0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]);
     }
 
@@ -608,8 +608,8 @@ mod tests {
     fn shuffled_order_is_a_permutation_per_epoch_and_seeded() {
         let mut a = Order::new(7, true, 3);
         let mut b = Order::new(7, true, 3);
-        let ea: Vec<usize> = (0..14).map(|_| a.next()).collect();
-        let eb: Vec<usize> = (0..14).map(|_| b.next()).collect();
+        let ea: Vec<usize> = (0..14).map(|_| a.next_index()).collect();
+        let eb: Vec<usize> = (0..14).map(|_| b.next_index()).collect();
         assert_eq!(ea, eb);
         let mut first = ea[..7].to_vec();
         first.sort();
