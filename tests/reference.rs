@@ -112,3 +112,31 @@ fn padded_batch_equals_single_rows() {
         assert!((single - b).abs() < 1e-4, "{single} vs {b}");
     }
 }
+
+/// Weights saved back to safetensors reload to the same model (same log-probs, same tensors),
+/// with the `{"format": "pt"}` metadata transformers expects.
+#[test]
+fn save_and_reload_round_trip() {
+    for name in ["llama_tied", "gpt2", "gpt_neox"] {
+        let model = Model::load(&fixtures().join(name), &Device::Cpu).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        model.save(dir.path()).unwrap();
+        let again = Model::load(dir.path(), &Device::Cpu).unwrap();
+        assert_eq!(model.fingerprint, again.fingerprint, "{name}");
+        let bytes = std::fs::read(dir.path().join("model.safetensors")).unwrap();
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+        assert_eq!(meta.metadata().as_ref().unwrap().get("format").map(String::as_str), Some("pt"));
+        // a tied model stays tied: no lm_head in the file
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        if name == "llama_tied" {
+            assert!(st.tensor("lm_head.weight").is_err());
+        }
+        let ds = load_dataset(&fixtures().join("prefs.jsonl"), None, None).unwrap();
+        let seqs: Vec<Seq> = ds
+            .records
+            .iter()
+            .map(|r| Seq::encode(&model.tok, &r.prompt, &r.chosen, Lengths::default()).unwrap())
+            .collect();
+        assert_eq!(logprob::score(&model, &seqs, 16).unwrap(), logprob::score(&again, &seqs, 16).unwrap());
+    }
+}
