@@ -21,6 +21,18 @@ pub fn default_model_dir() -> Result<PathBuf> {
     Ok(d)
 }
 
+/// The fraction of the demo dataset held out as test records (its last 64), from
+/// assets/demo_meta.json.
+pub fn demo_test_fraction() -> Result<f64> {
+    let p = assets_dir().join("demo_meta.json");
+    let text = std::fs::read_to_string(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+    v.get("test_fraction")
+        .and_then(serde_json::Value::as_f64)
+        .ok_or_else(|| anyhow::anyhow!("{}: missing number \"test_fraction\"", p.display()))
+}
+
 /// The embedded demo dataset.
 pub fn default_data_file() -> Result<PathBuf> {
     let f = assets_dir().join("demo.jsonl");

@@ -11,7 +11,8 @@
 //!   top-k, y*;
 //! - [`train`]: losses, optimizers and the trainer thread (Events out, Commands in);
 //! - [`run`]: the append-only run file (writer, reader, inspect summary);
-//! - [`export`]: CSV export of runs.
+//! - [`export`]: CSV export of runs;
+//! - [`pretrain`]: the recipe that makes the embedded default model from assets/corpus.txt.
 
 pub mod assets;
 pub mod bench;
@@ -19,6 +20,7 @@ pub mod data;
 pub mod export;
 pub mod model;
 pub mod perf;
+pub mod pretrain;
 pub mod probe;
 pub mod run;
 pub mod train;

@@ -46,6 +46,8 @@ enum Cmd {
     },
     /// Time training steps on a fixed llama config (median of 10 after 3 warm-ups).
     Bench(BenchArgs),
+    /// Make the embedded default model: train a BPE tokenizer and a small llama on a corpus.
+    Pretrain(Box<PretrainArgs>),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -116,9 +118,10 @@ struct TrainArgs {
     /// Held-out records (for irr_test and random_nonhum).
     #[arg(long)]
     test_data: Option<String>,
-    /// Hold out this fraction of the data file (its last records) as test records.
-    #[arg(long, default_value_t = 0.0)]
-    test_fraction: f64,
+    /// Hold out this fraction of the data file (its last records) as test records
+    /// [default: 0; for the demo dataset, its 64 held-out records].
+    #[arg(long)]
+    test_fraction: Option<f64>,
     #[arg(long, value_enum, default_value = "auto")]
     format: FormatArg,
     /// Objective; sft-then-dpo (the default) is SFT on chosen, then DPO from that model.
@@ -179,6 +182,12 @@ struct TrainArgs {
     max_prompt_len: usize,
     #[arg(long, default_value_t = 512)]
     max_len: usize,
+    /// DPO-family phases: each epoch, sample the rejected responses from the current policy.
+    #[arg(long)]
+    on_policy: bool,
+    /// Temperature of on-policy samples.
+    #[arg(long, default_value_t = 1.0)]
+    sample_temperature: f64,
     /// Top next tokens recorded per position of chosen and rejected.
     #[arg(long, default_value_t = 5)]
     top_k: usize,
@@ -217,6 +226,49 @@ struct BenchArgs {
     steps: usize,
 }
 
+/// Every option defaults to the recipe of the shipped assets/model
+/// (`ldviz::pretrain::PretrainConfig::default()`).
+#[derive(Args)]
+struct PretrainArgs {
+    /// Training text: paragraphs separated by blank lines [default: assets/corpus.txt].
+    #[arg(long)]
+    corpus: Option<PathBuf>,
+    /// Held-out text for perplexity [default: assets/corpus_heldout.txt].
+    #[arg(long)]
+    heldout: Option<PathBuf>,
+    /// Model folder to write.
+    #[arg(long, default_value = "assets/model")]
+    out: PathBuf,
+    #[arg(long)]
+    vocab: Option<usize>,
+    #[arg(long)]
+    hidden: Option<usize>,
+    #[arg(long)]
+    layers: Option<usize>,
+    #[arg(long)]
+    heads: Option<usize>,
+    #[arg(long)]
+    kv_heads: Option<usize>,
+    #[arg(long)]
+    intermediate: Option<usize>,
+    #[arg(long)]
+    seq_len: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    steps: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    warmup: Option<usize>,
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long)]
+    quiet: bool,
+}
+
 fn main() -> ExitCode {
     ldviz::perf::init();
     let cli = Cli::parse();
@@ -232,6 +284,7 @@ fn main() -> ExitCode {
         Some(Cmd::Inspect { run, json }) => inspect(&run, json),
         Some(Cmd::Export { run, csv }) => export(&run, csv),
         Some(Cmd::Bench(a)) => bench(a),
+        Some(Cmd::Pretrain(a)) => pretrain(*a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -286,20 +339,42 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
         .probes
         .parse()
         .map_err(|e| anyhow::anyhow!("--probes: {e}"))?;
-    if !(0.0..1.0).contains(&a.test_fraction) {
+    let test_fraction = match a.test_fraction {
+        Some(f) => f,
+        None if a.data == "default" => ldviz::assets::demo_test_fraction()?,
+        None => 0.0,
+    };
+    if !(0.0..1.0).contains(&test_fraction) {
         bail!("--test-fraction must be in [0, 1)");
     }
     if a.max_prompt_len == 0 || a.max_len <= a.max_prompt_len {
         bail!("--max-len must be larger than --max-prompt-len (and both positive)");
+    }
+    let mut phases = TrainConfig::phases_for(algo, (main_dur, optim(lr)), (sft_dur, optim(sft_lr)));
+    if a.on_policy {
+        if !phases
+            .iter()
+            .any(|p| p.algo.needs_reference() || p.algo == Algo::Simpo)
+        {
+            bail!(
+                "--on-policy needs a preference loss (dpo, ipo, hinge, robust, simpo, extended, sft-then-dpo)"
+            );
+        }
+        for p in phases.iter_mut().filter(|p| !p.algo.is_sft()) {
+            p.on_policy = true;
+        }
+    }
+    if !(a.sample_temperature >= 0.0 && a.sample_temperature.is_finite()) {
+        bail!("--sample-temperature must be a non-negative number");
     }
     Ok(TrainConfig {
         model: a.model.clone(),
         data: a.data.clone(),
         test_data: a.test_data.clone(),
         format: a.format.get(),
-        test_fraction: a.test_fraction,
+        test_fraction,
         algo,
-        phases: TrainConfig::phases_for(algo, (main_dur, optim(lr)), (sft_dur, optim(sft_lr))),
+        phases,
         beta: a.beta,
         gamma: a.gamma,
         label_smoothing: a.label_smoothing,
@@ -313,6 +388,7 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
             max_total: a.max_len,
         },
         top_k: a.top_k,
+        sample_temperature: a.sample_temperature,
     })
 }
 
@@ -445,5 +521,47 @@ fn bench(a: BenchArgs) -> Result<()> {
             r.step_ms, r.forward_ms, r.backward_ms, r.optimizer_ms, r.tokens_per_s, r.gflops
         );
     }
+    Ok(())
+}
+
+fn pretrain(a: PretrainArgs) -> Result<()> {
+    let d = ldviz::pretrain::PretrainConfig::default();
+    let c = ldviz::pretrain::PretrainConfig {
+        corpus: a.corpus.unwrap_or(d.corpus),
+        heldout: a.heldout.unwrap_or(d.heldout),
+        vocab_size: a.vocab.unwrap_or(d.vocab_size),
+        hidden_size: a.hidden.unwrap_or(d.hidden_size),
+        num_hidden_layers: a.layers.unwrap_or(d.num_hidden_layers),
+        num_attention_heads: a.heads.unwrap_or(d.num_attention_heads),
+        num_key_value_heads: a.kv_heads.unwrap_or(d.num_key_value_heads),
+        intermediate_size: a.intermediate.unwrap_or(d.intermediate_size),
+        seq_len: a.seq_len.unwrap_or(d.seq_len),
+        batch_size: a.batch_size.unwrap_or(d.batch_size),
+        steps: a.steps.unwrap_or(d.steps),
+        lr: a.lr.unwrap_or(d.lr),
+        warmup: a.warmup.unwrap_or(d.warmup),
+        weight_decay: a.weight_decay.unwrap_or(d.weight_decay),
+        seed: a.seed.unwrap_or(d.seed),
+    };
+    let bar = (!a.quiet).then(|| {
+        let pb = indicatif::ProgressBar::new(c.steps as u64);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} steps  ETA {eta}  {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        pb
+    });
+    let report = ldviz::pretrain::pretrain(&c, &a.out, |s, loss| {
+        if let Some(pb) = &bar {
+            pb.set_position(s as u64);
+            pb.set_message(format!("loss {loss:.4}"));
+        }
+    })?;
+    if let Some(pb) = &bar {
+        pb.finish_and_clear();
+    }
+    println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }

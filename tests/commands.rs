@@ -34,6 +34,7 @@ fn config(steps: usize) -> TrainConfig {
         eval_every: 4,
         probes: ProbeCount::N(3),
         lengths: Lengths::default(),
+        sample_temperature: 1.0,
         top_k: 3,
     }
 }

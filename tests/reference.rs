@@ -125,7 +125,14 @@ fn save_and_reload_round_trip() {
         assert_eq!(model.fingerprint, again.fingerprint, "{name}");
         let bytes = std::fs::read(dir.path().join("model.safetensors")).unwrap();
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
-        assert_eq!(meta.metadata().as_ref().unwrap().get("format").map(String::as_str), Some("pt"));
+        assert_eq!(
+            meta.metadata()
+                .as_ref()
+                .unwrap()
+                .get("format")
+                .map(String::as_str),
+            Some("pt")
+        );
         // a tied model stays tied: no lm_head in the file
         let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         if name == "llama_tied" {
@@ -137,6 +144,9 @@ fn save_and_reload_round_trip() {
             .iter()
             .map(|r| Seq::encode(&model.tok, &r.prompt, &r.chosen, Lengths::default()).unwrap())
             .collect();
-        assert_eq!(logprob::score(&model, &seqs, 16).unwrap(), logprob::score(&again, &seqs, 16).unwrap());
+        assert_eq!(
+            logprob::score(&model, &seqs, 16).unwrap(),
+            logprob::score(&again, &seqs, 16).unwrap()
+        );
     }
 }

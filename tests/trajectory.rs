@@ -37,6 +37,7 @@ fn config(algo: Algo, lr: f64, beta: f64) -> TrainConfig {
         eval_every: 1000,
         probes: ProbeCount::N(2),
         lengths: Lengths::default(),
+        sample_temperature: 1.0,
         top_k: 5,
     }
 }

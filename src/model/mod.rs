@@ -275,7 +275,8 @@ impl Model {
             .map(|(n, v)| {
                 Ok((
                     n.clone(),
-                    Var::from_tensor(&v.as_tensor().to_dtype(dtype)?)?,
+                    // detach first: Var::from_tensor of a variable shares its storage
+                    Var::from_tensor(&v.as_tensor().detach().to_dtype(dtype)?)?,
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -288,6 +289,15 @@ impl Model {
             fingerprint: self.fingerprint.clone(),
             raw_config: self.raw_config.clone(),
         })
+    }
+
+    /// The weights' dtype.
+    pub fn dtype(&self) -> DType {
+        self.params
+            .vars()
+            .first()
+            .map(|v| v.dtype())
+            .unwrap_or(DType::F32)
     }
 
     pub fn n_params(&self) -> usize {

@@ -154,6 +154,13 @@ pub enum Event {
     },
     Step(StepRecord),
     Eval(Box<EvalRecord>),
+    /// On-policy responses sampled at the start of an epoch: (record index, text) of the
+    /// probes' new rejected responses.
+    Samples {
+        step: usize,
+        phase: String,
+        rejected: Vec<(usize, String)>,
+    },
     /// Paused / running (live only; also recorded).
     State {
         paused: bool,

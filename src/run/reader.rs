@@ -49,7 +49,7 @@ impl Run {
     /// Applies one event (the header is ignored here).
     pub fn apply(&mut self, ev: Event) {
         match ev {
-            Event::Header(_) | Event::State { .. } => {}
+            Event::Header(_) | Event::State { .. } | Event::Samples { .. } => {}
             Event::Vocab { tokens } => self.vocab.extend(tokens),
             Event::Phase {
                 name, algo, step, ..

@@ -168,6 +168,11 @@ pub struct PhaseConfig {
     pub algo: Algo,
     pub duration: Duration,
     pub optim: OptimConfig,
+    /// Preference phases only: at the start of every epoch, replace each record's rejected
+    /// response by a sample from the current policy (reference log-probs of the samples come
+    /// from the frozen reference weights).
+    #[serde(default)]
+    pub on_policy: bool,
 }
 
 /// The full definition of a run.
@@ -199,6 +204,13 @@ pub struct TrainConfig {
     pub lengths: Lengths,
     /// Number of top next tokens recorded per position.
     pub top_k: usize,
+    /// Sampling temperature of on-policy responses.
+    #[serde(default = "one")]
+    pub sample_temperature: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 impl TrainConfig {
@@ -215,6 +227,7 @@ impl TrainConfig {
                 algo,
                 duration,
                 optim,
+                on_policy: false,
             };
         match algo {
             Algo::Extended => vec![

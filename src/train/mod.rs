@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod loss;
+pub mod onpolicy;
 pub mod optim;
 pub mod trainer;
 

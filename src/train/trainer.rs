@@ -16,6 +16,7 @@ use rand::{SeedableRng, rngs::StdRng};
 
 use super::config::{Algo, TrainConfig};
 use super::loss::{self, LossInputs, LossParams};
+use super::onpolicy;
 use super::optim::{self, Optimizer};
 use crate::data::{self, ChatTemplate, Family, PreferenceRecord, ProbeSet};
 use crate::model::Model;
@@ -357,7 +358,7 @@ impl Session {
                 examples: st.examples,
             })?;
             self.evaluate(sink, st, &phase.name)?;
-            let reference = if phase.algo.needs_reference() {
+            let mut reference = if phase.algo.needs_reference() {
                 let seqs: Vec<Seq> = self
                     .pairs
                     .iter()
@@ -368,6 +369,15 @@ impl Session {
             } else {
                 None
             };
+            let mut rejected: Vec<Seq> = self.pairs.iter().map(|p| p.rejected.clone()).collect();
+            // On-policy: the frozen reference weights score the policy's samples.
+            let on_policy = phase.on_policy && !phase.algo.is_sft();
+            let ref_model = if on_policy {
+                Some(self.model.to_dtype(self.model.dtype())?)
+            } else {
+                None
+            };
+            let steps_per_epoch = n.div_ceil(b);
             let mut opt = Optimizer::new(phase.optim.clone(), self.model.params.len());
             for s in 0..steps {
                 if !self.obey(rx, sink, st)? {
@@ -375,11 +385,26 @@ impl Session {
                     return Ok(false);
                 }
                 let t0 = Instant::now();
+                if let Some(rm) = &ref_model
+                    && s % steps_per_epoch == 0
+                {
+                    self.resample(
+                        rm,
+                        &mut rejected,
+                        reference.as_mut(),
+                        pi,
+                        s / steps_per_epoch,
+                        sink,
+                        st,
+                        &phase.name,
+                    )?;
+                }
                 let idx: Vec<usize> = (0..b).map(|_| order.next_index()).collect();
                 let lr = phase.optim.lr_at(s);
                 let mut metrics = self.update(
                     phase.algo,
                     &idx,
+                    &rejected,
                     reference.as_deref(),
                     lp,
                     &mut opt,
@@ -406,6 +431,68 @@ impl Session {
             self.evaluate(sink, st, &phase.name)?;
         }
         Ok(true)
+    }
+
+    /// Replaces every record's rejected response by a sample from the current policy, scores the
+    /// samples under the frozen reference `rm`, and records the probes' samples.
+    #[allow(clippy::too_many_arguments)]
+    fn resample(
+        &self,
+        rm: &Model,
+        rejected: &mut [Seq],
+        reference: Option<&mut Vec<(f64, f64)>>,
+        phase_index: usize,
+        epoch: usize,
+        sink: &mut Sink,
+        st: &LoopState,
+        phase: &str,
+    ) -> Result<()> {
+        let lim = self.cfg.lengths;
+        let prompts: Vec<Vec<u32>> = self.pairs.iter().map(|p| p.chosen.prompt.clone()).collect();
+        let max_new: Vec<usize> = self
+            .pairs
+            .iter()
+            .map(|p| {
+                (p.chosen.response.len().max(p.rejected.response.len()) + 8)
+                    .min(lim.max_total.saturating_sub(p.chosen.prompt.len()).max(1))
+            })
+            .collect();
+        let seed = self.cfg.seed ^ 0x0A11_CE00 ^ ((phase_index as u64) << 32) ^ epoch as u64;
+        let mut rng = StdRng::seed_from_u64(seed);
+        let samples = onpolicy::sample_responses(
+            &self.model,
+            &prompts,
+            &max_new,
+            self.cfg.sample_temperature,
+            &mut rng,
+            32,
+        )?;
+        for (r, (p, resp)) in rejected.iter_mut().zip(prompts.into_iter().zip(samples)) {
+            *r = Seq {
+                prompt: p,
+                response: resp,
+            };
+        }
+        if let Some(reference) = reference {
+            let refs = logprob::score(rm, rejected, 16)?;
+            for (r, v) in reference.iter_mut().zip(refs) {
+                r.1 = v;
+            }
+        }
+        let probe_idx: BTreeSet<usize> = self.header.probes.iter().map(|p| p.index).collect();
+        let shown = self
+            .pairs
+            .iter()
+            .zip(rejected.iter())
+            .filter(|(p, _)| probe_idx.contains(&p.index))
+            .map(|(p, r)| Ok((p.index, self.model.tok.decode(&r.response)?)))
+            .collect::<Result<Vec<_>>>()?;
+        sink.emit(Event::Samples {
+            step: st.step,
+            phase: phase.to_string(),
+            rejected: shown,
+        })?;
+        Ok(())
     }
 
     /// Handles pending commands; blocks while paused. Returns false to stop.
@@ -457,6 +544,7 @@ impl Session {
         &self,
         algo: Algo,
         idx: &[usize],
+        rejected: &[Seq],
         reference: Option<&[(f64, f64)]>,
         lp: LossParams,
         opt: &mut Optimizer,
@@ -468,7 +556,7 @@ impl Session {
         let with_rejected = algo != Algo::Sft;
         let mut seqs: Vec<&Seq> = idx.iter().map(|&i| &self.pairs[i].chosen).collect();
         if with_rejected {
-            seqs.extend(idx.iter().map(|&i| &self.pairs[i].rejected));
+            seqs.extend(idx.iter().map(|&i| &rejected[i]));
         }
         let batch = Batch::new(&seqs, dev)?;
         let logits = self.model.forward(&batch.ids)?;
