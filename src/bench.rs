@@ -84,9 +84,9 @@ pub fn train_step(steps: usize) -> Result<BenchResult> {
         let logits = model.forward(&ids)?;
         let v = logits.dim(2)?;
         let logits = logits.narrow(1, 0, t - 1)?.reshape(((t - 1) * b, v))?;
-        let lse = logits.log_sum_exp(1)?;
-        let picked = logits.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?;
-        let loss = (lse - picked)?.mean_all()?;
+        let loss = crate::model::fused::target_logp(&logits, &targets)?
+            .neg()?
+            .mean_all()?;
         let _ = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
         let t1 = Instant::now();
         let grads = loss.backward()?;

@@ -197,6 +197,9 @@ struct TrainArgs {
     /// Run file to write.
     #[arg(long)]
     out: PathBuf,
+    /// Also save the trained weights as a Hugging Face folder (e.g. to start DPO from an SFT run).
+    #[arg(long)]
+    save_model: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -389,6 +392,7 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
         },
         top_k: a.top_k,
         sample_temperature: a.sample_temperature,
+        save_model: a.save_model.as_ref().map(|p| p.display().to_string()),
     })
 }
 

@@ -180,10 +180,10 @@ pub fn lm_loss(model: &Model, ids: &Tensor, grad: bool) -> Result<(Tensor, Tenso
     } else {
         model.forward_eval(&inputs)?
     };
-    let lse = logits.log_sum_exp(D::Minus1)?;
-    let picked = logits.gather(&targets.unsqueeze(2)?, 2)?.squeeze(2)?;
-    let nll = (lse - picked)?;
-    Ok((nll.mean_all()?, logits))
+    let (b, t, v) = logits.dims3()?;
+    let lp =
+        crate::model::fused::target_logp(&logits.reshape((b * t, v))?, &targets.flatten_all()?)?;
+    Ok((lp.neg()?.mean_all()?, logits))
 }
 
 /// Perplexity and mean entropy over non-overlapping windows of a token stream.

@@ -195,7 +195,30 @@ fn export_csv_and_cut_run_file() {
     let run = dir.path().join("sft.jsonl");
     let model = fixtures().join("gpt2");
     let data = fixtures().join("probes_all.jsonl");
-    ok(&train_args(p(&model), p(&data), p(&run), "sft"));
+    let saved = dir.path().join("sft_model");
+    let mut args = train_args(p(&model), p(&data), p(&run), "sft");
+    args.extend(["--save-model", p(&saved)]);
+    ok(&args);
+    // the trained weights load back, differ from the start, and score the data like the run's
+    // last evaluation did
+    let start = ldviz::model::Model::load(&model, &candle_core::Device::Cpu).unwrap();
+    let trained = ldviz::model::Model::load(&saved, &candle_core::Device::Cpu).unwrap();
+    assert_ne!(start.fingerprint, trained.fingerprint);
+    let r = ldviz::run::read_run(&run).unwrap();
+    let last = r.evals.last().unwrap();
+    let probe = &r.header.probes[0];
+    let seq = ldviz::probe::Seq::encode(
+        &trained.tok,
+        &probe.prompt,
+        &probe.responses[&ldviz::data::Family::Chosen],
+        ldviz::probe::Lengths::default(),
+    )
+    .unwrap();
+    let lp = ldviz::probe::logprob::score(&trained, &[seq], 1).unwrap()[0];
+    assert!(
+        (lp - last.logps[&ldviz::data::Family::Chosen][0]).abs() < 1e-3,
+        "{lp}"
+    );
     let csv = dir.path().join("out.csv");
     ok(&["export", p(&run), "--csv", p(&csv)]);
     let text = std::fs::read_to_string(&csv).unwrap();

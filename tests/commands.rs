@@ -35,6 +35,7 @@ fn config(steps: usize) -> TrainConfig {
         probes: ProbeCount::N(3),
         lengths: Lengths::default(),
         sample_temperature: 1.0,
+        save_model: None,
         top_k: 3,
     }
 }

@@ -38,6 +38,7 @@ fn config(algo: Algo, lr: f64, beta: f64) -> TrainConfig {
         probes: ProbeCount::N(2),
         lengths: Lengths::default(),
         sample_temperature: 1.0,
+        save_model: None,
         top_k: 5,
     }
 }

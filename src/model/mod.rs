@@ -7,6 +7,7 @@
 //! generation). No module here depends on the GUI.
 
 pub mod config;
+pub mod fused;
 pub mod gpt2;
 pub mod gpt_neox;
 pub mod layers;

@@ -7,7 +7,7 @@
 //! causal mask, padded rows score exactly as unpadded ones.
 
 use anyhow::{Result, bail};
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 use crate::model::{Model, Tok};
 
@@ -129,9 +129,13 @@ pub fn token_logps(logits: &Tensor, batch: &Batch) -> Result<(Tensor, Tensor)> {
         DType::F32 | DType::F64 => logits.clone(),
         _ => logits.to_dtype(DType::F32)?,
     };
-    let picked = logits.gather(&batch.targets.unsqueeze(2)?, 2)?.squeeze(2)?;
-    let lse = logits.log_sum_exp(D::Minus1)?;
-    let per_tok = ((picked - lse)? * batch.mask.to_dtype(logits.dtype())?)?;
+    let (b, t, v) = logits.dims3()?;
+    let lp = crate::model::fused::target_logp(
+        &logits.reshape((b * t, v))?,
+        &batch.targets.flatten_all()?,
+    )?
+    .reshape((b, t))?;
+    let per_tok = (lp * batch.mask.to_dtype(logits.dtype())?)?;
     let summed = per_tok.sum(1)?;
     Ok((per_tok, summed))
 }

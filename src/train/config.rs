@@ -207,6 +207,9 @@ pub struct TrainConfig {
     /// Sampling temperature of on-policy responses.
     #[serde(default = "one")]
     pub sample_temperature: f64,
+    /// Save the final weights to this folder (config.json, model.safetensors, tokenizer.json).
+    #[serde(default)]
+    pub save_model: Option<String>,
 }
 
 fn one() -> f64 {

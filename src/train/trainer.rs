@@ -267,7 +267,12 @@ impl Session {
             last_eval: None,
             paused: false,
         };
-        let result = self.train_phases(&mut sink, rx, &mut state);
+        let mut result = self.train_phases(&mut sink, rx, &mut state);
+        if let (Ok(true), Some(dir)) = (&result, &self.cfg.save_model) {
+            if let Err(e) = self.model.save(Path::new(dir)) {
+                result = Err(e);
+            }
+        }
         let end = match &result {
             Ok(true) => Event::End {
                 reason: EndReason::Completed,
