@@ -268,10 +268,10 @@ impl Session {
             paused: false,
         };
         let mut result = self.train_phases(&mut sink, rx, &mut state);
-        if let (Ok(true), Some(dir)) = (&result, &self.cfg.save_model) {
-            if let Err(e) = self.model.save(Path::new(dir)) {
-                result = Err(e);
-            }
+        if let (Ok(true), Some(dir)) = (&result, &self.cfg.save_model)
+            && let Err(e) = self.model.save(Path::new(dir))
+        {
+            result = Err(e);
         }
         let end = match &result {
             Ok(true) => Event::End {
