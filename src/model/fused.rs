@@ -1,70 +1,111 @@
-//! Fused kernels with their own backward pass, for the hottest composite of training: the
-//! log-prob of each target token, logp[n] = z[n, t_n] − logsumexp(z[n, :]), over logits [N, V].
-//! Composed from candle ops this is ~8 full passes over [N, V] forward and more backward; fused it
-//! is one parallel pass forward and one backward (∂logp/∂z = onehot(t) − softmax(z)).
-//! CPU, f32/f64 only; callers fall back to the composite ops elsewhere. Checked against the
-//! composite ops and finite differences in tests.
+//! Fused CPU kernels with hand-written backward passes for the hot spots of training. candle's
+//! CPU element-wise ops run one thread and one op at a time, and the backward of a composite
+//! (RMSNorm, softmax, SwiGLU, RoPE, log-softmax) is many more such ops, so these were 10–50× the
+//! cost of their FLOPs. Each kernel here is one parallel pass forward and one backward:
+//! - [`target_logp`] computes logp[n] = z[n, t_n] − logsumexp(z[n, :]), gradient onehot − softmax;
+//! - [`rms_norm`] computes y = x·r·w with r = 1/sqrt(mean(x²) + ε);
+//! - [`softmax_causal`] computes softmax(scale·x) over the last dim, optionally causal;
+//! - [`swiglu`] computes silu(a)·b;
+//! - [`rope`] applies the rotary embedding (HF's two halves) to the first `rot` dims of a head.
+//!
+//! CPU and f32/f64 only: callers use the composite candle ops on other devices and dtypes.
+//! Every kernel is checked against its composite in value and gradient (tests below), and the
+//! whole model against f64 finite differences (tests/gradients.rs).
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Error, Layout, Result, Shape, Tensor};
+use std::sync::Arc;
+
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Error, Layout, Result, Shape, Tensor,
+    WithDType,
+};
 use rayon::prelude::*;
+
+/// Whether the fused kernels apply to this tensor.
+pub fn usable(x: &Tensor) -> bool {
+    x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
+}
+
+/// Floats the kernels are written for.
+trait Real: WithDType + std::ops::Neg<Output = Self> {
+    fn exp_(self) -> Self;
+}
+impl Real for f32 {
+    fn exp_(self) -> Self {
+        self.exp()
+    }
+}
+impl Real for f64 {
+    fn exp_(self) -> Self {
+        self.exp()
+    }
+}
+
+fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [T]> {
+    let (a, b) = l
+        .contiguous_offsets()
+        .ok_or_else(|| Error::Msg(format!("{op}: input must be contiguous")))?;
+    Ok(&s.as_slice::<T>()?[a..b])
+}
+
+/// Runs `$f::<T>` on the storages' slices for T = f32 or f64 and wraps the Vec result.
+macro_rules! by_dtype {
+    ($op:expr, $first:expr, $f:ident ( $( $s:expr, $l:expr ),+ ) $(, $extra:expr)* ) => {
+        match $first {
+            CpuStorage::F32(_) => f32::to_cpu_storage_owned($f::<f32>($( slice::<f32>($s, $l, $op)? ),+ $(, $extra)*)?),
+            CpuStorage::F64(_) => f64::to_cpu_storage_owned($f::<f64>($( slice::<f64>($s, $l, $op)? ),+ $(, $extra)*)?),
+            _ => return Err(Error::Msg(format!("{}: only f32 and f64", $op))),
+        }
+    };
+}
+
+// ---------------------------------------------------------------- target log-prob
 
 struct TargetLogp;
 struct TargetLogpGrad;
 
-fn contiguous<'a, T: candle_core::WithDType>(
-    s: &'a CpuStorage,
-    l: &Layout,
-    what: &str,
-) -> Result<&'a [T]> {
-    let (a, b) = l
-        .contiguous_offsets()
-        .ok_or_else(|| Error::Msg(format!("target-logp: {what} must be contiguous")))?;
-    Ok(&s.as_slice::<T>()?[a..b])
+/// logsumexp of a row: max and exponentials in T, their sum in f64.
+fn row_lse<T: Real>(z: &[T]) -> f64 {
+    let mut m = z[0];
+    for &x in z {
+        if x > m {
+            m = x;
+        }
+    }
+    let s: f64 = z.iter().map(|&x| (x - m).exp_().to_f64()).sum();
+    m.to_f64() + s.ln()
 }
 
-/// (max, log Σ exp(z − max)) of a row, accumulated in f64.
-fn row_lse<T: Copy + Into<f64>>(z: &[T]) -> (f64, f64) {
-    let m = z.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x.into()));
-    let s: f64 = z.iter().map(|&x| (x.into() - m).exp()).sum();
-    (m, s.ln())
-}
-
-fn fwd<T: Copy + Into<f64> + Send + Sync>(z: &[T], t: &[u32], v: usize) -> Result<Vec<f64>> {
+fn tl_fwd<T: Real>(z: &[T], t: &[u32], v: usize) -> Result<Vec<T>> {
     z.par_chunks(v)
         .zip(t.par_iter())
         .map(|(row, &ti)| {
-            let (m, ls) = row_lse(row);
-            let x: f64 = row
-                .get(ti as usize)
-                .copied()
-                .ok_or_else(|| {
-                    Error::Msg(format!("target-logp: target {ti} outside vocabulary {v}"))
-                })?
-                .into();
-            Ok(x - m - ls)
+            let x = row.get(ti as usize).copied().ok_or_else(|| {
+                Error::Msg(format!("target-logp: target {ti} outside vocabulary {v}"))
+            })?;
+            Ok(T::from_f64(x.to_f64() - row_lse(row)))
         })
         .collect()
 }
 
-fn bwd<T: Copy + Into<f64> + Send + Sync>(z: &[T], t: &[u32], g: &[T], v: usize) -> Vec<f64> {
-    let mut out = vec![0f64; z.len()];
+/// `gl` holds (upstream gradient, logsumexp) per row: the normalizer needs no second pass.
+fn tl_bwd<T: Real>(z: &[T], t: &[u32], gl: &[T], v: usize) -> Result<Vec<T>> {
+    let mut out = vec![T::zero(); z.len()];
     out.par_chunks_mut(v)
         .zip(z.par_chunks(v))
-        .zip(t.par_iter().zip(g.par_iter()))
-        .for_each(|((o, row), (&ti, &gi))| {
-            let gi: f64 = gi.into();
-            if gi == 0.0 {
+        .zip(t.par_iter().zip(gl.par_chunks(2)))
+        .for_each(|((o, row), (&ti, gl))| {
+            let (gi, lse) = (gl[0], gl[1]);
+            if gi == T::zero() {
                 return;
             }
-            let (m, ls) = row_lse(row);
             for (oj, &zj) in o.iter_mut().zip(row) {
-                *oj = -gi * (zj.into() - m - ls).exp();
+                *oj = -gi * (zj - lse).exp_();
             }
             if let Some(x) = o.get_mut(ti as usize) {
                 *x += gi;
             }
         });
-    out
+    Ok(out)
 }
 
 impl CustomOp2 for TargetLogp {
@@ -80,7 +121,7 @@ impl CustomOp2 for TargetLogp {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (n, v) = l1.shape().dims2()?;
-        let t = contiguous::<u32>(s2, l2, "targets")?;
+        let t = slice::<u32>(s2, l2, self.name())?;
         if t.len() != n {
             return Err(Error::Msg(format!(
                 "target-logp: {n} rows but {} targets",
@@ -88,13 +129,12 @@ impl CustomOp2 for TargetLogp {
             )));
         }
         let out = match s1 {
-            CpuStorage::F32(_) => CpuStorage::F32(
-                fwd(contiguous::<f32>(s1, l1, "logits")?, t, v)?
-                    .into_iter()
-                    .map(|x| x as f32)
-                    .collect(),
-            ),
-            CpuStorage::F64(_) => CpuStorage::F64(fwd(contiguous::<f64>(s1, l1, "logits")?, t, v)?),
+            CpuStorage::F32(_) => {
+                CpuStorage::F32(tl_fwd(slice::<f32>(s1, l1, self.name())?, t, v)?)
+            }
+            CpuStorage::F64(_) => {
+                CpuStorage::F64(tl_fwd(slice::<f64>(s1, l1, self.name())?, t, v)?)
+            }
             _ => return Err(Error::Msg("target-logp: logits must be f32 or f64".into())),
         };
         Ok((out, Shape::from(n)))
@@ -104,10 +144,13 @@ impl CustomOp2 for TargetLogp {
         &self,
         z: &Tensor,
         t: &Tensor,
-        _res: &Tensor,
+        res: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let gz = z.apply_op3_no_bwd(t, &g.contiguous()?, &TargetLogpGrad)?;
+        // logsumexp per row = z[n, t_n] − logp[n]
+        let lse = (z.gather(&t.unsqueeze(1)?.contiguous()?, 1)?.squeeze(1)? - res)?;
+        let gl = Tensor::stack(&[g, &lse], 1)?;
+        let gz = z.contiguous()?.apply_op3_no_bwd(t, &gl, &TargetLogpGrad)?;
         Ok((Some(gz), None))
     }
 }
@@ -127,18 +170,20 @@ impl CustomOp3 for TargetLogpGrad {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (_, v) = l1.shape().dims2()?;
-        let t = contiguous::<u32>(s2, l2, "targets")?;
+        let t = slice::<u32>(s2, l2, self.name())?;
         let out = match (s1, s3) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => {
-                let z = contiguous::<f32>(s1, l1, "logits")?;
-                let g = contiguous::<f32>(s3, l3, "gradient")?;
-                CpuStorage::F32(bwd(z, t, g, v).into_iter().map(|x| x as f32).collect())
-            }
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => {
-                let z = contiguous::<f64>(s1, l1, "logits")?;
-                let g = contiguous::<f64>(s3, l3, "gradient")?;
-                CpuStorage::F64(bwd(z, t, g, v))
-            }
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(tl_bwd(
+                slice::<f32>(s1, l1, self.name())?,
+                t,
+                slice::<f32>(s3, l3, self.name())?,
+                v,
+            )?),
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(tl_bwd(
+                slice::<f64>(s1, l1, self.name())?,
+                t,
+                slice::<f64>(s3, l3, self.name())?,
+                v,
+            )?),
             _ => {
                 return Err(Error::Msg(
                     "target-logp-grad: dtypes must be f32 or f64 and match".into(),
@@ -147,6 +192,411 @@ impl CustomOp3 for TargetLogpGrad {
         };
         Ok((out, l1.shape().clone()))
     }
+}
+
+// ---------------------------------------------------------------- RMSNorm
+
+struct RmsNorm(f64);
+struct RmsNormGrad(f64);
+
+fn rms_fwd<T: Real>(x: &[T], w: &[T], eps: f64) -> Result<Vec<T>> {
+    let h = w.len();
+    let mut y = vec![T::zero(); x.len()];
+    y.par_chunks_mut(h)
+        .zip(x.par_chunks(h))
+        .for_each(|(yr, xr)| {
+            let ms = xr.iter().map(|&v| v.to_f64() * v.to_f64()).sum::<f64>() / h as f64;
+            let r = T::from_f64(1.0 / (ms + eps).sqrt());
+            for j in 0..h {
+                yr[j] = xr[j] * r * w[j];
+            }
+        });
+    Ok(y)
+}
+
+/// [dx (x.len()) ; dw (h)] in one buffer.
+fn rms_bwd<T: Real>(x: &[T], w: &[T], g: &[T], eps: f64) -> Result<Vec<T>> {
+    let h = w.len();
+    let rows = x.len() / h;
+    let mut out = vec![T::zero(); x.len() + h];
+    let (dx, _) = out.split_at_mut(x.len());
+    let block = rows
+        .div_ceil(rayon::current_num_threads().max(1) * 4)
+        .max(1);
+    let partial: Vec<Vec<f64>> = dx
+        .par_chunks_mut(h * block)
+        .zip(x.par_chunks(h * block).zip(g.par_chunks(h * block)))
+        .map(|(dxb, (xb, gb))| {
+            let mut dw = vec![0f64; h];
+            for ((dxr, xr), gr) in dxb.chunks_mut(h).zip(xb.chunks(h)).zip(gb.chunks(h)) {
+                let ms = xr.iter().map(|&v| v.to_f64() * v.to_f64()).sum::<f64>() / h as f64;
+                let r = 1.0 / (ms + eps).sqrt();
+                let c = (0..h)
+                    .map(|j| w[j].to_f64() * gr[j].to_f64() * xr[j].to_f64())
+                    .sum::<f64>()
+                    / h as f64;
+                for j in 0..h {
+                    let (xj, gj) = (xr[j].to_f64(), gr[j].to_f64());
+                    dxr[j] = T::from_f64(r * w[j].to_f64() * gj - xj * r * r * r * c);
+                    dw[j] += gj * xj * r;
+                }
+            }
+            dw
+        })
+        .collect();
+    for p in partial {
+        for j in 0..h {
+            out[x.len() + j] += T::from_f64(p[j]);
+        }
+    }
+    Ok(out)
+}
+
+impl CustomOp2 for RmsNorm {
+    fn name(&self) -> &'static str {
+        "fused-rms-norm"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = by_dtype!(self.name(), s1, rms_fwd(s1, l1, s2, l2), self.0);
+        Ok((out, l1.shape().clone()))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let both = x.contiguous()?.apply_op3_no_bwd(
+            &w.contiguous()?,
+            &g.contiguous()?,
+            &RmsNormGrad(self.0),
+        )?;
+        let n = x.elem_count();
+        let dx = both.narrow(0, 0, n)?.reshape(x.shape())?;
+        let dw = both.narrow(0, n, w.elem_count())?.reshape(w.shape())?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+impl CustomOp3 for RmsNormGrad {
+    fn name(&self) -> &'static str {
+        "fused-rms-norm-grad"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = by_dtype!(self.name(), s1, rms_bwd(s1, l1, s2, l2, s3, l3), self.0);
+        let n = l1.shape().elem_count() + l2.shape().elem_count();
+        Ok((out, Shape::from(n)))
+    }
+}
+
+/// RMSNorm over the last dimension: x / sqrt(mean(x²) + eps) · w.
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&w.contiguous()?, RmsNorm(eps))
+}
+
+// ---------------------------------------------------------------- softmax (scaled, causal)
+
+struct Softmax {
+    scale: f64,
+    causal: bool,
+}
+struct SoftmaxGrad {
+    scale: f64,
+}
+
+fn softmax_fwd<T: Real>(x: &[T], t: usize, s: usize, scale: f64, causal: bool) -> Result<Vec<T>> {
+    let mut y = vec![T::zero(); x.len()];
+    let sc = T::from_f64(scale);
+    y.par_chunks_mut(s)
+        .zip(x.par_chunks(s))
+        .enumerate()
+        .for_each(|(row, (yr, xr))| {
+            let i = row % t;
+            let n = if causal { (i + 1 + s - t).min(s) } else { s };
+            let mut m = T::from_f64(f64::NEG_INFINITY);
+            for &v in &xr[..n] {
+                let v = v * sc;
+                if v > m {
+                    m = v;
+                }
+            }
+            let mut sum = 0f64;
+            for j in 0..n {
+                let e = (xr[j] * sc - m).exp_();
+                yr[j] = e;
+                sum += e.to_f64();
+            }
+            let inv = T::from_f64(1.0 / sum);
+            for v in &mut yr[..n] {
+                *v *= inv;
+            }
+        });
+    Ok(y)
+}
+
+fn softmax_bwd<T: Real>(y: &[T], g: &[T], s: usize, scale: f64) -> Result<Vec<T>> {
+    let mut dx = vec![T::zero(); y.len()];
+    let sc = T::from_f64(scale);
+    dx.par_chunks_mut(s)
+        .zip(y.par_chunks(s).zip(g.par_chunks(s)))
+        .for_each(|(dr, (yr, gr))| {
+            let dot: f64 = yr
+                .iter()
+                .zip(gr)
+                .map(|(&a, &b)| a.to_f64() * b.to_f64())
+                .sum();
+            let dot = T::from_f64(dot);
+            for j in 0..s {
+                dr[j] = sc * yr[j] * (gr[j] - dot);
+            }
+        });
+    Ok(dx)
+}
+
+impl CustomOp1 for Softmax {
+    fn name(&self) -> &'static str {
+        "fused-softmax"
+    }
+    fn cpu_fwd(&self, st: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dims = l.shape().dims();
+        if dims.len() < 2 {
+            return Err(Error::Msg("fused-softmax: needs [.., T, S]".into()));
+        }
+        let (t, s) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+        if self.causal && t > s {
+            return Err(Error::Msg("fused-softmax: causal needs T <= S".into()));
+        }
+        let out = by_dtype!(
+            self.name(),
+            st,
+            softmax_fwd(st, l),
+            t,
+            s,
+            self.scale,
+            self.causal
+        );
+        Ok((out, l.shape().clone()))
+    }
+    fn bwd(&self, _x: &Tensor, res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(res.apply_op2_no_bwd(
+            &g.contiguous()?,
+            &SoftmaxGrad { scale: self.scale },
+        )?))
+    }
+}
+
+impl CustomOp2 for SoftmaxGrad {
+    fn name(&self) -> &'static str {
+        "fused-softmax-grad"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let s = *l1.shape().dims().last().unwrap_or(&1);
+        let out = by_dtype!(self.name(), s1, softmax_bwd(s1, l1, s2, l2), s, self.scale);
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+/// softmax(scale · x) over the last dimension of x [.., T, S]; with `causal`, query i of T sees
+/// keys j ≤ i + (S − T) (the rest get probability 0).
+pub fn softmax_causal(x: &Tensor, scale: f64, causal: bool) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Softmax { scale, causal })
+}
+
+// ---------------------------------------------------------------- SwiGLU
+
+struct Swiglu;
+struct SwigluGrad;
+
+fn swiglu_fwd<T: Real>(a: &[T], b: &[T]) -> Result<Vec<T>> {
+    let mut y = vec![T::zero(); a.len()];
+    y.par_chunks_mut(4096)
+        .zip(a.par_chunks(4096).zip(b.par_chunks(4096)))
+        .for_each(|(yc, (ac, bc))| {
+            for j in 0..yc.len() {
+                let s = T::one() / (T::one() + (-ac[j]).exp_());
+                yc[j] = ac[j] * s * bc[j];
+            }
+        });
+    Ok(y)
+}
+
+/// [da ; db] in one buffer.
+fn swiglu_bwd<T: Real>(a: &[T], b: &[T], g: &[T]) -> Result<Vec<T>> {
+    let n = a.len();
+    let mut out = vec![T::zero(); 2 * n];
+    let (da, db) = out.split_at_mut(n);
+    da.par_chunks_mut(4096)
+        .zip(db.par_chunks_mut(4096))
+        .zip(
+            a.par_chunks(4096)
+                .zip(b.par_chunks(4096))
+                .zip(g.par_chunks(4096)),
+        )
+        .for_each(|((dac, dbc), ((ac, bc), gc))| {
+            for j in 0..dac.len() {
+                let s = T::one() / (T::one() + (-ac[j]).exp_());
+                let silu = ac[j] * s;
+                dac[j] = gc[j] * bc[j] * s * (T::one() + ac[j] * (T::one() - s));
+                dbc[j] = gc[j] * silu;
+            }
+        });
+    Ok(out)
+}
+
+impl CustomOp2 for Swiglu {
+    fn name(&self) -> &'static str {
+        "fused-swiglu"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        if l1.shape() != l2.shape() {
+            return Err(Error::Msg("fused-swiglu: shapes differ".into()));
+        }
+        let out = by_dtype!(self.name(), s1, swiglu_fwd(s1, l1, s2, l2));
+        Ok((out, l1.shape().clone()))
+    }
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let both =
+            a.contiguous()?
+                .apply_op3_no_bwd(&b.contiguous()?, &g.contiguous()?, &SwigluGrad)?;
+        let n = a.elem_count();
+        Ok((
+            Some(both.narrow(0, 0, n)?.reshape(a.shape())?),
+            Some(both.narrow(0, n, n)?.reshape(a.shape())?),
+        ))
+    }
+}
+
+impl CustomOp3 for SwigluGrad {
+    fn name(&self) -> &'static str {
+        "fused-swiglu-grad"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = by_dtype!(self.name(), s1, swiglu_bwd(s1, l1, s2, l2, s3, l3));
+        Ok((out, Shape::from(2 * l1.shape().elem_count())))
+    }
+}
+
+/// silu(a) · b, element-wise.
+pub fn swiglu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    a.contiguous()?.apply_op2(&b.contiguous()?, Swiglu)
+}
+
+// ---------------------------------------------------------------- RoPE
+
+/// Rotary embedding on x [B, H, T, D] (first `rot` dims of each head, two halves), with tables
+/// cos/sin [T, rot/2]; `sign` −1 applies the inverse rotation (the backward pass).
+#[derive(Clone)]
+struct Rope {
+    cos: Arc<Vec<f64>>,
+    sin: Arc<Vec<f64>>,
+    rot: usize,
+    sign: f64,
+}
+
+fn rope_apply<T: Real>(
+    x: &[T],
+    d: usize,
+    t: usize,
+    rot: usize,
+    cos: &[f64],
+    sin: &[f64],
+    sign: f64,
+) -> Result<Vec<T>> {
+    let half = rot / 2;
+    let mut y = x.to_vec();
+    y.par_chunks_mut(d).enumerate().for_each(|(row, yr)| {
+        let p = row % t;
+        for i in 0..half {
+            let (c, s) = (cos[p * half + i], sign * sin[p * half + i]);
+            let (a, b) = (yr[i].to_f64(), yr[i + half].to_f64());
+            yr[i] = T::from_f64(a * c - b * s);
+            yr[i + half] = T::from_f64(b * c + a * s);
+        }
+    });
+    Ok(y)
+}
+
+impl CustomOp1 for Rope {
+    fn name(&self) -> &'static str {
+        "fused-rope"
+    }
+    fn cpu_fwd(&self, st: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (_, _, t, d) = l.shape().dims4()?;
+        if self.rot > d || self.cos.len() < t * (self.rot / 2) {
+            return Err(Error::Msg("fused-rope: tables do not fit the input".into()));
+        }
+        let out = by_dtype!(
+            self.name(),
+            st,
+            rope_apply(st, l),
+            d,
+            t,
+            self.rot,
+            &self.cos,
+            &self.sin,
+            self.sign
+        );
+        Ok((out, l.shape().clone()))
+    }
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let inv = Rope {
+            sign: -self.sign,
+            ..self.clone()
+        };
+        Ok(Some(g.contiguous()?.apply_op1(inv)?))
+    }
+}
+
+/// Applies RoPE (HF's rotate-half convention) to the first `rot` dims of each head of
+/// x [B, H, T, D]; `cos`/`sin` are [T, rot/2] row-major tables.
+pub fn rope(x: &Tensor, cos: Arc<Vec<f64>>, sin: Arc<Vec<f64>>, rot: usize) -> Result<Tensor> {
+    x.contiguous()?.apply_op1(Rope {
+        cos,
+        sin,
+        rot,
+        sign: 1.0,
+    })
 }
 
 /// logp[n] = z[n, t_n] − logsumexp(z[n, :]) for logits [N, V] and u32 targets [N], differentiable
@@ -203,6 +653,152 @@ mod tests {
             for (x, y) in ra.iter().zip(rb) {
                 assert!((x - y).abs() < 1e-12, "{x} vs {y}");
             }
+        }
+    }
+
+    fn var(shape: &[usize], seed: usize) -> Var {
+        let n: usize = shape.iter().product();
+        let data: Vec<f64> = (0..n)
+            .map(|i| (((i + seed) * 7919 % 211) as f64 - 105.0) / 60.0)
+            .collect();
+        Var::from_vec(data, shape, &Device::Cpu).unwrap()
+    }
+
+    /// Value and gradients (w.r.t. every input) of `fused` equal those of `composite`.
+    fn same(
+        inputs: &[&Var],
+        fused: impl Fn(&[Tensor]) -> Tensor,
+        composite: impl Fn(&[Tensor]) -> Tensor,
+    ) {
+        let ts: Vec<Tensor> = inputs.iter().map(|v| v.as_tensor().clone()).collect();
+        let a = fused(&ts);
+        let b = composite(&ts);
+        let w = var(a.dims(), 3).as_tensor().detach();
+        let va: Vec<f64> = a.flatten_all().unwrap().to_vec1().unwrap();
+        let vb: Vec<f64> = b.flatten_all().unwrap().to_vec1().unwrap();
+        for (x, y) in va.iter().zip(&vb) {
+            assert!((x - y).abs() < 1e-10, "value {x} vs {y}");
+        }
+        let ga = (a * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gb = (b * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in inputs {
+            let x: Vec<f64> = ga
+                .get(v.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let y: Vec<f64> = gb
+                .get(v.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            for (p, q) in x.iter().zip(&y) {
+                assert!((p - q).abs() < 1e-10, "gradient {p} vs {q}");
+            }
+        }
+    }
+
+    #[test]
+    fn rms_norm_matches_composite() {
+        let (x, w) = (var(&[3, 5, 8], 1), var(&[8], 2));
+        same(
+            &[&x, &w],
+            |t| rms_norm(&t[0], &t[1], 1e-5).unwrap(),
+            |t| {
+                let inv = ((t[0].sqr().unwrap().mean_keepdim(2).unwrap() + 1e-5)
+                    .unwrap()
+                    .sqrt()
+                    .unwrap())
+                .recip()
+                .unwrap();
+                t[0].broadcast_mul(&inv)
+                    .unwrap()
+                    .broadcast_mul(&t[1])
+                    .unwrap()
+            },
+        );
+    }
+
+    #[test]
+    fn softmax_matches_composite_with_and_without_causal_mask() {
+        for (tq, s) in [(6usize, 6usize), (3, 7)] {
+            let x = var(&[2, 3, tq, s], 5);
+            let mut m = vec![0f64; tq * s];
+            for i in 0..tq {
+                for j in 0..s {
+                    if j > i + s - tq {
+                        m[i * s + j] = f64::NEG_INFINITY;
+                    }
+                }
+            }
+            let mask = Tensor::from_vec(m, (tq, s), &Device::Cpu).unwrap();
+            same(
+                &[&x],
+                |t| softmax_causal(&t[0], 0.7, true).unwrap(),
+                |t| {
+                    candle_nn::ops::softmax(
+                        &(&t[0] * 0.7).unwrap().broadcast_add(&mask).unwrap(),
+                        3,
+                    )
+                    .unwrap()
+                },
+            );
+            same(
+                &[&x],
+                |t| softmax_causal(&t[0], 1.3, false).unwrap(),
+                |t| candle_nn::ops::softmax(&(&t[0] * 1.3).unwrap(), 3).unwrap(),
+            );
+        }
+    }
+
+    #[test]
+    fn swiglu_matches_composite() {
+        let (a, b) = (var(&[4, 9], 1), var(&[4, 9], 2));
+        same(
+            &[&a, &b],
+            |t| swiglu(&t[0], &t[1]).unwrap(),
+            |t| (t[0].silu().unwrap() * &t[1]).unwrap(),
+        );
+    }
+
+    #[test]
+    fn rope_matches_composite_full_and_partial() {
+        let (tq, d) = (5usize, 8usize);
+        for rot in [8usize, 4] {
+            let x = var(&[2, 3, tq, d], 4);
+            let freqs = crate::model::layers::inv_freq(rot, 100.0);
+            let mut cos = Vec::new();
+            let mut sin = Vec::new();
+            for p in 0..tq {
+                for f in &freqs {
+                    cos.push((p as f64 * f).cos());
+                    sin.push((p as f64 * f).sin());
+                }
+            }
+            let ct = Tensor::from_vec(cos.clone(), (tq, rot / 2), &Device::Cpu).unwrap();
+            let st = Tensor::from_vec(sin.clone(), (tq, rot / 2), &Device::Cpu).unwrap();
+            let (c, s) = (Arc::new(cos), Arc::new(sin));
+            same(
+                &[&x],
+                |t| rope(&t[0], c.clone(), s.clone(), rot).unwrap(),
+                |t| {
+                    let r = crate::model::layers::apply_rope_composite(
+                        &t[0].narrow(3, 0, rot).unwrap(),
+                        &ct,
+                        &st,
+                    )
+                    .unwrap();
+                    if rot == d {
+                        r
+                    } else {
+                        Tensor::cat(&[&r, &t[0].narrow(3, rot, d - rot).unwrap()], 3).unwrap()
+                    }
+                },
+            );
         }
     }
 

@@ -7,9 +7,7 @@ use candle_core::{D, Result, Tensor};
 
 use super::Weights;
 use super::config::GptNeoxConfig;
-use super::layers::{
-    apply_rope, attention, causal_mask, gelu, inv_freq, layer_norm, linear, rope_tables,
-};
+use super::layers::{Rope, attention, causal_mask, gelu, inv_freq, layer_norm, linear};
 
 pub fn param_shapes(c: &GptNeoxConfig) -> Vec<(String, Vec<usize>)> {
     let h = c.hidden_size;
@@ -73,19 +71,9 @@ pub fn forward(c: &GptNeoxConfig, w: &Weights, ids: &Tensor) -> Result<Tensor> {
     let exact = c.hidden_act == "gelu";
     let dtype = w.get("gpt_neox.embed_in.weight")?.dtype();
     let mask = causal_mask(t, dtype, dev)?;
-    let (cos, sin) = rope_tables(&inv_freq(rot, c.rotary_emb_base), t, dtype, dev)?;
+    let rope = Rope::new(&inv_freq(rot, c.rotary_emb_base), t, dtype, dev)?;
     let embed = w.get("gpt_neox.embed_in.weight")?;
     let mut x = embed.embedding(&ids.flatten_all()?)?.reshape((b, t, h))?;
-    let rope_part = |x: &Tensor| -> Result<Tensor> {
-        if rot == 0 {
-            return Ok(x.clone());
-        }
-        let r = apply_rope(&x.narrow(D::Minus1, 0, rot)?, &cos, &sin)?;
-        if rot == dh {
-            return Ok(r);
-        }
-        Tensor::cat(&[&r, &x.narrow(D::Minus1, rot, dh - rot)?], D::Minus1)
-    };
     for i in 0..c.num_hidden_layers {
         let p = format!("gpt_neox.layers.{i}");
         let bias = |name: &str| -> Result<Option<Tensor>> {
@@ -112,8 +100,8 @@ pub fn forward(c: &GptNeoxConfig, w: &Weights, ids: &Tensor) -> Result<Tensor> {
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let q = rope_part(&head(0)?)?;
-        let k = rope_part(&head(1)?)?;
+        let q = rope.apply(&head(0)?)?;
+        let k = rope.apply(&head(1)?)?;
         let v = head(2)?;
         let a = attention(&q, &k, &v, &mask)?;
         let a = linear(

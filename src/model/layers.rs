@@ -36,11 +36,22 @@ pub fn conv1d(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     y.reshape(out)
 }
 
-/// RMSNorm: x / sqrt(mean(x²) + eps) · w, in the input's dtype.
+/// RMSNorm: x / sqrt(mean(x²) + eps) · w (fused on CPU, see fused.rs).
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    if super::fused::usable(x) {
+        return super::fused::rms_norm(x, w, eps);
+    }
     let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
     let inv = (ms + eps)?.sqrt()?.recip()?;
     x.broadcast_mul(&inv)?.broadcast_mul(w)
+}
+
+/// silu(a) · b (fused on CPU).
+pub fn swiglu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if super::fused::usable(a) {
+        return super::fused::swiglu(a, b);
+    }
+    a.silu()? * b
 }
 
 /// LayerNorm: (x − mean) / sqrt(var + eps) · w + b (biased variance, as PyTorch).
@@ -63,27 +74,55 @@ pub fn causal_mask(t: usize, dtype: DType, device: &Device) -> Result<Tensor> {
     Tensor::from_vec(m, (t, t), device)?.to_dtype(dtype)
 }
 
-/// cos/sin tables [T, rot/2] for rotary embeddings with the given inverse frequencies.
-pub fn rope_tables(
-    inv_freq: &[f64],
-    t: usize,
-    dtype: DType,
-    device: &Device,
-) -> Result<(Tensor, Tensor)> {
-    let half = inv_freq.len();
-    let mut cos = Vec::with_capacity(t * half);
-    let mut sin = Vec::with_capacity(t * half);
-    for p in 0..t {
-        for f in inv_freq {
-            let a = p as f64 * f;
-            cos.push(a.cos());
-            sin.push(a.sin());
+/// Rotary-embedding tables for T positions: cos/sin [T, rot/2] as tensors (composite path)
+/// and as shared f64 tables (fused path).
+pub struct Rope {
+    pub cos: Tensor,
+    pub sin: Tensor,
+    cos_v: std::sync::Arc<Vec<f64>>,
+    sin_v: std::sync::Arc<Vec<f64>>,
+    pub rot: usize,
+}
+
+impl Rope {
+    pub fn new(inv_freq: &[f64], t: usize, dtype: DType, device: &Device) -> Result<Rope> {
+        let half = inv_freq.len();
+        let mut cos = Vec::with_capacity(t * half);
+        let mut sin = Vec::with_capacity(t * half);
+        for p in 0..t {
+            for f in inv_freq {
+                let a = p as f64 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
         }
+        Ok(Rope {
+            cos: Tensor::from_vec(cos.clone(), (t, half), device)?.to_dtype(dtype)?,
+            sin: Tensor::from_vec(sin.clone(), (t, half), device)?.to_dtype(dtype)?,
+            cos_v: std::sync::Arc::new(cos),
+            sin_v: std::sync::Arc::new(sin),
+            rot: 2 * half,
+        })
     }
-    Ok((
-        Tensor::from_vec(cos, (t, half), device)?.to_dtype(dtype)?,
-        Tensor::from_vec(sin, (t, half), device)?.to_dtype(dtype)?,
-    ))
+
+    /// Rotates the first `rot` dims of each head of x [B, H, T, Dh]; the rest pass through.
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        if self.rot == 0 {
+            return Ok(x.clone());
+        }
+        if super::fused::usable(x) {
+            return super::fused::rope(x, self.cos_v.clone(), self.sin_v.clone(), self.rot);
+        }
+        let dh = x.dim(D::Minus1)?;
+        let r = apply_rope_composite(&x.narrow(D::Minus1, 0, self.rot)?, &self.cos, &self.sin)?;
+        if self.rot == dh {
+            return Ok(r);
+        }
+        Tensor::cat(
+            &[&r, &x.narrow(D::Minus1, self.rot, dh - self.rot)?],
+            D::Minus1,
+        )
+    }
 }
 
 /// Standard RoPE inverse frequencies: base^(−2i/rot).
@@ -95,7 +134,7 @@ pub fn inv_freq(rot: usize, base: f64) -> Vec<f64> {
 
 /// Rotates the two halves of the last dimension (HF's `rotate_half` convention).
 /// x: [B, H, T, rot]; cos/sin: [T, rot/2].
-pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+pub fn apply_rope_composite(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let rot = x.dim(D::Minus1)?;
     let half = rot / 2;
     let cos = Tensor::cat(&[cos, cos], D::Minus1)?;
@@ -106,14 +145,17 @@ pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
 }
 
-/// Scaled dot-product attention with an additive mask. q: [B, H, T, Dh]; k, v: [B, H, S, Dh];
-/// mask: [T, S]. Returns [B, T, H·Dh].
+/// Causal scaled dot-product attention. q: [B, H, T, Dh]; k, v: [B, H, S, Dh]; `mask` is the
+/// additive causal mask [T, S] used off the fused path. Returns [B, T, H·Dh].
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let (b, h, t, dh) = q.dims4()?;
     let scale = 1.0 / (dh as f64).sqrt();
-    let scores = (q.matmul(&k.t()?)? * scale)?;
-    let scores = scores.broadcast_add(mask)?;
-    let p = candle_nn::ops::softmax(&scores, D::Minus1)?;
+    let scores = q.matmul(&k.t()?)?;
+    let p = if super::fused::usable(&scores) {
+        super::fused::softmax_causal(&scores, scale, true)?
+    } else {
+        candle_nn::ops::softmax(&(scores * scale)?.broadcast_add(mask)?, D::Minus1)?
+    };
     let y = p.matmul(v)?;
     y.transpose(1, 2)?.reshape((b, t, h * dh))
 }

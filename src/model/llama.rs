@@ -6,9 +6,7 @@ use candle_core::{D, Result, Tensor};
 
 use super::Weights;
 use super::config::{Llama3Rope, LlamaConfig};
-use super::layers::{
-    apply_rope, attention, causal_mask, inv_freq, linear, repeat_kv, rms_norm, rope_tables,
-};
+use super::layers::{Rope, attention, causal_mask, inv_freq, linear, repeat_kv, rms_norm, swiglu};
 
 /// Every weight tensor of the model with its shape, in HF names.
 pub fn param_shapes(c: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
@@ -85,7 +83,7 @@ pub fn forward(c: &LlamaConfig, w: &Weights, ids: &Tensor) -> Result<Tensor> {
     let nkv = c.num_key_value_heads;
     let dtype = w.get("model.embed_tokens.weight")?.dtype();
     let mask = causal_mask(t, dtype, dev)?;
-    let (cos, sin) = rope_tables(&rope_freqs(c), t, dtype, dev)?;
+    let rope = Rope::new(&rope_freqs(c), t, dtype, dev)?;
     let embed = w.get("model.embed_tokens.weight")?;
     let mut x = embed
         .embedding(&ids.flatten_all()?)?
@@ -118,8 +116,8 @@ pub fn forward(c: &LlamaConfig, w: &Weights, ids: &Tensor) -> Result<Tensor> {
             .reshape((b, t, nkv, dh))?
             .transpose(1, 2)?
             .contiguous()?;
-        let q = apply_rope(&q, &cos, &sin)?;
-        let k = repeat_kv(&apply_rope(&k, &cos, &sin)?, nh / nkv)?;
+        let q = rope.apply(&q)?;
+        let k = repeat_kv(&rope.apply(&k)?, nh / nkv)?;
         let v = repeat_kv(&v, nh / nkv)?;
         let a = attention(&q, &k, &v, &mask)?;
         let a = linear(&a, &w.get(&format!("{p}.self_attn.o_proj.weight"))?, None)?;
@@ -132,7 +130,7 @@ pub fn forward(c: &LlamaConfig, w: &Weights, ids: &Tensor) -> Result<Tensor> {
         let g = linear(&hn, &w.get(&format!("{p}.mlp.gate_proj.weight"))?, None)?;
         let u = linear(&hn, &w.get(&format!("{p}.mlp.up_proj.weight"))?, None)?;
         let m = linear(
-            &(g.silu()? * u)?,
+            &swiglu(&g, &u)?,
             &w.get(&format!("{p}.mlp.down_proj.weight"))?,
             None,
         )?;
