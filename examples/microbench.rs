@@ -15,6 +15,11 @@ fn t<F: FnMut()>(name: &str, mut f: F) {
 }
 
 fn main() {
+    if std::env::var("ATTN").is_ok() {
+        ldviz::perf::init();
+        attn_parts();
+        return;
+    }
     ldviz::perf::init();
     let d = Device::Cpu;
     let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (16, 128, 128), &d).unwrap()).unwrap();
@@ -82,5 +87,40 @@ fn main() {
     });
     t("add [16,128,128] contiguous", || {
         let _ = (x.as_tensor() + x.as_tensor()).unwrap();
+    });
+}
+
+#[allow(dead_code)]
+fn attn_parts() {
+    let d = Device::Cpu;
+    let q = Var::from_tensor(&Tensor::randn(0f32, 1.0, (16, 4, 128, 32), &d).unwrap()).unwrap();
+    let k = Var::from_tensor(&Tensor::randn(0f32, 1.0, (16, 4, 128, 32), &d).unwrap()).unwrap();
+    let g = Tensor::randn(0f32, 1.0, (16, 4, 128, 128), &d).unwrap();
+    t("qk^T fwd+bwd (real upstream grad)", || {
+        let s = q.as_tensor().matmul(&k.as_tensor().t().unwrap()).unwrap();
+        let _ = (s * &g).unwrap().sum_all().unwrap().backward().unwrap();
+    });
+    let p = Var::from_tensor(&Tensor::randn(0f32, 1.0, (16, 4, 128, 128), &d).unwrap()).unwrap();
+    let g2 = Tensor::randn(0f32, 1.0, (16, 4, 128, 32), &d).unwrap();
+    t("pv fwd+bwd", || {
+        let s = p.as_tensor().matmul(k.as_tensor()).unwrap();
+        let _ = (s * &g2).unwrap().sum_all().unwrap().backward().unwrap();
+    });
+    t("mul+sum only [16,4,128,128]", || {
+        let _ = (p.as_tensor() * &g)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+    });
+    t("grad.matmul(k) batched, contiguous", || {
+        let _ = g.matmul(k.as_tensor()).unwrap();
+    });
+    t("g^T.matmul(q) batched, transposed view", || {
+        let _ = g.t().unwrap().matmul(q.as_tensor()).unwrap();
+    });
+    t("transpose(1,2).contiguous [16,128,4,32]", || {
+        let _ = q.as_tensor().transpose(1, 2).unwrap().contiguous().unwrap();
     });
 }

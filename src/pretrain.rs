@@ -278,15 +278,12 @@ pub fn pretrain(
             data.extend_from_slice(&train_ids[start..start + w]);
         }
         let ids = Tensor::from_vec(data, (c.batch_size, w), &device)?;
-        let tt0 = Instant::now();
         let (loss, _) = lm_loss(&model, &ids, true)?;
         last = f64::from(loss.to_scalar::<f32>()?);
-        let tt1 = Instant::now();
         if !last.is_finite() {
             bail!("pretraining loss became {last} at step {}", s + 1);
         }
         let grads = loss.backward()?;
-        let tt2 = Instant::now();
         let mut g: Vec<Option<Tensor>> = model
             .params
             .vars()
@@ -304,7 +301,6 @@ pub fn pretrain(
         };
         opt.step(model.params.vars(), &g, lr)?;
         progress(s + 1, last);
-        if std::env::var("LDVIZ_PROFILE").is_ok() {
             eprintln!(
                 "fwd {:?} bwd {:?} rest {:?}",
                 tt1 - tt0,

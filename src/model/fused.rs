@@ -599,6 +599,107 @@ pub fn rope(x: &Tensor, cos: Arc<Vec<f64>>, sin: Arc<Vec<f64>>, rot: usize) -> R
     })
 }
 
+// ---------------------------------------------------------------- matmul-based ops
+
+/// A tensor on the CPU holding a copy of a contiguous storage slice.
+fn tensor_of(s: &CpuStorage, l: &Layout, op: &str) -> Result<Tensor> {
+    let dims = l.shape().dims().to_vec();
+    match s {
+        CpuStorage::F32(_) => Tensor::from_slice(slice::<f32>(s, l, op)?, dims, &candle_core::Device::Cpu),
+        CpuStorage::F64(_) => Tensor::from_slice(slice::<f64>(s, l, op)?, dims, &candle_core::Device::Cpu),
+        _ => Err(Error::Msg(format!("{op}: only f32 and f64"))),
+    }
+}
+
+/// The storage of a (contiguous) CPU tensor result.
+fn storage_of(t: &Tensor) -> Result<(CpuStorage, Shape)> {
+    let shape = t.shape().clone();
+    let flat = t.flatten_all()?;
+    let st = match t.dtype() {
+        DType::F32 => CpuStorage::F32(flat.to_vec1()?),
+        DType::F64 => CpuStorage::F64(flat.to_vec1()?),
+        d => return Err(Error::Msg(format!("fused: unexpected dtype {d:?}"))),
+    };
+    Ok((st, shape))
+}
+
+/// y = x·Wᵀ for x [N, in] and W [out, in]. Its backward writes dW = gᵀ·x and dx = g·W as fresh
+/// contiguous tensors; candle's own matmul backward hands W a transposed view of its gradient,
+/// whose accumulation then crawls through a strided copy.
+struct Linear;
+
+impl CustomOp2 for Linear {
+    fn name(&self) -> &'static str {
+        "fused-linear"
+    }
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = tensor_of(s1, l1, self.name())?;
+        let w = tensor_of(s2, l2, self.name())?;
+        storage_of(&x.matmul(&w.t()?)?)
+    }
+    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (x, w, g) = (x.detach(), w.detach(), g.detach());
+        let dx = g.matmul(&w)?;
+        let dw = g.t()?.matmul(&x)?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// x [N, in] · W [out, in]ᵀ on the fused path.
+pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    x.contiguous()?.apply_op2(&w.contiguous()?, Linear)
+}
+
+/// Causal attention softmax(scale·q·kᵀ)·v for q, k, v [B, H, T, Dh] (same H: repeat kv heads
+/// first), as one node: its backward computes dq, dk, dv from recomputed probabilities with
+/// contiguous matmuls only.
+struct Attention {
+    scale: f64,
+}
+
+impl CustomOp3 for Attention {
+    fn name(&self) -> &'static str {
+        "fused-attention"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let q = tensor_of(s1, l1, self.name())?;
+        let k = tensor_of(s2, l2, self.name())?;
+        let v = tensor_of(s3, l3, self.name())?;
+        let p = softmax_causal(&q.matmul(&k.t()?)?, self.scale, true)?;
+        storage_of(&p.matmul(&v)?)
+    }
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (q, k, v, g) = (q.detach(), k.detach(), v.detach(), g.detach().contiguous()?);
+        let p = softmax_causal(&q.matmul(&k.t()?)?, self.scale, true)?;
+        let dv = p.t()?.matmul(&g)?;
+        let dp = g.matmul(&v.t()?)?;
+        let ds = p.apply_op2_no_bwd(&dp.contiguous()?, &SoftmaxGrad { scale: self.scale })?;
+        let dq = ds.matmul(&k)?;
+        let dk = ds.t()?.matmul(&q)?;
+        Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}
+
+/// Causal scaled dot-product attention on the fused path; q, k, v [B, H, T, Dh].
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, Attention { scale })
+}
+
 /// logp[n] = z[n, t_n] − logsumexp(z[n, :]) for logits [N, V] and u32 targets [N], differentiable
 /// with respect to the logits. Fused on CPU for f32/f64; composite candle ops otherwise.
 pub fn target_logp(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
@@ -800,6 +901,28 @@ mod tests {
                 },
             );
         }
+    }
+
+    #[test]
+    fn linear_and_attention_match_composite() {
+        let (x, w) = (var(&[6, 5], 1), var(&[4, 5], 2));
+        same(&[&x, &w], |t| linear(&t[0], &t[1]).unwrap(), |t| t[0].matmul(&t[1].t().unwrap()).unwrap());
+        let (q, k, v) = (var(&[2, 3, 5, 4], 1), var(&[2, 3, 5, 4], 2), var(&[2, 3, 5, 4], 3));
+        let mut m = vec![0f64; 25];
+        for i in 0..5 {
+            for j in (i + 1)..5 {
+                m[i * 5 + j] = f64::NEG_INFINITY;
+            }
+        }
+        let mask = Tensor::from_vec(m, (5, 5), &Device::Cpu).unwrap();
+        same(
+            &[&q, &k, &v],
+            |t| attention(&t[0], &t[1], &t[2], 0.5).unwrap(),
+            |t| {
+                let s = (t[0].matmul(&t[1].t().unwrap()).unwrap() * 0.5).unwrap().broadcast_add(&mask).unwrap();
+                candle_nn::ops::softmax(&s, 3).unwrap().matmul(&t[2]).unwrap()
+            },
+        );
     }
 
     #[test]

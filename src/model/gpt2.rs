@@ -7,7 +7,7 @@ use candle_core::{D, Result, Tensor};
 
 use super::Weights;
 use super::config::Gpt2Config;
-use super::layers::{attention, causal_mask, conv1d, gelu, layer_norm};
+use super::layers::{attention, causal_mask, conv1d, gelu, layer_norm, linear};
 
 pub fn param_shapes(c: &Gpt2Config) -> Vec<(String, Vec<usize>)> {
     let h = c.n_embd;
@@ -89,8 +89,5 @@ pub fn forward(c: &Gpt2Config, w: &Weights, ids: &Tensor) -> Result<Tensor> {
         &w.get("transformer.ln_f.bias")?,
         c.layer_norm_epsilon,
     )?;
-    let (b, t, _) = x.dims3()?;
-    x.reshape((b * t, h))?
-        .matmul(&wte.t()?)?
-        .reshape((b, t, c.vocab_size))
+    linear(&x, &wte, None)
 }

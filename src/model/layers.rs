@@ -9,7 +9,12 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let dims = x.dims().to_vec();
     let inner = dims[dims.len() - 1];
     let rows: usize = dims[..dims.len() - 1].iter().product();
-    let y = x.reshape((rows, inner))?.matmul(&w.t()?)?;
+    let x2 = x.reshape((rows, inner))?;
+    let y = if super::fused::usable(&x2) {
+        super::fused::linear(&x2, w)?
+    } else {
+        x2.matmul(&w.t()?)?
+    };
     let y = match b {
         Some(b) => y.broadcast_add(b)?,
         None => y,
@@ -150,13 +155,12 @@ pub fn apply_rope_composite(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Te
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let (b, h, t, dh) = q.dims4()?;
     let scale = 1.0 / (dh as f64).sqrt();
-    let scores = q.matmul(&k.t()?)?;
-    let p = if super::fused::usable(&scores) {
-        super::fused::softmax_causal(&scores, scale, true)?
+    let y = if super::fused::usable(q) {
+        super::fused::attention(q, k, v, scale)?
     } else {
-        candle_nn::ops::softmax(&(scores * scale)?.broadcast_add(mask)?, D::Minus1)?
+        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
+        candle_nn::ops::softmax(&scores, D::Minus1)?.matmul(v)?
     };
-    let y = p.matmul(v)?;
     y.transpose(1, 2)?.reshape((b, t, h * dh))
 }
 
