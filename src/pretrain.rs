@@ -301,13 +301,6 @@ pub fn pretrain(
         };
         opt.step(model.params.vars(), &g, lr)?;
         progress(s + 1, last);
-            eprintln!(
-                "fwd {:?} bwd {:?} rest {:?}",
-                tt1 - tt0,
-                tt2 - tt1,
-                tt2.elapsed()
-            );
-        }
     }
     let (heldout_perplexity, heldout_mean_entropy) = evaluate(&model, &held_ids, c.seq_len, 64)?;
     let (train_perplexity, train_mean_entropy) = evaluate(&model, &train_ids, c.seq_len, 64)?;

@@ -605,8 +605,12 @@ pub fn rope(x: &Tensor, cos: Arc<Vec<f64>>, sin: Arc<Vec<f64>>, rot: usize) -> R
 fn tensor_of(s: &CpuStorage, l: &Layout, op: &str) -> Result<Tensor> {
     let dims = l.shape().dims().to_vec();
     match s {
-        CpuStorage::F32(_) => Tensor::from_slice(slice::<f32>(s, l, op)?, dims, &candle_core::Device::Cpu),
-        CpuStorage::F64(_) => Tensor::from_slice(slice::<f64>(s, l, op)?, dims, &candle_core::Device::Cpu),
+        CpuStorage::F32(_) => {
+            Tensor::from_slice(slice::<f32>(s, l, op)?, dims, &candle_core::Device::Cpu)
+        }
+        CpuStorage::F64(_) => {
+            Tensor::from_slice(slice::<f64>(s, l, op)?, dims, &candle_core::Device::Cpu)
+        }
         _ => Err(Error::Msg(format!("{op}: only f32 and f64"))),
     }
 }
@@ -632,12 +636,24 @@ impl CustomOp2 for Linear {
     fn name(&self) -> &'static str {
         "fused-linear"
     }
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
         let x = tensor_of(s1, l1, self.name())?;
         let w = tensor_of(s2, l2, self.name())?;
         storage_of(&x.matmul(&w.t()?)?)
     }
-    fn bwd(&self, x: &Tensor, w: &Tensor, _res: &Tensor, g: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (x, w, g) = (x.detach(), w.detach(), g.detach());
         let dx = g.matmul(&w)?;
         let dw = g.t()?.matmul(&x)?;
@@ -697,7 +713,8 @@ impl CustomOp3 for Attention {
 
 /// Causal scaled dot-product attention on the fused path; q, k, v [B, H, T, Dh].
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
-    q.contiguous()?.apply_op3(&k.contiguous()?, &v.contiguous()?, Attention { scale })
+    q.contiguous()?
+        .apply_op3(&k.contiguous()?, &v.contiguous()?, Attention { scale })
 }
 
 /// logp[n] = z[n, t_n] − logsumexp(z[n, :]) for logits [N, V] and u32 targets [N], differentiable
@@ -906,8 +923,16 @@ mod tests {
     #[test]
     fn linear_and_attention_match_composite() {
         let (x, w) = (var(&[6, 5], 1), var(&[4, 5], 2));
-        same(&[&x, &w], |t| linear(&t[0], &t[1]).unwrap(), |t| t[0].matmul(&t[1].t().unwrap()).unwrap());
-        let (q, k, v) = (var(&[2, 3, 5, 4], 1), var(&[2, 3, 5, 4], 2), var(&[2, 3, 5, 4], 3));
+        same(
+            &[&x, &w],
+            |t| linear(&t[0], &t[1]).unwrap(),
+            |t| t[0].matmul(&t[1].t().unwrap()).unwrap(),
+        );
+        let (q, k, v) = (
+            var(&[2, 3, 5, 4], 1),
+            var(&[2, 3, 5, 4], 2),
+            var(&[2, 3, 5, 4], 3),
+        );
         let mut m = vec![0f64; 25];
         for i in 0..5 {
             for j in (i + 1)..5 {
@@ -919,8 +944,14 @@ mod tests {
             &[&q, &k, &v],
             |t| attention(&t[0], &t[1], &t[2], 0.5).unwrap(),
             |t| {
-                let s = (t[0].matmul(&t[1].t().unwrap()).unwrap() * 0.5).unwrap().broadcast_add(&mask).unwrap();
-                candle_nn::ops::softmax(&s, 3).unwrap().matmul(&t[2]).unwrap()
+                let s = (t[0].matmul(&t[1].t().unwrap()).unwrap() * 0.5)
+                    .unwrap()
+                    .broadcast_add(&mask)
+                    .unwrap();
+                candle_nn::ops::softmax(&s, 3)
+                    .unwrap()
+                    .matmul(&t[2])
+                    .unwrap()
             },
         );
     }
