@@ -9,6 +9,26 @@ pub fn assets_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets")
 }
 
+/// Hyperparameters that suit the embedded model (used when `--model default` and the option
+/// is not given).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DemoRecipe {
+    /// SFT learning rate (AdamW).
+    pub sft_lr: f64,
+    /// Preference-loss learning rate (AdamW).
+    pub lr: f64,
+    pub sft_epochs: f64,
+    /// Epochs of the preference phase.
+    pub epochs: f64,
+}
+
+pub const DEMO: DemoRecipe = DemoRecipe {
+    sft_lr: 1e-3,
+    lr: 5e-4,
+    sft_epochs: 2.0,
+    epochs: 3.0,
+};
+
 /// The embedded default model folder.
 pub fn default_model_dir() -> Result<PathBuf> {
     let d = assets_dir().join("model");

@@ -129,7 +129,8 @@ struct TrainArgs {
     algo: AlgoArg,
     #[arg(long, value_enum, default_value = "adamw")]
     optimizer: OptArg,
-    /// Learning rate [default: 1e-4 for SFT, 1e-5 for preference losses].
+    /// Learning rate [default: for the embedded model its demo recipe, else 1e-4 for SFT and
+    /// 1e-5 for preference losses].
     #[arg(long)]
     lr: Option<f64>,
     /// SGD / RMSprop momentum.
@@ -156,7 +157,7 @@ struct TrainArgs {
     /// Optimizer steps (of the DPO phase for extended / sft-then-dpo).
     #[arg(long, conflicts_with = "epochs")]
     steps: Option<usize>,
-    /// Epochs over the training records [default: 1].
+    /// Epochs over the training records [default: the demo recipe for the embedded model, else 1].
     #[arg(long)]
     epochs: Option<f64>,
     /// Steps of the SFT phase of extended / sft-then-dpo [default: as the DPO phase].
@@ -168,7 +169,7 @@ struct TrainArgs {
     #[arg(long)]
     sft_lr: Option<f64>,
     /// Evaluate the probes every N training examples (and at step 0 and at the end).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 64)]
     eval_every: usize,
     /// Number of probes: the first N records, or "all".
     #[arg(long, default_value = "32")]
@@ -305,7 +306,15 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
         OptArg::Adamw => OptimKind::Adamw,
         OptArg::Rmsprop => OptimKind::Rmsprop,
     };
-    let default_lr = if algo == Algo::Sft { 1e-4 } else { 1e-5 };
+    // The embedded model has its own tuned recipe (assets.rs); real checkpoints get TRL-like
+    // learning rates.
+    let demo = (a.model == "default").then_some(ldviz::assets::DEMO);
+    let default_lr = match (demo, algo) {
+        (Some(d), Algo::Sft) => d.sft_lr,
+        (Some(d), _) => d.lr,
+        (None, Algo::Sft) => 1e-4,
+        (None, _) => 1e-5,
+    };
     let lr = a.lr.unwrap_or(default_lr);
     for (name, v) in [("--lr", Some(lr)), ("--sft-lr", a.sft_lr)] {
         if let Some(v) = v
@@ -325,7 +334,11 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
     let main_dur = match (a.steps, a.epochs) {
         (Some(s), _) => Duration::Steps(s),
         (None, Some(e)) => Duration::Epochs(e),
-        (None, None) => Duration::Epochs(1.0),
+        (None, None) => Duration::Epochs(match (demo, algo) {
+            (Some(d), Algo::Sft) => d.sft_epochs,
+            (Some(d), _) => d.epochs,
+            (None, _) => 1.0,
+        }),
     };
     if let Duration::Epochs(e) = main_dur
         && !(e > 0.0 && e.is_finite())
@@ -335,9 +348,15 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
     let sft_dur = match (a.sft_steps, a.sft_epochs) {
         (Some(s), _) => Duration::Steps(s),
         (None, Some(e)) => Duration::Epochs(e),
-        (None, None) => main_dur,
+        (None, None) => match demo {
+            Some(d) => Duration::Epochs(d.sft_epochs),
+            None => main_dur,
+        },
     };
-    let sft_lr = a.sft_lr.or(a.lr).unwrap_or(1e-4);
+    let sft_lr = a
+        .sft_lr
+        .or(a.lr)
+        .unwrap_or(demo.map(|d| d.sft_lr).unwrap_or(1e-4));
     let probes: ProbeCount = a
         .probes
         .parse()
