@@ -24,7 +24,7 @@ pub struct DemoRecipe {
 
 pub const DEMO: DemoRecipe = DemoRecipe {
     sft_lr: 1e-3,
-    lr: 5e-4,
+    lr: 1e-4,
     sft_epochs: 2.0,
     epochs: 3.0,
 };

@@ -37,13 +37,8 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Export a run's data.
-    Export {
-        run: PathBuf,
-        /// Long CSV step,examples,probe,family,logp (metrics go to FILE-stem.metrics.csv).
-        #[arg(long)]
-        csv: Option<PathBuf>,
-    },
+    /// Export a run's data (CSV) and plots (PNG, SVG).
+    Export(ExportArgs),
     /// Time training steps on a fixed llama config (median of 10 after 3 warm-ups).
     Bench(BenchArgs),
     /// Make the embedded default model: train a BPE tokenizer and a small llama on a corpus.
@@ -204,6 +199,57 @@ struct TrainArgs {
 }
 
 #[derive(Args)]
+struct ExportArgs {
+    run: PathBuf,
+    /// Long CSV step,examples,probe,family,logp (metrics go to FILE-stem.metrics.csv).
+    #[arg(long)]
+    csv: Option<PathBuf>,
+    /// Which plot to render for --png/--svg.
+    #[arg(long, value_enum, default_value = "families")]
+    plot: PlotKind,
+    #[arg(long)]
+    png: Option<PathBuf>,
+    #[arg(long)]
+    svg: Option<PathBuf>,
+    /// Absolute summed log-probs instead of the change since step 0.
+    #[arg(long)]
+    absolute: bool,
+    #[arg(long, value_enum, default_value = "step")]
+    x: XArg,
+    #[arg(long, value_enum, default_value = "iqr")]
+    band: BandArg,
+    /// Comma-separated family keys [default: all of the run's].
+    #[arg(long)]
+    families: Option<String>,
+    /// One probe's lines (its position in the run's probe list) instead of the mean.
+    #[arg(long)]
+    probe: Option<usize>,
+    #[arg(long, default_value_t = 1200)]
+    width: u32,
+    #[arg(long, default_value_t = 700)]
+    height: u32,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum PlotKind {
+    Families,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum XArg {
+    Step,
+    Examples,
+    Epoch,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum BandArg {
+    None,
+    Minmax,
+    Iqr,
+}
+
+#[derive(Args)]
 struct LogprobArgs {
     #[arg(long, default_value = "default")]
     model: String,
@@ -286,7 +332,7 @@ fn main() -> ExitCode {
         Some(Cmd::Train(a)) => train(*a),
         Some(Cmd::Logprob(a)) => logprob(a),
         Some(Cmd::Inspect { run, json }) => inspect(&run, json),
-        Some(Cmd::Export { run, csv }) => export(&run, csv),
+        Some(Cmd::Export(a)) => export(a),
         Some(Cmd::Bench(a)) => bench(a),
         Some(Cmd::Pretrain(a)) => pretrain(*a),
     };
@@ -524,13 +570,72 @@ fn inspect(path: &std::path::Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn export(path: &std::path::Path, csv: Option<PathBuf>) -> Result<()> {
-    let Some(csv) = csv else {
-        bail!("nothing to export: pass --csv FILE")
+fn export(a: ExportArgs) -> Result<()> {
+    use ldviz::export::plot::{Band, PlotOptions, XMode, YMode};
+    if a.csv.is_none() && a.png.is_none() && a.svg.is_none() {
+        bail!("nothing to export: pass --csv FILE, --png FILE and/or --svg FILE");
+    }
+    let run = ldviz::run::read_run(&a.run)?;
+    if let Some(csv) = &a.csv {
+        let m = ldviz::export::csv::write_csv(&run, csv)?;
+        eprintln!("wrote {} and {}", csv.display(), m.display());
+    }
+    let families = match &a.families {
+        None => Vec::new(),
+        Some(list) => list
+            .split(',')
+            .map(|k| {
+                let k = k.trim();
+                let f = ldviz::data::Family::from_key(k)
+                    .ok_or_else(|| anyhow::anyhow!("--families: unknown family \"{k}\""))?;
+                if !run.header.families.contains(&f) {
+                    bail!("--families: the run has no \"{k}\" family");
+                }
+                Ok(f)
+            })
+            .collect::<Result<Vec<_>>>()?,
     };
-    let run = ldviz::run::read_run(path)?;
-    let m = ldviz::export::csv::write_csv(&run, &csv)?;
-    eprintln!("wrote {} and {}", csv.display(), m.display());
+    if let Some(p) = a.probe
+        && p >= run.header.probes.len()
+    {
+        bail!(
+            "--probe {p}: the run has {} probes (0..{})",
+            run.header.probes.len(),
+            run.header.probes.len()
+        );
+    }
+    let PlotKind::Families = a.plot;
+    let o = PlotOptions {
+        families,
+        y: if a.absolute {
+            YMode::Absolute
+        } else {
+            YMode::Delta
+        },
+        x: match a.x {
+            XArg::Step => XMode::Step,
+            XArg::Examples => XMode::Examples,
+            XArg::Epoch => XMode::Epoch,
+        },
+        band: match a.band {
+            BandArg::None => Band::None,
+            BandArg::Minmax => Band::MinMax,
+            BandArg::Iqr => Band::Interquartile,
+        },
+        probe: a.probe,
+        cursor: None,
+        width: a.width,
+        height: a.height,
+        title: None,
+    };
+    if let Some(p) = &a.png {
+        ldviz::export::plot::write_png(&run, p, &o)?;
+        eprintln!("wrote {}", p.display());
+    }
+    if let Some(p) = &a.svg {
+        ldviz::export::plot::write_svg(&run, p, &o)?;
+        eprintln!("wrote {}", p.display());
+    }
     Ok(())
 }
 

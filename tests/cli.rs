@@ -221,6 +221,59 @@ fn export_csv_and_cut_run_file() {
     );
     let csv = dir.path().join("out.csv");
     ok(&["export", p(&run), "--csv", p(&csv)]);
+
+    // the family plot, headless, with the bundled font
+    let (png, svg) = (dir.path().join("f.png"), dir.path().join("f.svg"));
+    ok(&[
+        "export",
+        p(&run),
+        "--plot",
+        "families",
+        "--png",
+        p(&png),
+        "--svg",
+        p(&svg),
+        "--width",
+        "800",
+        "--height",
+        "500",
+    ]);
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+    assert_eq!(&bytes[12..16], b"IHDR");
+    assert_eq!(u32::from_be_bytes(bytes[16..20].try_into().unwrap()), 800);
+    assert_eq!(u32::from_be_bytes(bytes[20..24].try_into().unwrap()), 500);
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.starts_with("<svg"), "{}", &text[..50]);
+    for f in [
+        "chosen (chosen-like)",
+        "rejected (rejected-like)",
+        "argmax (argmax)",
+        "step",
+    ] {
+        assert!(text.contains(f), "SVG lacks the label {f}");
+    }
+    // one probe, absolute values, two families
+    ok(&[
+        "export",
+        p(&run),
+        "--svg",
+        p(&svg),
+        "--absolute",
+        "--probe",
+        "1",
+        "--families",
+        "chosen,argmax",
+        "--band",
+        "none",
+    ]);
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.contains("argmax (argmax)") && !text.contains("rejected (rejected-like)"));
+    assert!(
+        fails(&["export", p(&run), "--svg", p(&svg), "--families", "nope"])
+            .contains("unknown family")
+    );
+    assert!(fails(&["export", p(&run), "--svg", p(&svg), "--probe", "99"]).contains("--probe 99"));
     let text = std::fs::read_to_string(&csv).unwrap();
     let mut lines = text.lines();
     assert_eq!(lines.next(), Some("step,examples,probe,family,logp"));

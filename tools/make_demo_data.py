@@ -734,7 +734,8 @@ def decl_sentence(f, rng, heldout=False):
     if heldout:
         return render(reserved_decl(f), slots(f)).strip()
     res = reserved_decl(f)
-    pool = r["c"] + r["s"] + [t for t in r["d"] if t != res]
+    # only the declarative templates: the chosen/paraphrase templates stay out of the corpus
+    pool = [t for t in r["d"] if t != res] or [res]
     return render(rng.choice(pool), slots(f)).strip()
 
 
@@ -1251,19 +1252,19 @@ def qa(prompt, response):
 def build_corpus(recs, facts, n_train):
     rng = random.Random(f"corpus-{SEED}")
     docs = []
-    # (a) question/answer text for the training records and facts only
+    # (a) question/answer text for the training records' facts, answered the way a base model
+    # answers (short answers, the chosen_initial style). The finetuning responses themselves
+    # (chosen, rejected and their paraphrases) are never in the corpus: a base model has not
+    # seen its finetuning data, and the paper's dynamics (SFT lifting chosen and its
+    # paraphrases, DPO squeezing an off-policy rejected out of a valley) need that.
     qa_pairs = []
     for rec, f in zip(recs[:n_train], facts[:n_train]):
-        qa_pairs.append(qa(rec["prompt"], rec["chosen"]))
-        qa_pairs.append(qa(rec["prompt"], rec["chosen_gptsemantic"]))
         qa_pairs.append(qa(rec["prompt"], rec["chosen_initial"]))
-        if rng.random() < 0.5:
-            qa_pairs.append(qa(rec["prompt"], rec["rejected"]))
         r = f["rel"]
-        for qt in r["q"]:  # the fact under its other questions, with correct answers
+        for qt in r["q"]:  # the fact under its other questions, with short correct answers
             p = "Question: " + question(f, qt) + "\nAnswer:"
             if p != rec["prompt"]:
-                qa_pairs.append(qa(p, render(rng.choice(r["c"] + r["s"]), slots(f))))
+                qa_pairs.append(qa(p, render(rng.choice(r["i"]), slots(f))))
     rng.shuffle(qa_pairs)
     i = 0
     while i < len(qa_pairs):
@@ -1370,7 +1371,7 @@ def validate(recs, facts, n_train, n_test, corpus, heldout, meta):
         assert q not in corpus, q
         assert r["prompt"] + r["chosen"] not in corpus
     for r in recs[:n_train]:
-        assert r["prompt"] + r["chosen"] in corpus
+        assert r["prompt"] + r["chosen"] not in corpus
     assert corpus.isascii() and heldout.isascii()
     assert 1_000_000 <= len(corpus.encode()) <= 1_500_000, len(corpus)
     assert 40_000 <= len(heldout.encode()) <= 70_000, len(heldout)

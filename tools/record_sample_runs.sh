@@ -9,8 +9,8 @@ SFT_MODEL=${SFT_MODEL:-target/sample_sft_model}   # intermediate SFT weights (no
 mkdir -p "$S"
 
 # shared recipe (see sample_runs/README.md)
-SFT="--optimizer adamw --lr ${SFT_LR:-1e-3} --epochs ${SFT_EPOCHS:-2} --batch-size 4 --eval-every ${SFT_EVAL:-64}"
-DPO="--optimizer adamw --lr ${DPO_LR:-5e-4} --beta ${BETA:-0.1} --epochs ${DPO_EPOCHS:-4} --batch-size 4 --eval-every ${DPO_EVAL:-64}"
+SFT="--optimizer adamw --lr ${SFT_LR:-1e-3} --epochs ${SFT_EPOCHS:-2} --batch-size 4 --eval-every ${SFT_EVAL:-32}"
+DPO="--optimizer adamw --lr ${DPO_LR:-1e-4} --beta ${BETA:-0.1} --epochs ${DPO_EPOCHS:-4} --batch-size 4 --eval-every ${DPO_EVAL:-64}"
 
 t() { local s=$(date +%s.%N); "$@"; local e=$(date +%s.%N); printf '%8.1f s  %s\n' "$(echo "$e - $s" | bc)" "$*" >&2; }
 

@@ -1,0 +1,349 @@
+//! Headless plots of a run with plotters (PNG and SVG), using the font bundled in
+//! assets/fonts so it works on machines without fonts. The app's plot export calls the same
+//! functions, so a PNG from the app and one from `ldviz export` are the same picture.
+
+use std::path::Path;
+use std::sync::Once;
+
+use anyhow::{Result, anyhow};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use crate::data::{Family, FamilyGroup};
+use crate::run::Run;
+
+static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+static REGISTER: Once = Once::new();
+
+fn register_font() {
+    REGISTER.call_once(|| {
+        // The bytes are a valid TrueType file compiled into the binary; a failure here would
+        // show up as missing text, and the export tests check the output.
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
+    });
+}
+
+/// What the y axis shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum YMode {
+    /// Change of the summed log-prob since the first evaluation (the default: absolute sums
+    /// are not comparable across families of different lengths).
+    Delta,
+    /// Summed log-prob.
+    Absolute,
+}
+
+/// What the x axis shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XMode {
+    Step,
+    Examples,
+    Epoch,
+}
+
+/// The band around each family's mean.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Band {
+    None,
+    MinMax,
+    Interquartile,
+}
+
+/// One family's curve: (x, mean, band low, band high) per evaluation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FamilyCurve {
+    pub family: Family,
+    pub points: Vec<(f64, f64, f64, f64)>,
+}
+
+/// An RGB color per family: one hue family per group (chosen-like greens, rejected-like reds,
+/// unrelated blues, non-human greys, argmax purple), so the paper's grouping reads at a glance.
+pub fn family_color(f: Family) -> (u8, u8, u8) {
+    match f {
+        Family::Chosen => (0, 128, 0),
+        Family::ChosenInitial => (102, 170, 0),
+        Family::ChosenGptsemantic => (0, 170, 120),
+        Family::ChosenGptformat => (120, 190, 80),
+        Family::Rejected => (200, 0, 0),
+        Family::RejectGptsemantic => (230, 90, 60),
+        Family::RejectGptformat => (240, 150, 40),
+        Family::IrrTrain => (30, 90, 220),
+        Family::IrrTest => (90, 160, 240),
+        Family::IrrHum => (20, 40, 120),
+        Family::RandomPermute => (110, 110, 110),
+        Family::RandomNonhum => (170, 170, 170),
+        Family::Argmax => (140, 40, 180),
+    }
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let pos = q * (sorted.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    let w = pos - lo as f64;
+    sorted[lo] * (1.0 - w) + sorted[hi] * w
+}
+
+/// The curves of `families` (all of the run's when empty): per evaluation, the mean over probes
+/// and the band, as change since the first evaluation or absolute. With `probe = Some(i)`, one
+/// probe's line (the band collapses onto it).
+pub fn family_curves(
+    run: &Run,
+    families: &[Family],
+    y: YMode,
+    x: XMode,
+    band: Band,
+    probe: Option<usize>,
+) -> Vec<FamilyCurve> {
+    let fams: Vec<Family> = if families.is_empty() {
+        run.header.families.clone()
+    } else {
+        families.to_vec()
+    };
+    let mut out = Vec::new();
+    for f in fams {
+        let first = run.evals.iter().find_map(|e| e.logps.get(&f));
+        let Some(first) = first else { continue };
+        let mut points = Vec::new();
+        for e in &run.evals {
+            let Some(vals) = e.logps.get(&f) else {
+                continue;
+            };
+            let mut v: Vec<f64> = vals
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| probe.is_none_or(|p| p == *i))
+                .map(|(i, &x)| {
+                    if y == YMode::Delta {
+                        x - first.get(i).copied().unwrap_or(x)
+                    } else {
+                        x
+                    }
+                })
+                .collect();
+            if v.is_empty() {
+                continue;
+            }
+            let mean = v.iter().sum::<f64>() / v.len() as f64;
+            v.sort_by(f64::total_cmp);
+            let (lo, hi) = match band {
+                Band::None => (mean, mean),
+                Band::MinMax => (v[0], v[v.len() - 1]),
+                Band::Interquartile => (quantile(&v, 0.25), quantile(&v, 0.75)),
+            };
+            let xv = match x {
+                XMode::Step => e.step as f64,
+                XMode::Examples => e.examples as f64,
+                XMode::Epoch => e.epoch,
+            };
+            points.push((xv, mean, lo, hi));
+        }
+        out.push(FamilyCurve { family: f, points });
+    }
+    out
+}
+
+/// Options of a family plot.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlotOptions {
+    pub families: Vec<Family>,
+    pub y: YMode,
+    pub x: XMode,
+    pub band: Band,
+    pub probe: Option<usize>,
+    /// A vertical cursor line at this x.
+    pub cursor: Option<f64>,
+    pub width: u32,
+    pub height: u32,
+    pub title: Option<String>,
+}
+
+impl Default for PlotOptions {
+    fn default() -> Self {
+        PlotOptions {
+            families: Vec::new(),
+            y: YMode::Delta,
+            x: XMode::Step,
+            band: Band::Interquartile,
+            probe: None,
+            cursor: None,
+            width: 1200,
+            height: 700,
+            title: None,
+        }
+    }
+}
+
+fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, run: &Run, o: &PlotOptions) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("cannot draw the plot: {e}");
+    root.fill(&WHITE).map_err(err)?;
+    let curves = family_curves(run, &o.families, o.y, o.x, o.band, o.probe);
+    let (mut x0, mut x1, mut y0, mut y1) = (
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+    );
+    for c in &curves {
+        for &(x, _, lo, hi) in &c.points {
+            x0 = x0.min(x);
+            x1 = x1.max(x);
+            y0 = y0.min(lo);
+            y1 = y1.max(hi);
+        }
+    }
+    if !x0.is_finite() {
+        return Err(anyhow!("the run has no evaluations to plot"));
+    }
+    if x1 <= x0 {
+        x1 = x0 + 1.0;
+    }
+    if y1 <= y0 {
+        y1 = y0 + 1.0;
+    }
+    let pad = 0.05 * (y1 - y0);
+    let title = o.title.clone().unwrap_or_else(|| {
+        format!(
+            "{} on {} — {}",
+            run.header.config.algo,
+            run.header.model.arch,
+            match o.y {
+                YMode::Delta => "mean Δ log-prob since step 0",
+                YMode::Absolute => "mean summed log-prob",
+            }
+        )
+    });
+    let mut chart = ChartBuilder::on(root)
+        .caption(title, ("sans-serif", 22))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(64)
+        .build_cartesian_2d(x0..x1, (y0 - pad)..(y1 + pad))
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc(match o.x {
+            XMode::Step => "step",
+            XMode::Examples => "examples",
+            XMode::Epoch => "epoch",
+        })
+        .y_desc(match o.y {
+            YMode::Delta => "Δ summed log-prob",
+            YMode::Absolute => "summed log-prob",
+        })
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(err)?;
+    for p in &run.phases {
+        if p.step > 0 {
+            let x = match o.x {
+                XMode::Step => p.step as f64,
+                XMode::Examples => run
+                    .evals
+                    .iter()
+                    .find(|e| e.step >= p.step)
+                    .map(|e| e.examples as f64)
+                    .unwrap_or(0.0),
+                XMode::Epoch => run
+                    .evals
+                    .iter()
+                    .find(|e| e.step >= p.step)
+                    .map(|e| e.epoch)
+                    .unwrap_or(0.0),
+            };
+            chart
+                .draw_series(std::iter::once(PathElement::new(
+                    vec![(x, y0 - pad), (x, y1 + pad)],
+                    BLACK.mix(0.3),
+                )))
+                .map_err(err)?;
+        }
+    }
+    for c in &curves {
+        let (r, g, b) = family_color(c.family);
+        let color = RGBColor(r, g, b);
+        if o.band != Band::None && c.points.len() > 1 {
+            let mut poly: Vec<(f64, f64)> = c.points.iter().map(|p| (p.0, p.3)).collect();
+            poly.extend(c.points.iter().rev().map(|p| (p.0, p.2)));
+            chart
+                .draw_series(std::iter::once(Polygon::new(poly, color.mix(0.12))))
+                .map_err(err)?;
+        }
+        let group = c.family.group();
+        let width = if matches!(c.family, Family::Chosen | Family::Rejected | Family::Argmax) {
+            3
+        } else {
+            2
+        };
+        let style = ShapeStyle::from(&color).stroke_width(width);
+        chart
+            .draw_series(LineSeries::new(c.points.iter().map(|p| (p.0, p.1)), style))
+            .map_err(err)?
+            .label(format!("{} ({})", c.family.key(), group_label(group)))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+    }
+    if let Some(cx) = o.cursor {
+        chart
+            .draw_series(std::iter::once(PathElement::new(
+                vec![(cx, y0 - pad), (cx, y1 + pad)],
+                RGBColor(255, 140, 0).stroke_width(2),
+            )))
+            .map_err(err)?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .label_font(("sans-serif", 13))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(())
+}
+
+fn group_label(g: FamilyGroup) -> &'static str {
+    match g {
+        FamilyGroup::ChosenLike => "chosen-like",
+        FamilyGroup::RejectedLike => "rejected-like",
+        FamilyGroup::Unrelated => "unrelated",
+        FamilyGroup::NonHuman => "non-human",
+        FamilyGroup::Argmax => "argmax",
+    }
+}
+
+/// Writes the family plot as PNG.
+pub fn write_png(run: &Run, path: &Path, o: &PlotOptions) -> Result<()> {
+    register_font();
+    {
+        let root = BitMapBackend::new(path, (o.width, o.height)).into_drawing_area();
+        draw(&root, run, o)?;
+    }
+    if !path.exists() {
+        return Err(anyhow!("{}: the PNG was not written", path.display()));
+    }
+    Ok(())
+}
+
+/// Writes the family plot as SVG.
+pub fn write_svg(run: &Run, path: &Path, o: &PlotOptions) -> Result<()> {
+    register_font();
+    let root = SVGBackend::new(path, (o.width, o.height)).into_drawing_area();
+    draw(&root, run, o)
+}
+
+/// The family plot as an SVG string (for tests and the app).
+pub fn svg_string(run: &Run, o: &PlotOptions) -> Result<String> {
+    register_font();
+    let mut s = String::new();
+    {
+        let root = SVGBackend::with_string(&mut s, (o.width, o.height)).into_drawing_area();
+        draw(&root, run, o)?;
+    }
+    Ok(s)
+}
