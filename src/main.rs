@@ -325,7 +325,10 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         None => {
             eprintln!(
-                "ldviz: the desktop app is not part of this build yet; see `ldviz --help` for the commands"
+                "ldviz: the desktop app is not part of this build yet.\n  \
+                 run the demo headless: ldviz train --out demo.jsonl && ldviz inspect demo.jsonl\n  \
+                 plot a run:            ldviz export sample_runs/dpo_offpolicy.jsonl --png dpo.png\n  \
+                 all commands:          ldviz --help"
             );
             Ok(())
         }
