@@ -14,6 +14,8 @@
 //! - [`export`]: CSV export of runs;
 //! - [`pretrain`]: the recipe that makes the embedded default model from assets/corpus.txt.
 
+#[cfg(feature = "gui")]
+pub mod app;
 pub mod assets;
 pub mod bench;
 pub mod data;
@@ -23,4 +25,5 @@ pub mod perf;
 pub mod pretrain;
 pub mod probe;
 pub mod run;
+pub mod squeeze;
 pub mod train;

@@ -8,10 +8,10 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use ldviz::data::{DataFormat, ProbeCount};
+use ldviz::data::DataFormat;
 use ldviz::probe::Lengths;
 use ldviz::run::Event;
-use ldviz::train::{Algo, Duration, OptimConfig, OptimKind, TrainConfig};
+use ldviz::train::{Algo, OptimKind, TrainConfig, TrainOptions};
 
 #[derive(Parser)]
 #[command(
@@ -19,9 +19,39 @@ use ldviz::train::{Algo, Duration, OptimConfig, OptimKind, TrainConfig};
     version,
     about = "Watch an LLM learn: record how SFT/DPO move the log-probs of many kinds of responses"
 )]
+#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
     cmd: Option<Cmd>,
+    #[command(flatten)]
+    app: AppArgs,
+}
+
+/// With no subcommand: the desktop app.
+#[derive(Args, Default)]
+struct AppArgs {
+    /// Run files to open in the app.
+    runs: Vec<PathBuf>,
+    /// Model folder preselected in the train panel.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Dataset preselected in the train panel.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Start training at launch (with the preselected or default model and data).
+    #[arg(long)]
+    train: bool,
+    /// Save a screenshot of the window to this PNG after --after-frames frames, then quit.
+    #[arg(long, hide = true)]
+    screenshot: Option<PathBuf>,
+    #[arg(long, hide = true, default_value_t = 60)]
+    after_frames: u64,
+    /// With --screenshot: wait until the live run has this many evaluations.
+    #[arg(long, hide = true, default_value_t = 0)]
+    after_evals: usize,
+    /// Open with this tab selected (curves, tokens, metrics).
+    #[arg(long, hide = true)]
+    tab: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -43,6 +73,38 @@ enum Cmd {
     Bench(BenchArgs),
     /// Make the embedded default model: train a BPE tokenizer and a small llama on a corpus.
     Pretrain(Box<PretrainArgs>),
+    /// The squeezing effect on one softmax: gradient steps on a class's log-prob.
+    Squeeze(SqueezeArgs),
+}
+
+#[derive(Args)]
+struct SqueezeArgs {
+    /// The distribution before the step, comma-separated (must sum to 1).
+    #[arg(long, value_delimiter = ',', required_unless_present = "classes")]
+    probs: Vec<f64>,
+    /// Instead of --probs: V classes with geometric probabilities π_i ∝ ratio^i.
+    #[arg(long, conflicts_with = "probs")]
+    classes: Option<usize>,
+    #[arg(long, default_value_t = 0.5)]
+    ratio: f64,
+    /// Push this class's log-prob down (0-based index).
+    #[arg(
+        long,
+        conflicts_with = "positive",
+        required_unless_present = "positive"
+    )]
+    negative: Option<usize>,
+    /// Push this class's log-prob up (0-based index).
+    #[arg(long)]
+    positive: Option<usize>,
+    /// Step size η' on the logits.
+    #[arg(long, default_value_t = 1.0)]
+    eta: f64,
+    /// Number of steps.
+    #[arg(long, default_value_t = 1)]
+    steps: usize,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -274,6 +336,13 @@ struct BenchArgs {
     /// Timed steps (median reported).
     #[arg(long, default_value_t = 10)]
     steps: usize,
+    /// Instead: the app's frame CPU time while scrubbing a synthetic 10,000-step run of
+    /// 13 families x 64 probes (an evaluation every --eval-every steps).
+    #[arg(long)]
+    frame: bool,
+    /// With --frame: steps between evaluations of the synthetic run.
+    #[arg(long, default_value_t = 10)]
+    eval_every: usize,
 }
 
 /// Every option defaults to the recipe of the shipped assets/model
@@ -323,21 +392,14 @@ fn main() -> ExitCode {
     ldviz::perf::init();
     let cli = Cli::parse();
     let result = match cli.cmd {
-        None => {
-            eprintln!(
-                "ldviz: the desktop app is not part of this build yet.\n  \
-                 run the demo headless: ldviz train --out demo.jsonl && ldviz inspect demo.jsonl\n  \
-                 plot a run:            ldviz export sample_runs/dpo_offpolicy.jsonl --png dpo.png\n  \
-                 all commands:          ldviz --help"
-            );
-            Ok(())
-        }
+        None => run_app(cli.app),
         Some(Cmd::Train(a)) => train(*a),
         Some(Cmd::Logprob(a)) => logprob(a),
         Some(Cmd::Inspect { run, json }) => inspect(&run, json),
         Some(Cmd::Export(a)) => export(a),
         Some(Cmd::Bench(a)) => bench(a),
         Some(Cmd::Pretrain(a)) => pretrain(*a),
+        Some(Cmd::Squeeze(a)) => squeeze(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -349,119 +411,44 @@ fn main() -> ExitCode {
 }
 
 fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
-    let algo: Algo = a.algo.into();
-    let kind = match a.optimizer {
-        OptArg::Sgd => OptimKind::Sgd,
-        OptArg::Adamw => OptimKind::Adamw,
-        OptArg::Rmsprop => OptimKind::Rmsprop,
-    };
-    // The embedded model has its own tuned recipe (assets.rs); real checkpoints get TRL-like
-    // learning rates.
-    let demo = (a.model == "default").then_some(ldviz::assets::DEMO);
-    let default_lr = match (demo, algo) {
-        (Some(d), Algo::Sft) => d.sft_lr,
-        (Some(d), _) => d.lr,
-        (None, Algo::Sft) => 1e-4,
-        (None, _) => 1e-5,
-    };
-    let lr = a.lr.unwrap_or(default_lr);
-    for (name, v) in [("--lr", Some(lr)), ("--sft-lr", a.sft_lr)] {
-        if let Some(v) = v
-            && !(v > 0.0 && v.is_finite())
-        {
-            bail!("{name} must be a positive number, got {v}");
-        }
-    }
-    let optim = |lr: f64| {
-        let mut o = OptimConfig::new(kind, lr);
-        o.momentum = a.momentum;
-        o.weight_decay = a.weight_decay;
-        o.warmup = a.warmup;
-        o.max_grad_norm = a.max_grad_norm;
-        o
-    };
-    let main_dur = match (a.steps, a.epochs) {
-        (Some(s), _) => Duration::Steps(s),
-        (None, Some(e)) => Duration::Epochs(e),
-        (None, None) => Duration::Epochs(match (demo, algo) {
-            (Some(d), Algo::Sft) => d.sft_epochs,
-            (Some(d), _) => d.epochs,
-            (None, _) => 1.0,
-        }),
-    };
-    if let Duration::Epochs(e) = main_dur
-        && !(e > 0.0 && e.is_finite())
-    {
-        bail!("--epochs must be a positive number");
-    }
-    let sft_dur = match (a.sft_steps, a.sft_epochs) {
-        (Some(s), _) => Duration::Steps(s),
-        (None, Some(e)) => Duration::Epochs(e),
-        (None, None) => match demo {
-            Some(d) => Duration::Epochs(d.sft_epochs),
-            None => main_dur,
-        },
-    };
-    let sft_lr = a
-        .sft_lr
-        .or(a.lr)
-        .unwrap_or(demo.map(|d| d.sft_lr).unwrap_or(1e-4));
-    let probes: ProbeCount = a
-        .probes
-        .parse()
-        .map_err(|e| anyhow::anyhow!("--probes: {e}"))?;
-    let test_fraction = match a.test_fraction {
-        Some(f) => f,
-        None if a.data == "default" => ldviz::assets::demo_test_fraction()?,
-        None => 0.0,
-    };
-    if !(0.0..1.0).contains(&test_fraction) {
-        bail!("--test-fraction must be in [0, 1)");
-    }
-    if a.max_prompt_len == 0 || a.max_len <= a.max_prompt_len {
-        bail!("--max-len must be larger than --max-prompt-len (and both positive)");
-    }
-    let mut phases = TrainConfig::phases_for(algo, (main_dur, optim(lr)), (sft_dur, optim(sft_lr)));
-    if a.on_policy {
-        if !phases
-            .iter()
-            .any(|p| p.algo.needs_reference() || p.algo == Algo::Simpo)
-        {
-            bail!(
-                "--on-policy needs a preference loss (dpo, ipo, hinge, robust, simpo, extended, sft-then-dpo)"
-            );
-        }
-        for p in phases.iter_mut().filter(|p| !p.algo.is_sft()) {
-            p.on_policy = true;
-        }
-    }
-    if !(a.sample_temperature >= 0.0 && a.sample_temperature.is_finite()) {
-        bail!("--sample-temperature must be a non-negative number");
-    }
-    Ok(TrainConfig {
+    let o = TrainOptions {
         model: a.model.clone(),
         data: a.data.clone(),
         test_data: a.test_data.clone(),
+        test_fraction: a.test_fraction,
         format: a.format.get(),
-        test_fraction,
-        algo,
-        phases,
+        algo: a.algo.into(),
+        optimizer: match a.optimizer {
+            OptArg::Sgd => OptimKind::Sgd,
+            OptArg::Adamw => OptimKind::Adamw,
+            OptArg::Rmsprop => OptimKind::Rmsprop,
+        },
+        lr: a.lr,
+        momentum: a.momentum,
+        weight_decay: a.weight_decay,
+        warmup: a.warmup,
+        max_grad_norm: a.max_grad_norm,
         beta: a.beta,
         gamma: a.gamma,
         label_smoothing: a.label_smoothing,
         batch_size: a.batch_size,
-        seed: a.seed,
-        shuffle: !a.no_shuffle,
+        steps: a.steps,
+        epochs: a.epochs,
+        sft_steps: a.sft_steps,
+        sft_epochs: a.sft_epochs,
+        sft_lr: a.sft_lr,
         eval_every: a.eval_every,
-        probes,
-        lengths: Lengths {
-            max_prompt: a.max_prompt_len,
-            max_total: a.max_len,
-        },
-        top_k: a.top_k,
+        probes: a.probes.clone(),
+        shuffle: !a.no_shuffle,
+        seed: a.seed,
+        max_prompt_len: a.max_prompt_len,
+        max_len: a.max_len,
+        on_policy: a.on_policy,
         sample_temperature: a.sample_temperature,
+        top_k: a.top_k,
         save_model: a.save_model.as_ref().map(|p| p.display().to_string()),
-    })
+    };
+    o.to_config()
 }
 
 fn train(a: TrainArgs) -> Result<()> {
@@ -643,6 +630,9 @@ fn export(a: ExportArgs) -> Result<()> {
 }
 
 fn bench(a: BenchArgs) -> Result<()> {
+    if a.frame {
+        return bench_frame(&a);
+    }
     let r = ldviz::bench::train_step(a.steps.max(1))?;
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
@@ -694,5 +684,123 @@ fn pretrain(a: PretrainArgs) -> Result<()> {
         pb.finish_and_clear();
     }
     println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+#[cfg(feature = "gui")]
+fn run_app(a: AppArgs) -> Result<()> {
+    ldviz::app::run(ldviz::app::Launch {
+        runs: a.runs,
+        model: a.model,
+        data: a.data,
+        train: a.train,
+        screenshot: a.screenshot,
+        after_frames: a.after_frames,
+        after_evals: a.after_evals,
+        tab: a.tab,
+    })
+}
+
+#[cfg(not(feature = "gui"))]
+fn run_app(_a: AppArgs) -> Result<()> {
+    bail!(
+        "this ldviz was built without the app (feature \"gui\"); use the subcommands (ldviz --help) or rebuild with default features"
+    )
+}
+
+#[cfg(feature = "gui")]
+fn bench_frame(a: &BenchArgs) -> Result<()> {
+    let spec = ldviz::run::synth::SynthSpec {
+        eval_every: a.eval_every.max(1),
+        ..Default::default()
+    };
+    let r = ldviz::app::bench::frame_times(spec, 200)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "app frame CPU time, {} steps / {} evaluations x {} families x {} probes, {} scrubbing frames per tab: curves median {:.2} ms (p95 {:.2}), tokens {:.2} ms, TRL metrics {:.2} ms; first frame (statistics computed) {:.1} ms",
+            r.steps,
+            r.evals,
+            r.families,
+            r.probes,
+            r.frames,
+            r.curves_median_ms,
+            r.curves_p95_ms,
+            r.tokens_median_ms,
+            r.metrics_median_ms,
+            r.first_frame_ms
+        );
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "gui"))]
+fn bench_frame(_a: &BenchArgs) -> Result<()> {
+    bail!("--frame needs the app (build with the default \"gui\" feature)")
+}
+
+fn squeeze(a: SqueezeArgs) -> Result<()> {
+    use ldviz::squeeze::{Sign, check_probs, geometric, ratios, step};
+    let p0 = match a.classes {
+        Some(v) if v < 2 => bail!("--classes must be at least 2"),
+        Some(v) => geometric(v, a.ratio),
+        None => check_probs(&a.probs).context("--probs")?,
+    };
+    let (c, sign) = match (a.negative, a.positive) {
+        (Some(c), _) => (c, Sign::Negative),
+        (None, Some(c)) => (c, Sign::Positive),
+        (None, None) => bail!("give --negative I or --positive I"),
+    };
+    if c >= p0.len() {
+        bail!(
+            "class {c} is out of range: there are {} classes (0-based)",
+            p0.len()
+        );
+    }
+    if !(a.eta.is_finite() && a.eta >= 0.0) {
+        bail!("--eta must be a non-negative number");
+    }
+    let mut p = p0.clone();
+    let mut history = Vec::new();
+    for _ in 0..a.steps.max(1) {
+        p = step(&p, c, sign, a.eta);
+        history.push(p.clone());
+    }
+    let alpha = ratios(&p0, &p);
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({"before": p0, "after": p, "alpha": alpha, "steps": history})
+        );
+        return Ok(());
+    }
+    let fmt = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.4}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("before: [{}]", fmt(&p0));
+    println!(
+        "after {} {} step(s) on class {c} with eta {}: [{}]",
+        a.steps.max(1),
+        if sign == Sign::Negative {
+            "negative"
+        } else {
+            "positive"
+        },
+        a.eta,
+        fmt(&p)
+    );
+    println!("alpha (after / before): [{}]", fmt(&alpha));
+    let argmax = p0
+        .iter()
+        .enumerate()
+        .max_by(|x, y| x.1.total_cmp(y.1))
+        .map(|x| x.0)
+        .unwrap_or(0);
+    let rose: Vec<usize> = (0..p.len()).filter(|&i| alpha[i] > 1.0).collect();
+    println!("rose: {rose:?} (argmax before: {argmax})");
     Ok(())
 }

@@ -11,8 +11,10 @@ use plotters::prelude::*;
 
 use crate::data::{Family, FamilyGroup};
 use crate::run::Run;
+use crate::run::store::quantile;
 
-static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
+/// The bundled DejaVu Sans (also the app's fallback font for symbols).
+pub static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 static REGISTER: Once = Once::new();
 
 fn register_font() {
@@ -74,16 +76,6 @@ pub fn family_color(f: Family) -> (u8, u8, u8) {
         Family::RandomNonhum => (170, 170, 170),
         Family::Argmax => (140, 40, 180),
     }
-}
-
-fn quantile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let pos = q * (sorted.len() - 1) as f64;
-    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    let w = pos - lo as f64;
-    sorted[lo] * (1.0 - w) + sorted[hi] * w
 }
 
 /// The curves of `families` (all of the run's when empty): per evaluation, the mean over probes

@@ -4,9 +4,12 @@
 
 pub mod event;
 pub mod reader;
+pub mod store;
 pub mod summary;
+pub mod synth;
 pub mod writer;
 
 pub use event::{EndReason, EvalRecord, Event, RunHeader, StepRecord};
 pub use reader::{Run, read_run};
+pub use store::{RunStore, SeriesKey, Stats, XAxis};
 pub use writer::Writer;

@@ -5,7 +5,9 @@ pub mod config;
 pub mod loss;
 pub mod onpolicy;
 pub mod optim;
+pub mod options;
 pub mod trainer;
 
 pub use config::{Algo, Duration, OptimConfig, OptimKind, PhaseConfig, TrainConfig};
+pub use options::TrainOptions;
 pub use trainer::{Command, TrainerHandle, spawn};

@@ -1,0 +1,131 @@
+//! Export of what the curves view shows: PNG and SVG through the same plotters code as
+//! `ldviz export`, and the run's data as CSV. Targets come from a native dialog or a path field.
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use super::curves::{BandKind, CurveSettings};
+use super::{Action, DialogKind, LdvizApp};
+use crate::export::plot::{Band, PlotOptions, XMode, YMode};
+use crate::run::{RunStore, XAxis};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    Png,
+    Svg,
+    Csv,
+}
+
+#[derive(Default)]
+pub struct ExportView {
+    /// Path field of the export menu (the dialog-free way).
+    pub path: String,
+    /// Path field of "open run" in the runs list.
+    pub open_path: String,
+}
+
+/// The plot options matching the curves view's settings.
+pub fn plot_options(
+    store: &RunStore,
+    s: &CurveSettings,
+    probe: Option<usize>,
+    cursor: Option<f64>,
+) -> PlotOptions {
+    PlotOptions {
+        families: store
+            .run
+            .header
+            .families
+            .iter()
+            .copied()
+            .filter(|f| !s.hidden.contains(f))
+            .collect(),
+        y: if s.delta {
+            YMode::Delta
+        } else {
+            YMode::Absolute
+        },
+        x: match s.x {
+            XAxis::Step => XMode::Step,
+            XAxis::Examples => XMode::Examples,
+            XAxis::Epoch => XMode::Epoch,
+        },
+        band: match s.band {
+            BandKind::None => Band::None,
+            BandKind::MinMax => Band::MinMax,
+            BandKind::Interquartile => Band::Interquartile,
+        },
+        probe,
+        cursor,
+        ..PlotOptions::default()
+    }
+}
+
+/// Writes one export; returns a confirmation line.
+pub fn write(
+    t: Target,
+    store: &RunStore,
+    s: &CurveSettings,
+    probe: Option<usize>,
+    cursor: Option<f64>,
+    path: &Path,
+) -> Result<String> {
+    let o = plot_options(store, s, probe, cursor);
+    match t {
+        Target::Png => {
+            crate::export::plot::write_png(&store.run, path, &o)?;
+            Ok(format!("wrote {}", path.display()))
+        }
+        Target::Svg => {
+            crate::export::plot::write_svg(&store.run, path, &o)?;
+            Ok(format!("wrote {}", path.display()))
+        }
+        Target::Csv => {
+            let m = crate::export::csv::write_csv(&store.run, path)?;
+            Ok(format!("wrote {} and {}", path.display(), m.display()))
+        }
+    }
+}
+
+/// The "Export" menu of the top bar.
+pub fn menu(app: &mut LdvizApp, ui: &mut egui::Ui, actions: &mut Vec<Action>) {
+    let ctx = ui.ctx().clone();
+    let has_run = !app.runs.is_empty();
+    ui.add_enabled_ui(has_run, |ui| {
+        ui.menu_button("Export", |ui| {
+            if ui.button("PNG…").clicked() {
+                app.dialog(&ctx, DialogKind::SavePng);
+                ui.close();
+            }
+            if ui.button("SVG…").clicked() {
+                app.dialog(&ctx, DialogKind::SaveSvg);
+                ui.close();
+            }
+            if ui.button("CSV…").clicked() {
+                app.dialog(&ctx, DialogKind::SaveCsv);
+                ui.close();
+            }
+            ui.separator();
+            let l = ui.label("Export path");
+            ui.add(
+                egui::TextEdit::singleline(&mut app.export.path)
+                    .hint_text("/path/to/file")
+                    .desired_width(220.0),
+            )
+            .labelled_by(l.id);
+            ui.horizontal(|ui| {
+                let p = app.export.path.trim().to_string();
+                for (label, t) in [
+                    ("Save PNG", Target::Png),
+                    ("Save SVG", Target::Svg),
+                    ("Save CSV", Target::Csv),
+                ] {
+                    if ui.button(label).clicked() && !p.is_empty() {
+                        actions.push(Action::Export(t, p.clone().into()));
+                    }
+                }
+            });
+        });
+    });
+}

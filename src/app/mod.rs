@@ -1,0 +1,752 @@
+//! The desktop app (feature `gui`): a thin eframe shell around [`LdvizApp`], whose state is one
+//! struct per view (setup/train panel, curves, timeline, token inspector, export). The app does
+//! no math: it feeds the engine's [`Event`]s into [`RunStore`]s and every view re-reads the
+//! stores each frame. UI actions that change shared state are queued as [`Action`]s and applied
+//! at the end of the frame. File dialogs run on their own threads and report back over a
+//! channel; every dialog action is also reachable through a path field or a CLI argument.
+
+pub mod bench;
+mod curves;
+mod export;
+mod setup;
+mod timeline;
+mod tokens;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Result, anyhow};
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::run::{Event, RunStore};
+use crate::train::{Command, TrainerHandle};
+
+pub use curves::CurvesView;
+pub use export::ExportView;
+pub use setup::SetupView;
+pub use timeline::{Mode, Timeline};
+pub use tokens::{TokenRow, TokensView, mean_top1, token_row};
+
+/// What the command line asks the app to do at launch.
+#[derive(Clone, Debug, Default)]
+pub struct Launch {
+    pub runs: Vec<PathBuf>,
+    pub model: Option<PathBuf>,
+    pub data: Option<PathBuf>,
+    pub train: bool,
+    pub screenshot: Option<PathBuf>,
+    pub after_frames: u64,
+    pub after_evals: usize,
+    pub tab: Option<String>,
+}
+
+/// The central view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Tab {
+    Curves,
+    Tokens,
+    Metrics,
+}
+
+/// A file chosen in a native dialog, and what it is for.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Picked {
+    Run(Vec<PathBuf>),
+    Data(PathBuf),
+    Model(PathBuf),
+    ExportPng(PathBuf),
+    ExportSvg(PathBuf),
+    ExportCsv(PathBuf),
+}
+
+/// Changes to shared state requested during a frame, applied after it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Action {
+    OpenRun(PathBuf),
+    CloseRun(usize),
+    StartTraining,
+    Trainer(Command),
+    Picked(Picked),
+    Export(export::Target, PathBuf),
+}
+
+/// Settings kept between launches.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Persisted {
+    pub recent_runs: Vec<PathBuf>,
+    pub recent_models: Vec<String>,
+    pub recent_data: Vec<String>,
+    pub setup: Option<crate::train::TrainOptions>,
+    pub out_dir: Option<String>,
+    pub curves: Option<curves::CurveSettings>,
+    pub tab: Option<Tab>,
+}
+
+pub const STORAGE_KEY: &str = "ldviz";
+
+/// A trainer the app started.
+pub struct Live {
+    pub handle: Option<TrainerHandle>,
+    /// Index of its store in `runs` (once the header arrived).
+    pub run: Option<usize>,
+    pub out: PathBuf,
+    pub started: Instant,
+    pub total_steps: usize,
+    pub finished: bool,
+}
+
+/// The whole app state.
+pub struct LdvizApp {
+    pub runs: Vec<RunStore>,
+    /// The run the views show.
+    pub active: usize,
+    pub live: Option<Live>,
+    pub setup: SetupView,
+    pub curves: CurvesView,
+    pub timeline: Timeline,
+    pub tokens: TokensView,
+    pub export: ExportView,
+    pub tab: Tab,
+    /// Visible error messages (newest last); each can be dismissed.
+    pub errors: Vec<String>,
+    /// One-line confirmations (exports written, runs opened).
+    pub notice: Option<String>,
+    pub persisted: Persisted,
+    pub sample_runs: Vec<PathBuf>,
+    actions: Vec<Action>,
+    picked_tx: Sender<Picked>,
+    picked_rx: Receiver<Picked>,
+    /// Screenshot-and-quit (hidden CLI option used to look at the app under Xvfb).
+    screenshot: Option<(PathBuf, u64, usize)>,
+    frames: u64,
+    screenshot_requested: bool,
+    shot: std::sync::Arc<std::sync::Mutex<Option<std::sync::Arc<egui::ColorImage>>>>,
+}
+
+/// Sample runs shipped in sample_runs/ (listed in the app, opened on click).
+pub fn sample_runs() -> Vec<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sample_runs");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn push_recent<T: PartialEq + Clone>(list: &mut Vec<T>, item: T) {
+    list.retain(|x| *x != item);
+    list.insert(0, item);
+    list.truncate(10);
+}
+
+impl LdvizApp {
+    /// A fresh app (no persisted state), as the tests use it.
+    pub fn new(launch: &Launch) -> LdvizApp {
+        LdvizApp::with_persisted(launch, Persisted::default())
+    }
+
+    pub fn with_persisted(launch: &Launch, persisted: Persisted) -> LdvizApp {
+        let (picked_tx, picked_rx) = crossbeam_channel::unbounded();
+        let mut setup = SetupView::new(persisted.setup.clone(), persisted.out_dir.clone());
+        if let Some(m) = &launch.model {
+            setup.options.model = m.display().to_string();
+        }
+        if let Some(d) = &launch.data {
+            setup.options.data = d.display().to_string();
+        }
+        let mut curves = CurvesView::default();
+        if let Some(c) = &persisted.curves {
+            curves.settings = c.clone();
+        }
+        let tab = match launch.tab.as_deref() {
+            Some("tokens") => Tab::Tokens,
+            Some("metrics") => Tab::Metrics,
+            Some("curves") => Tab::Curves,
+            _ => persisted.tab.unwrap_or(Tab::Curves),
+        };
+        let mut app = LdvizApp {
+            runs: Vec::new(),
+            active: 0,
+            live: None,
+            setup,
+            curves,
+            timeline: Timeline::default(),
+            tokens: TokensView::default(),
+            export: ExportView::default(),
+            tab,
+            errors: Vec::new(),
+            notice: None,
+            persisted,
+            sample_runs: sample_runs(),
+            actions: Vec::new(),
+            picked_tx,
+            picked_rx,
+            screenshot: launch
+                .screenshot
+                .clone()
+                .map(|p| (p, launch.after_frames, launch.after_evals)),
+            frames: 0,
+            screenshot_requested: false,
+            shot: Default::default(),
+        };
+        for r in &launch.runs {
+            app.open_run(r);
+        }
+        if launch.train {
+            app.start_training();
+        }
+        app
+    }
+
+    /// The run the views show, if any.
+    pub fn active_run(&self) -> Option<&RunStore> {
+        self.runs.get(self.active)
+    }
+
+    pub fn queue(&mut self, a: Action) {
+        self.actions.push(a);
+    }
+
+    /// Opens a run file; a bad file becomes a visible error and nothing else changes.
+    pub fn open_run(&mut self, path: &Path) {
+        if let Some(i) = self
+            .runs
+            .iter()
+            .position(|r| r.path.as_deref() == Some(path))
+        {
+            self.active = i;
+            return;
+        }
+        match RunStore::open(path) {
+            Ok(store) => {
+                if store.run.truncated {
+                    self.notice = Some(format!(
+                        "{}: the last record was cut off (the writer was killed); everything before it is loaded",
+                        path.display()
+                    ));
+                }
+                self.runs.push(store);
+                self.active = self.runs.len() - 1;
+                self.timeline.jump_end(self.runs.last());
+                push_recent(&mut self.persisted.recent_runs, path.to_path_buf());
+            }
+            Err(e) => self.errors.push(format!("{e:#}")),
+        }
+    }
+
+    /// Starts the trainer with the train panel's options. Invalid options are reported and
+    /// nothing starts; a running trainer is left alone.
+    pub fn start_training(&mut self) {
+        if self.live.as_ref().is_some_and(|l| !l.finished) {
+            self.errors
+                .push("a run is already training: stop it before starting another".into());
+            return;
+        }
+        let cfg = match self.setup.checked().and_then(|o| o.to_config()) {
+            Ok(c) => c,
+            Err(e) => {
+                self.errors.push(format!("cannot start: {e:#}"));
+                return;
+            }
+        };
+        let out = match self.setup.next_out_path(cfg.algo) {
+            Ok(p) => p,
+            Err(e) => {
+                self.errors.push(format!("cannot start: {e:#}"));
+                return;
+            }
+        };
+        push_recent(
+            &mut self.persisted.recent_models,
+            self.setup.options.model.clone(),
+        );
+        push_recent(
+            &mut self.persisted.recent_data,
+            self.setup.options.data.clone(),
+        );
+        let handle = crate::train::spawn(cfg, Some(out.clone()));
+        self.live = Some(Live {
+            handle: Some(handle),
+            run: None,
+            out,
+            started: Instant::now(),
+            total_steps: 0,
+            finished: false,
+        });
+        self.timeline.mode = Mode::Following;
+    }
+
+    /// Sends a command to the live trainer.
+    pub fn command(&mut self, c: Command) {
+        if let Some(h) = self.live.as_ref().and_then(|l| l.handle.as_ref()) {
+            // A closed channel means the trainer already ended; its end record says why.
+            let _ = h.commands.send(c);
+        }
+    }
+
+    /// Drains the live trainer's events into its store; reports a failed trainer.
+    pub fn poll_trainer(&mut self) -> bool {
+        let Some(live) = self.live.as_mut() else {
+            return false;
+        };
+        let Some(handle) = live.handle.as_ref() else {
+            return false;
+        };
+        let mut got = false;
+        let mut disconnected = false;
+        let deadline = Instant::now() + std::time::Duration::from_millis(8);
+        loop {
+            match handle.events.try_recv() {
+                Ok(ev) => {
+                    got = true;
+                    match ev {
+                        Event::Header(h) => {
+                            live.total_steps = h.phases.iter().map(|p| p.steps).sum();
+                            let name = live
+                                .out
+                                .file_stem()
+                                .map(|s| s.to_string_lossy().to_string())
+                                .unwrap_or_else(|| "live".into());
+                            self.runs
+                                .push(RunStore::live(name, Some(live.out.clone()), *h));
+                            live.run = Some(self.runs.len() - 1);
+                            self.active = self.runs.len() - 1;
+                        }
+                        ev => {
+                            if let Some(store) = live.run.and_then(|i| self.runs.get_mut(i)) {
+                                store.apply(ev);
+                            }
+                        }
+                    }
+                    if Instant::now() > deadline {
+                        break;
+                    }
+                }
+                Err(crossbeam_channel::TryRecvError::Empty) => break,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                    disconnected = true;
+                    break;
+                }
+            }
+        }
+        if disconnected {
+            live.finished = true;
+            if let Some(h) = live.handle.take()
+                && let Err(e) = h.join()
+            {
+                let kept = match live.run {
+                    Some(_) => format!(
+                        " (everything recorded so far is kept in {})",
+                        live.out.display()
+                    ),
+                    None => String::new(),
+                };
+                self.errors.push(format!("training failed: {e:#}{kept}"));
+            }
+        }
+        got
+    }
+
+    fn apply_actions(&mut self) {
+        let actions = std::mem::take(&mut self.actions);
+        for a in actions {
+            match a {
+                Action::OpenRun(p) => self.open_run(&p),
+                Action::CloseRun(i) => self.close_run(i),
+                Action::StartTraining => self.start_training(),
+                Action::Trainer(c) => self.command(c),
+                Action::Picked(p) => self.on_picked(p),
+                Action::Export(t, p) => self.export_to(t, &p),
+            }
+        }
+    }
+
+    fn close_run(&mut self, i: usize) {
+        if i >= self.runs.len() {
+            return;
+        }
+        if let Some(live) = self.live.as_mut()
+            && let Some(r) = live.run
+        {
+            if r == i && !live.finished {
+                self.errors
+                    .push("stop the live run before closing it".into());
+                return;
+            }
+            if r == i {
+                live.run = None;
+            } else if r > i {
+                live.run = Some(r - 1);
+            }
+        }
+        self.runs.remove(i);
+        self.curves.overlay.retain(|&j| j != i);
+        for j in self.curves.overlay.iter_mut() {
+            if *j > i {
+                *j -= 1;
+            }
+        }
+        if self.active >= self.runs.len() {
+            self.active = self.runs.len().saturating_sub(1);
+        }
+    }
+
+    fn on_picked(&mut self, p: Picked) {
+        match p {
+            Picked::Run(paths) => {
+                for p in paths {
+                    self.open_run(&p);
+                }
+            }
+            Picked::Data(p) => self.setup.options.data = p.display().to_string(),
+            Picked::Model(p) => self.setup.options.model = p.display().to_string(),
+            Picked::ExportPng(p) => self.export_to(export::Target::Png, &p),
+            Picked::ExportSvg(p) => self.export_to(export::Target::Svg, &p),
+            Picked::ExportCsv(p) => self.export_to(export::Target::Csv, &p),
+        }
+    }
+
+    /// Writes the visible curves (PNG/SVG) or their data (CSV); errors are shown.
+    pub fn export_to(&mut self, t: export::Target, path: &Path) {
+        let Some(store) = self.runs.get(self.active) else {
+            self.errors
+                .push("nothing to export: open or record a run first".into());
+            return;
+        };
+        let cursor = self.timeline.cursor_x(store, self.curves.settings.x);
+        match export::write(
+            t,
+            store,
+            &self.curves.settings,
+            self.curves.probe,
+            cursor,
+            path,
+        ) {
+            Ok(msg) => self.notice = Some(msg),
+            Err(e) => self.errors.push(format!("{e:#}")),
+        }
+    }
+
+    /// Opens a native file dialog on its own thread (never on the UI thread).
+    pub fn dialog(&self, ctx: &egui::Context, kind: DialogKind) {
+        let tx = self.picked_tx.clone();
+        let ctx = ctx.clone();
+        let _ = std::thread::Builder::new()
+            .name("ldviz-dialog".into())
+            .spawn(move || {
+                let d = rfd::FileDialog::new();
+                let picked = match kind {
+                    DialogKind::Runs => d
+                        .add_filter("run files", &["jsonl"])
+                        .pick_files()
+                        .map(Picked::Run),
+                    DialogKind::Data => d
+                        .add_filter("preference data", &["jsonl", "json", "gz"])
+                        .pick_file()
+                        .map(Picked::Data),
+                    DialogKind::Model => d.pick_folder().map(Picked::Model),
+                    DialogKind::SavePng => d
+                        .add_filter("PNG", &["png"])
+                        .set_file_name("ldviz.png")
+                        .save_file()
+                        .map(Picked::ExportPng),
+                    DialogKind::SaveSvg => d
+                        .add_filter("SVG", &["svg"])
+                        .set_file_name("ldviz.svg")
+                        .save_file()
+                        .map(Picked::ExportSvg),
+                    DialogKind::SaveCsv => d
+                        .add_filter("CSV", &["csv"])
+                        .set_file_name("ldviz.csv")
+                        .save_file()
+                        .map(Picked::ExportCsv),
+                };
+                if let Some(p) = picked {
+                    let _ = tx.send(p);
+                    ctx.request_repaint();
+                }
+            });
+    }
+
+    /// Files dropped on the window: run files open as runs, folders become the model, other
+    /// JSON/JSONL files the dataset.
+    fn handle_drops(&mut self, ctx: &egui::Context) {
+        let dropped: Vec<PathBuf> = ctx.input(|i| {
+            i.raw
+                .dropped_files
+                .iter()
+                .map(|f| f.path().to_path_buf())
+                .collect()
+        });
+        for p in dropped {
+            if p.is_dir() {
+                self.setup.options.model = p.display().to_string();
+            } else if is_run_file(&p) {
+                self.open_run(&p);
+            } else {
+                self.setup.options.data = p.display().to_string();
+            }
+        }
+    }
+
+    /// One frame of the whole app inside `ui`.
+    pub fn show(&mut self, ui: &mut egui::Ui) {
+        let ctx = ui.ctx().clone();
+        self.frames += 1;
+        while let Ok(p) = self.picked_rx.try_recv() {
+            self.on_picked(p);
+        }
+        self.handle_drops(&ctx);
+        let got = self.poll_trainer();
+        let dt = ctx.input(|i| i.stable_dt).min(0.1) as f64;
+        self.timeline.handle_keys(&ctx, self.runs.get(self.active));
+        self.timeline.advance(self.runs.get(self.active), dt);
+
+        egui::Panel::top("menu").show(ui, |ui| self.menu_bar(ui));
+        if !self.errors.is_empty() || self.notice.is_some() {
+            egui::Panel::top("messages").show(ui, |ui| self.messages(ui));
+        }
+        egui::Panel::left("setup")
+            .resizable(true)
+            .default_size(300.0)
+            .show(ui, |ui| {
+                egui::ScrollArea::vertical().show(ui, |ui| {
+                    let mut actions = Vec::new();
+                    setup::show(self, ui, &mut actions);
+                    self.actions.extend(actions);
+                });
+            });
+        egui::Panel::bottom("timeline").show(ui, |ui| {
+            let store = self.runs.get(self.active);
+            self.timeline.ui(ui, store);
+        });
+        egui::CentralPanel::default().show(ui, |ui| match self.tab {
+            Tab::Curves => curves::show(self, ui),
+            Tab::Tokens => tokens::show(self, ui),
+            Tab::Metrics => curves::show_metrics(self, ui),
+        });
+        self.apply_actions();
+
+        let training = self.live.as_ref().is_some_and(|l| !l.finished);
+        if training || got || self.timeline.mode == Mode::Playing {
+            ctx.request_repaint_after(std::time::Duration::from_millis(33));
+        }
+        self.screenshot_step(&ctx);
+    }
+
+    fn menu_bar(&mut self, ui: &mut egui::Ui) {
+        let ctx = ui.ctx().clone();
+        ui.horizontal(|ui| {
+            ui.strong("ldviz");
+            ui.separator();
+            if ui.button("Open run…").clicked() {
+                self.dialog(&ctx, DialogKind::Runs);
+            }
+            ui.menu_button("Recent", |ui| {
+                if self.persisted.recent_runs.is_empty() {
+                    ui.label("no recent runs");
+                }
+                for p in self.persisted.recent_runs.clone() {
+                    if ui.button(p.display().to_string()).clicked() {
+                        self.actions.push(Action::OpenRun(p));
+                        ui.close();
+                    }
+                }
+            });
+            ui.separator();
+            ui.selectable_value(&mut self.tab, Tab::Curves, "Curves");
+            ui.selectable_value(&mut self.tab, Tab::Tokens, "Tokens");
+            ui.selectable_value(&mut self.tab, Tab::Metrics, "TRL metrics");
+            ui.separator();
+            let mut actions = Vec::new();
+            export::menu(self, ui, &mut actions);
+            self.actions.extend(actions);
+        });
+    }
+
+    fn messages(&mut self, ui: &mut egui::Ui) {
+        let mut dismiss = None;
+        for (i, e) in self.errors.iter().enumerate() {
+            ui.horizontal(|ui| {
+                if ui.small_button("×").on_hover_text("dismiss").clicked() {
+                    dismiss = Some(i);
+                }
+                ui.colored_label(egui::Color32::from_rgb(200, 40, 40), format!("error: {e}"));
+            });
+        }
+        if let Some(i) = dismiss {
+            self.errors.remove(i);
+        }
+        let mut clear = false;
+        if let Some(n) = &self.notice {
+            ui.horizontal(|ui| {
+                if ui.small_button("×").clicked() {
+                    clear = true;
+                }
+                ui.label(n);
+            });
+        }
+        if clear {
+            self.notice = None;
+        }
+    }
+
+    fn screenshot_step(&mut self, ctx: &egui::Context) {
+        let Some((path, after, evals)) = self.screenshot.clone() else {
+            return;
+        };
+        let enough_evals = evals == 0
+            || self
+                .runs
+                .get(self.active)
+                .is_some_and(|r| r.n_evals() >= evals);
+        if !self.screenshot_requested && self.frames >= after && enough_evals {
+            let slot = self.shot.clone();
+            let c = ctx.clone();
+            ctx.request_screenshot(move |img| {
+                if let Ok(mut s) = slot.lock() {
+                    *s = Some(img);
+                }
+                c.request_repaint();
+            });
+            self.screenshot_requested = true;
+        }
+        let shot = self.shot.lock().ok().and_then(|mut s| s.take());
+        if let Some(img) = shot {
+            if let Err(e) = save_png(&img, &path) {
+                eprintln!("error: {e:#}");
+            }
+            if let Some(h) = self.live.as_ref().and_then(|l| l.handle.as_ref()) {
+                let _ = h.commands.send(Command::Stop);
+            }
+            ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+        } else if self.screenshot_requested || !enough_evals {
+            ctx.request_repaint_after(std::time::Duration::from_millis(30));
+        } else {
+            ctx.request_repaint_after(std::time::Duration::from_millis(16));
+        }
+    }
+
+    /// The settings to persist.
+    pub fn to_persisted(&self) -> Persisted {
+        let mut p = self.persisted.clone();
+        p.setup = Some(self.setup.options.clone());
+        p.out_dir = Some(self.setup.out_dir.clone());
+        p.curves = Some(self.curves.settings.clone());
+        p.tab = Some(self.tab);
+        p
+    }
+}
+
+/// Adds the bundled DejaVu Sans behind egui's default fonts (for ▶ ◀ ■ ⏎ Δ β ≈ and the
+/// like, which the defaults lack).
+pub fn install_fonts(ctx: &egui::Context) {
+    let mut fonts = egui::FontDefinitions::default();
+    fonts.font_data.insert(
+        "dejavu".into(),
+        std::sync::Arc::new(egui::FontData::from_static(crate::export::plot::FONT)),
+    );
+    for fam in [egui::FontFamily::Proportional, egui::FontFamily::Monospace] {
+        fonts.families.entry(fam).or_default().push("dejavu".into());
+    }
+    ctx.set_fonts(fonts);
+}
+
+/// Which native dialog to open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DialogKind {
+    Runs,
+    Data,
+    Model,
+    SavePng,
+    SaveSvg,
+    SaveCsv,
+}
+
+/// Whether a file looks like an ldviz run file (its first line is a run header).
+pub fn is_run_file(p: &Path) -> bool {
+    use std::io::Read;
+    let Ok(f) = std::fs::File::open(p) else {
+        return false;
+    };
+    let mut first = Vec::new();
+    if f.take(4096).read_to_end(&mut first).is_err() {
+        return false;
+    }
+    let s = String::from_utf8_lossy(&first);
+    s.starts_with("{\"type\":\"header\"") && s.contains("\"format\":\"ldviz-run\"")
+}
+
+fn save_png(img: &egui::ColorImage, path: &Path) -> Result<()> {
+    let [w, h] = img.size;
+    let mut buf = Vec::with_capacity(w * h * 4);
+    for c in &img.pixels {
+        buf.extend_from_slice(&c.to_array());
+    }
+    image::save_buffer(
+        path,
+        &buf,
+        w as u32,
+        h as u32,
+        image::ExtendedColorType::Rgba8,
+    )
+    .map_err(|e| anyhow!("{}: cannot save the screenshot: {e}", path.display()))
+}
+
+struct Shell {
+    app: LdvizApp,
+}
+
+impl eframe::App for Shell {
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut eframe::Frame) {
+        self.app.show(ui);
+    }
+
+    fn save(&mut self, storage: &mut dyn eframe::Storage) {
+        eframe::set_value(storage, STORAGE_KEY, &self.app.to_persisted());
+    }
+}
+
+impl Drop for Shell {
+    fn drop(&mut self) {
+        // Stop a live trainer so its run file gets its end record.
+        if let Some(live) = self.app.live.as_mut()
+            && let Some(h) = live.handle.take()
+        {
+            let _ = h.commands.send(Command::Stop);
+            let _ = h.join();
+        }
+    }
+}
+
+/// Runs the app until its window closes.
+pub fn run(launch: Launch) -> Result<()> {
+    let options = eframe::NativeOptions {
+        viewport: egui::ViewportBuilder::default()
+            .with_inner_size([1400.0, 860.0])
+            .with_title("ldviz — learning dynamics")
+            .with_drag_and_drop(true),
+        renderer: eframe::Renderer::Glow,
+        persist_window: true,
+        ..Default::default()
+    };
+    eframe::run_native(
+        "ldviz",
+        options,
+        Box::new(move |cc| {
+            install_fonts(&cc.egui_ctx);
+            let persisted: Persisted = cc
+                .storage
+                .and_then(|s| eframe::get_value(s, STORAGE_KEY))
+                .unwrap_or_default();
+            Ok(Box::new(Shell {
+                app: LdvizApp::with_persisted(&launch, persisted),
+            }))
+        }),
+    )
+    .map_err(|e| anyhow!("cannot open the app window: {e} (is a display available? the CLI subcommands work without one)"))
+}

@@ -1,0 +1,438 @@
+//! The left panel: the train panel (model, data, algorithm, optimizer and hyperparameters,
+//! Start / Pause / Resume / Step / Stop, live status) and the list of open and sample runs.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, anyhow};
+
+use super::{Action, DialogKind, LdvizApp};
+use crate::train::{Algo, Command, OptimKind, TrainOptions};
+
+/// The train panel's state. Optional numbers are edited as text ("" = the default).
+pub struct SetupView {
+    pub options: TrainOptions,
+    pub lr: String,
+    pub sft_lr: String,
+    pub epochs: String,
+    pub sft_epochs: String,
+    /// Folder where live runs are written.
+    pub out_dir: String,
+}
+
+fn opt_text<T: ToString>(v: Option<T>) -> String {
+    v.map(|x| x.to_string()).unwrap_or_default()
+}
+
+fn parse_opt(name: &str, s: &str) -> Result<Option<f64>> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Ok(None);
+    }
+    let v: f64 = t
+        .parse()
+        .map_err(|_| anyhow!("{name}: \"{t}\" is not a number"))?;
+    if !(v > 0.0 && v.is_finite()) {
+        return Err(anyhow!("{name} must be a positive number, got {t}"));
+    }
+    Ok(Some(v))
+}
+
+impl SetupView {
+    pub fn new(options: Option<TrainOptions>, out_dir: Option<String>) -> SetupView {
+        let options = options.unwrap_or_default();
+        SetupView {
+            lr: opt_text(options.lr),
+            sft_lr: opt_text(options.sft_lr),
+            epochs: opt_text(options.epochs),
+            sft_epochs: opt_text(options.sft_epochs),
+            options,
+            out_dir: out_dir.unwrap_or_else(|| "ldviz-runs".into()),
+        }
+    }
+
+    /// The options with the text fields parsed in; errors name the field.
+    pub fn checked(&mut self) -> Result<TrainOptions> {
+        self.options.lr = parse_opt("learning rate", &self.lr)?;
+        self.options.sft_lr = parse_opt("SFT learning rate", &self.sft_lr)?;
+        self.options.epochs = parse_opt("epochs", &self.epochs)?;
+        self.options.sft_epochs = parse_opt("SFT epochs", &self.sft_epochs)?;
+        if self.options.epochs.is_some() {
+            self.options.steps = None;
+        }
+        if self.options.sft_epochs.is_some() {
+            self.options.sft_steps = None;
+        }
+        Ok(self.options.clone())
+    }
+
+    /// A fresh run file path in the output folder (created if needed).
+    pub fn next_out_path(&self, algo: Algo) -> Result<PathBuf> {
+        let dir = PathBuf::from(self.out_dir.trim());
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("{}: cannot create the run folder", dir.display()))?;
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        for n in 0..1000 {
+            let name = if n == 0 {
+                format!("{}_{secs}.jsonl", algo.key())
+            } else {
+                format!("{}_{secs}_{n}.jsonl", algo.key())
+            };
+            let p = dir.join(name);
+            if !p.exists() {
+                return Ok(p);
+            }
+        }
+        Err(anyhow!("{}: no free run file name", dir.display()))
+    }
+}
+
+fn has_sft_phase(a: Algo) -> bool {
+    matches!(a, Algo::Extended | Algo::SftThenDpo)
+}
+
+fn path_row(
+    ui: &mut egui::Ui,
+    label: &str,
+    value: &mut String,
+    hint: &str,
+    browse: &mut bool,
+    recent: &[String],
+) {
+    ui.label(label);
+    ui.horizontal(|ui| {
+        ui.add(
+            egui::TextEdit::singleline(value)
+                .hint_text(hint)
+                .desired_width(180.0),
+        );
+        if ui.button("…").on_hover_text("browse").clicked() {
+            *browse = true;
+        }
+        if !recent.is_empty() {
+            egui::ComboBox::from_id_salt(format!("recent {label}"))
+                .selected_text("")
+                .width(16.0)
+                .show_ui(ui, |ui| {
+                    for r in recent {
+                        if ui.selectable_label(false, r).clicked() {
+                            *value = r.clone();
+                        }
+                    }
+                });
+        }
+    });
+}
+
+pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui, actions: &mut Vec<Action>) {
+    let ctx = ui.ctx().clone();
+    let training = app.live.as_ref().is_some_and(|l| !l.finished);
+    ui.heading("Train");
+    let (mut pick_model, mut pick_data) = (false, false);
+    let recent_models = app.persisted.recent_models.clone();
+    let recent_data = app.persisted.recent_data.clone();
+    let s = &mut app.setup;
+    ui.add_enabled_ui(!training, |ui| {
+        path_row(
+            ui,
+            "Model folder",
+            &mut s.options.model,
+            "default = embedded model",
+            &mut pick_model,
+            &recent_models,
+        );
+        path_row(
+            ui,
+            "Dataset",
+            &mut s.options.data,
+            "default = embedded demo data",
+            &mut pick_data,
+            &recent_data,
+        );
+        egui::Grid::new("hyper")
+            .num_columns(2)
+            .spacing([8.0, 4.0])
+            .show(ui, |ui| {
+                ui.label("Algorithm");
+                egui::ComboBox::from_id_salt("algo")
+                    .selected_text(s.options.algo.key())
+                    .show_ui(ui, |ui| {
+                        for a in Algo::CLI {
+                            ui.selectable_value(&mut s.options.algo, a, a.key());
+                        }
+                    });
+                ui.end_row();
+                ui.label("Optimizer");
+                egui::ComboBox::from_id_salt("optim")
+                    .selected_text(s.options.optimizer.key())
+                    .show_ui(ui, |ui| {
+                        for o in [OptimKind::Adamw, OptimKind::Sgd, OptimKind::Rmsprop] {
+                            ui.selectable_value(&mut s.options.optimizer, o, o.key());
+                        }
+                    });
+                ui.end_row();
+                let dlr = format!("{:e}", s.options.default_lr());
+                ui.label("Learning rate");
+                ui.add(
+                    egui::TextEdit::singleline(&mut s.lr)
+                        .hint_text(dlr)
+                        .desired_width(90.0),
+                );
+                ui.end_row();
+                ui.label("Epochs");
+                let de = format!("{}", s.options.default_epochs());
+                ui.add(
+                    egui::TextEdit::singleline(&mut s.epochs)
+                        .hint_text(de)
+                        .desired_width(90.0),
+                );
+                ui.end_row();
+                if has_sft_phase(s.options.algo) {
+                    ui.label("SFT learning rate");
+                    let d = format!("{:e}", crate::assets::DEMO.sft_lr);
+                    ui.add(
+                        egui::TextEdit::singleline(&mut s.sft_lr)
+                            .hint_text(if s.options.model == "default" {
+                                d
+                            } else {
+                                "as lr".into()
+                            })
+                            .desired_width(90.0),
+                    );
+                    ui.end_row();
+                    ui.label("SFT epochs");
+                    ui.add(
+                        egui::TextEdit::singleline(&mut s.sft_epochs)
+                            .hint_text(if s.options.model == "default" {
+                                format!("{}", crate::assets::DEMO.sft_epochs)
+                            } else {
+                                "as epochs".into()
+                            })
+                            .desired_width(90.0),
+                    );
+                    ui.end_row();
+                }
+                ui.label("β");
+                ui.add(
+                    egui::DragValue::new(&mut s.options.beta)
+                        .speed(0.01)
+                        .range(0.001..=100.0),
+                );
+                ui.end_row();
+                if s.options.optimizer != OptimKind::Adamw {
+                    ui.label("Momentum");
+                    ui.add(
+                        egui::DragValue::new(&mut s.options.momentum)
+                            .speed(0.01)
+                            .range(0.0..=0.999),
+                    );
+                    ui.end_row();
+                }
+                ui.label("Weight decay");
+                ui.add(
+                    egui::DragValue::new(&mut s.options.weight_decay)
+                        .speed(0.001)
+                        .range(0.0..=1.0),
+                );
+                ui.end_row();
+                ui.label("Batch size");
+                ui.add(egui::DragValue::new(&mut s.options.batch_size).range(1..=512));
+                ui.end_row();
+                ui.label("Probes");
+                ui.add(
+                    egui::TextEdit::singleline(&mut s.options.probes)
+                        .hint_text("32 or all")
+                        .desired_width(90.0),
+                );
+                ui.end_row();
+                ui.label("Eval every (examples)");
+                ui.add(egui::DragValue::new(&mut s.options.eval_every).range(1..=1_000_000));
+                ui.end_row();
+                ui.label("Seed");
+                ui.add(egui::DragValue::new(&mut s.options.seed));
+                ui.end_row();
+                ui.label("Run folder");
+                ui.add(egui::TextEdit::singleline(&mut s.out_dir).desired_width(140.0));
+                ui.end_row();
+            });
+        ui.checkbox(
+            &mut s.options.on_policy,
+            "on-policy (resample rejected each epoch)",
+        );
+    });
+    if pick_model {
+        app.dialog(&ctx, DialogKind::Model);
+    }
+    if pick_data {
+        app.dialog(&ctx, DialogKind::Data);
+    }
+
+    ui.horizontal_wrapped(|ui| {
+        if ui
+            .add_enabled(!training, egui::Button::new("▶ Start"))
+            .clicked()
+        {
+            actions.push(Action::StartTraining);
+        }
+        let paused = app
+            .live
+            .as_ref()
+            .and_then(|l| l.run)
+            .and_then(|i| app.runs.get(i))
+            .is_some_and(|r| r.paused);
+        if ui
+            .add_enabled(training && !paused, egui::Button::new("Pause"))
+            .clicked()
+        {
+            actions.push(Action::Trainer(Command::Pause));
+        }
+        if ui
+            .add_enabled(training && paused, egui::Button::new("Resume"))
+            .clicked()
+        {
+            actions.push(Action::Trainer(Command::Resume));
+        }
+        if ui
+            .add_enabled(training && paused, egui::Button::new("Step"))
+            .on_hover_text("apply one update, then stay paused")
+            .clicked()
+        {
+            actions.push(Action::Trainer(Command::Step));
+        }
+        if ui
+            .add_enabled(training, egui::Button::new("■ Stop"))
+            .clicked()
+        {
+            actions.push(Action::Trainer(Command::Stop));
+        }
+    });
+    status(app, ui);
+
+    ui.separator();
+    ui.heading("Runs");
+    if app.runs.is_empty() {
+        ui.label("No run open. Start training, open a run file, or pick a sample run below.");
+    }
+    let mut activate = None;
+    for (i, r) in app.runs.iter().enumerate() {
+        ui.horizontal(|ui| {
+            let mut on = app.curves.overlay.contains(&i);
+            if ui
+                .checkbox(&mut on, "overlay")
+                .on_hover_text("overlay in the curves view")
+                .changed()
+            {
+                if on {
+                    app.curves.overlay.push(i);
+                } else {
+                    app.curves.overlay.retain(|&j| j != i);
+                }
+            }
+            let label = format!(
+                "{} ({}, {} evals{})",
+                r.name,
+                r.run.header.config.algo,
+                r.n_evals(),
+                if r.ended() { "" } else { ", live" }
+            );
+            if ui.selectable_label(app.active == i, label).clicked() {
+                activate = Some(i);
+            }
+            if ui.small_button("×").on_hover_text("close").clicked() {
+                actions.push(Action::CloseRun(i));
+            }
+        });
+    }
+    if let Some(i) = activate {
+        app.active = i;
+        app.timeline.jump_end(app.runs.get(i));
+    }
+    ui.horizontal(|ui| {
+        ui.label("Open:");
+        ui.add(
+            egui::TextEdit::singleline(&mut app.export.open_path)
+                .hint_text("run file path")
+                .desired_width(150.0),
+        );
+        if ui.button("Open").clicked() && !app.export.open_path.trim().is_empty() {
+            actions.push(Action::OpenRun(PathBuf::from(app.export.open_path.trim())));
+        }
+    });
+    if !app.sample_runs.is_empty() {
+        ui.label("Sample runs:");
+        for p in &app.sample_runs {
+            let name = p
+                .file_stem()
+                .map(|s| s.to_string_lossy().to_string())
+                .unwrap_or_default();
+            if ui
+                .link(format!("open {name}"))
+                .on_hover_text(p.display().to_string())
+                .clicked()
+            {
+                actions.push(Action::OpenRun(p.clone()));
+            }
+        }
+    }
+}
+
+fn status(app: &LdvizApp, ui: &mut egui::Ui) {
+    let Some(live) = app.live.as_ref() else {
+        return;
+    };
+    let store = live.run.and_then(|i| app.runs.get(i));
+    let Some(store) = store else {
+        if !live.finished {
+            ui.horizontal(|ui| {
+                ui.spinner();
+                ui.label("loading model and data…");
+            });
+        }
+        return;
+    };
+    let step = store.run.steps.last().map(|s| s.step).unwrap_or(0);
+    let total = live.total_steps.max(1);
+    let elapsed = live.started.elapsed().as_secs_f64();
+    let examples = store.run.steps.last().map(|s| s.examples).unwrap_or(0);
+    let wall = store.run.steps.last().map(|s| s.wall_ms / 1000.0);
+    let rate = match wall {
+        Some(w) if w > 0.0 => examples as f64 / w,
+        _ => 0.0,
+    };
+    let phase = store
+        .run
+        .steps
+        .last()
+        .map(|s| s.phase.clone())
+        .unwrap_or_default();
+    let loss = store
+        .run
+        .steps
+        .last()
+        .and_then(|s| s.metrics.get("loss").copied());
+    ui.add(
+        egui::ProgressBar::new(step as f32 / total as f32).text(format!("step {step} / {total}")),
+    );
+    let eta = if step > 0 && !live.finished {
+        let per = wall.unwrap_or(elapsed) / step as f64;
+        format!("ETA {:.0} s", per * (total.saturating_sub(step)) as f64)
+    } else {
+        String::new()
+    };
+    let state = match (&store.run.end, store.paused) {
+        (Some((r, _, _)), _) => format!("{r:?}").to_lowercase(),
+        (None, true) => "paused".into(),
+        (None, false) => "training".into(),
+    };
+    ui.label(format!(
+        "{state} · {phase} · {rate:.1} examples/s · {eta}{}",
+        loss.map(|l| format!(" · loss {l:.4}")).unwrap_or_default()
+    ));
+    ui.label(
+        egui::RichText::new(format!("writing {}", live.out.display()))
+            .small()
+            .weak(),
+    );
+}

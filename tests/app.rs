@@ -1,0 +1,291 @@
+//! The app, driven headlessly by egui_kittest: it starts on the embedded default, Start trains
+//! and plots points, the keyboard moves the cursor and the token inspector follows, export
+//! writes valid PNG and SVG files, and bad inputs show errors while the app keeps working.
+#![cfg(feature = "gui")]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use egui_kittest::Harness;
+use egui_kittest::kittest::Queryable;
+use ldviz::app::{Launch, LdvizApp, Mode, Tab};
+use ldviz::data::Family;
+
+fn sample(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("sample_runs")
+        .join(format!("{name}.jsonl"))
+}
+
+fn harness(app: LdvizApp) -> Harness<'static, LdvizApp> {
+    Harness::builder()
+        .with_size(egui::vec2(1400.0, 900.0))
+        .with_max_steps(50)
+        .with_accessibility_check(false)
+        .with_context_setup(ldviz::app::install_fonts)
+        .build_ui_state(|ui, app: &mut LdvizApp| app.show(ui), app)
+}
+
+/// Steps frames until `done` holds (the trainer runs on its own thread).
+fn step_until(h: &mut Harness<'_, LdvizApp>, secs: u64, done: impl Fn(&LdvizApp) -> bool) {
+    let t = Instant::now();
+    while !done(h.state()) {
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "timed out; errors: {:?}",
+            h.state().errors
+        );
+        h.step();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    h.step();
+}
+
+fn label_contains(h: &Harness<'_, LdvizApp>, text: &str) -> bool {
+    h.query_all_by_label_contains(text).next().is_some()
+}
+
+#[test]
+fn starts_on_the_default_and_start_plots_points() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = LdvizApp::new(&Launch::default());
+    assert_eq!(app.setup.options.model, "default");
+    assert_eq!(app.setup.options.data, "default");
+    // A short run so the test is quick: 3 DPO steps, an evaluation every 4 examples, 4 probes.
+    app.setup.options.algo = ldviz::train::Algo::Dpo;
+    app.setup.options.steps = Some(3);
+    app.setup.options.eval_every = 4;
+    app.setup.options.probes = "4".into();
+    app.setup.out_dir = dir.path().display().to_string();
+    let mut h = harness(app);
+    h.step();
+    // The sample runs are listed.
+    assert!(label_contains(&h, "open dpo_offpolicy"));
+    assert!(label_contains(&h, "No run open"));
+    h.get_by_label("▶ Start").click();
+    step_until(&mut h, 240, |a| {
+        a.active_run()
+            .is_some_and(|r| r.ended() && r.n_evals() >= 4)
+    });
+    let app = h.state();
+    assert!(app.errors.is_empty(), "{:?}", app.errors);
+    let run = app.active_run().unwrap();
+    assert_eq!(run.run.steps.len(), 3);
+    // Plotted: every family of the run drew its points (t = 0 plus 3 evaluations).
+    assert_eq!(app.curves.drawn.len(), run.run.header.families.len());
+    assert!(app.curves.drawn.iter().all(|(_, n)| *n == run.n_evals()));
+    // The live run was written to a run file in the chosen folder, and it ended cleanly.
+    let written = ldviz::run::read_run(run.path.as_ref().unwrap()).unwrap();
+    assert_eq!(written.evals.len(), run.n_evals());
+    assert!(run.path.as_ref().unwrap().starts_with(dir.path()));
+    assert!(label_contains(&h, "completed"));
+}
+
+#[test]
+fn keyboard_moves_the_cursor_and_the_token_inspector_follows() {
+    let launch = Launch {
+        runs: vec![sample("dpo_offpolicy")],
+        tab: Some("tokens".into()),
+        ..Launch::default()
+    };
+    let mut h = harness(LdvizApp::new(&launch));
+    h.step();
+    let n = h.state().active_run().unwrap().n_evals();
+    assert!(n > 3);
+    // Opened at the end, paused (the run has ended).
+    assert_eq!(h.state().timeline.cursor, n - 1);
+    assert_eq!(h.state().timeline.mode, Mode::Paused);
+    h.key_press(egui::Key::Home);
+    h.step();
+    assert_eq!(h.state().timeline.cursor, 0);
+    h.key_press(egui::Key::ArrowRight);
+    h.step();
+    h.key_press(egui::Key::ArrowRight);
+    h.step();
+    assert_eq!(h.state().timeline.cursor, 2);
+    let step2 = h.state().active_run().unwrap().run.evals[2].step;
+    assert!(label_contains(
+        &h,
+        &format!("step {step2} · summed log-prob")
+    ));
+    h.key_press(egui::Key::ArrowLeft);
+    h.step();
+    let step1 = h.state().active_run().unwrap().run.evals[1].step;
+    assert!(label_contains(
+        &h,
+        &format!("step {step1} · summed log-prob")
+    ));
+    assert!(label_contains(&h, &format!("step {step1} (cursor)")));
+    h.key_press(egui::Key::End);
+    h.step();
+    assert_eq!(h.state().timeline.cursor, n - 1);
+    // Space plays from the start after the end; the cursor advances with time.
+    h.key_press(egui::Key::Space);
+    h.step();
+    assert_eq!(h.state().timeline.mode, Mode::Playing);
+    h.step();
+    h.step();
+    assert!(h.state().timeline.cursor > 0);
+    h.key_press(egui::Key::Space);
+    h.step();
+    assert_eq!(h.state().timeline.mode, Mode::Paused);
+}
+
+#[test]
+fn squeezing_is_visible_in_the_token_inspector() {
+    // dpo_offpolicy: on the rejected response, the mean top-1 probability rises (mass moves
+    // onto the argmax tokens) from t = 0 to the end.
+    let launch = Launch {
+        runs: vec![sample("dpo_offpolicy")],
+        tab: Some("tokens".into()),
+        ..Launch::default()
+    };
+    let app = LdvizApp::new(&launch);
+    let store = app.active_run().unwrap();
+    let last = store.n_evals() - 1;
+    let mut rising = 0;
+    for p in 0..store.n_probes() {
+        let row = ldviz::app::token_row(store, p, Family::Rejected, last).unwrap();
+        if ldviz::app::mean_top1(&row.top) > ldviz::app::mean_top1(&row.top0) {
+            rising += 1;
+        }
+    }
+    assert!(
+        rising * 4 >= store.n_probes() * 3,
+        "top-1 mass rose on {rising}/{} probes",
+        store.n_probes()
+    );
+    let mut h = harness(app);
+    h.step();
+    assert!(label_contains(&h, "squeezing"));
+}
+
+#[test]
+fn export_writes_png_and_svg_and_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let launch = Launch {
+        runs: vec![sample("sft")],
+        ..Launch::default()
+    };
+    let mut h = harness(LdvizApp::new(&launch));
+    h.step();
+    for (ext, button) in [
+        ("png", "Save PNG"),
+        ("svg", "Save SVG"),
+        ("csv", "Save CSV"),
+    ] {
+        let out = dir.path().join(format!("plot.{ext}"));
+        h.get_by_label("Export").click();
+        h.step();
+        h.step();
+        h.state_mut().export.path.clear();
+        let field = h.get_by_label("Export path");
+        field.focus();
+        field.type_text(&out.display().to_string());
+        h.step();
+        h.get_by_label(button).click();
+        h.step();
+        h.step();
+        assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+        assert!(out.exists(), "{} not written", out.display());
+        // Close the menu.
+        h.key_press(egui::Key::Escape);
+        h.step();
+    }
+    let png = std::fs::read(dir.path().join("plot.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let img = image::load_from_memory(&png).unwrap();
+    assert_eq!((img.width(), img.height()), (1200, 700));
+    let svg = std::fs::read_to_string(dir.path().join("plot.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert!(svg.contains("chosen") && svg.contains("Δ summed log-prob"));
+    let csv = std::fs::read_to_string(dir.path().join("plot.csv")).unwrap();
+    assert!(csv.starts_with("step,examples,probe,family,logp\n"));
+    assert!(dir.path().join("plot.metrics.csv").exists());
+}
+
+#[test]
+fn bad_inputs_show_errors_and_the_app_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"prompt\": \"a\", \"chosen\": \"b\"}\nnot json\n").unwrap();
+    let mut app = LdvizApp::new(&Launch::default());
+    app.setup.options.data = bad.display().to_string();
+    app.setup.out_dir = dir.path().join("runs").display().to_string();
+    let mut h = harness(app);
+    h.step();
+    h.get_by_label("▶ Start").click();
+    step_until(&mut h, 60, |a| !a.errors.is_empty());
+    let err = h.state().errors[0].clone();
+    assert!(err.contains("bad.jsonl"), "{err}");
+    assert!(label_contains(&h, "error: training failed"));
+    // A run file that is not one: another error, nothing else changes.
+    let not_run = dir.path().join("not_a_run.jsonl");
+    std::fs::write(&not_run, "{\"type\":\"step\"}\n").unwrap();
+    h.state_mut().open_run(&not_run);
+    h.step();
+    assert_eq!(h.state().errors.len(), 2);
+    assert!(
+        h.state().errors[1].contains("not_a_run.jsonl:1"),
+        "{}",
+        h.state().errors[1]
+    );
+    // An invalid number in the train panel is refused before anything starts.
+    h.state_mut().setup.lr = "fast".into();
+    h.get_by_label("▶ Start").click();
+    h.step();
+    assert!(
+        h.state()
+            .errors
+            .iter()
+            .any(|e| e.contains("\"fast\" is not a number"))
+    );
+    // The app still works: a sample run opens and plots.
+    h.state_mut().open_run(&sample("sft"));
+    h.step();
+    assert_eq!(h.state().runs.len(), 1);
+    assert!(!h.state().curves.drawn.is_empty());
+}
+
+#[derive(Debug)]
+struct Dropped(PathBuf);
+
+impl egui::DroppedFile for Dropped {
+    fn path(&self) -> &Path {
+        &self.0
+    }
+    fn bytes(&self) -> Result<Vec<u8>, String> {
+        std::fs::read(&self.0).map_err(|e| e.to_string())
+    }
+}
+
+#[test]
+fn runs_overlay_and_dropped_files() {
+    let mut h = harness(LdvizApp::new(&Launch::default()));
+    h.step();
+    // Drop two run files and a model folder.
+    for p in [sample("dpo_offpolicy"), sample("extended_then_dpo")] {
+        h.input_mut()
+            .dropped_files
+            .push(std::sync::Arc::new(Dropped(p)));
+    }
+    let model = ldviz::assets::default_model_dir().unwrap();
+    h.input_mut()
+        .dropped_files
+        .push(std::sync::Arc::new(Dropped(model.clone())));
+    h.step();
+    h.step();
+    assert_eq!(h.state().runs.len(), 2);
+    assert_eq!(h.state().setup.options.model, model.display().to_string());
+    // Overlay both runs on one family: one line per run, named by run.
+    h.state_mut().curves.overlay = vec![0, 1];
+    h.state_mut().curves.settings.overlay_family = Family::Chosen;
+    h.state_mut().tab = Tab::Curves;
+    h.step();
+    h.step();
+    let names: Vec<String> = h.state().curves.drawn.iter().map(|d| d.0.clone()).collect();
+    assert_eq!(
+        names,
+        vec!["dpo_offpolicy · chosen", "extended_then_dpo · chosen"]
+    );
+}
