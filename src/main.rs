@@ -52,6 +52,9 @@ struct AppArgs {
     /// Open with this tab selected (curves, tokens, metrics).
     #[arg(long, hide = true)]
     tab: Option<String>,
+    /// Overlay all opened runs on this family (e.g. chosen).
+    #[arg(long)]
+    overlay: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -698,6 +701,7 @@ fn run_app(a: AppArgs) -> Result<()> {
         after_frames: a.after_frames,
         after_evals: a.after_evals,
         tab: a.tab,
+        overlay: a.overlay,
     })
 }
 

@@ -5,7 +5,7 @@
 //! Lines are bucketed to min/max per pixel column, never silently thinned.
 
 use egui::Color32;
-use egui_plot::{FilledArea, Legend, Line, Plot, PlotPoints, VLine};
+use egui_plot::{FilledArea, Line, Plot, PlotPoints, VLine};
 
 use super::LdvizApp;
 use crate::data::{Family, FamilyGroup};
@@ -345,6 +345,15 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
     } else {
         None
     };
+    if overlaying {
+        // The run legend (the family toggles are the legend otherwise).
+        ui.horizontal_wrapped(|ui| {
+            ui.label(egui::RichText::new("runs:").strong());
+            for (d, _) in &drawn {
+                ui.colored_label(d.color, format!("━ {}", d.name));
+            }
+        });
+    }
     let total_h = ui.available_height();
     let main_h = if loss.is_some() {
         total_h * 0.74
@@ -360,7 +369,6 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
     let hover_x = std::cell::Cell::new(None::<f64>);
     let resp = Plot::new("family curves")
         .height(main_h.max(120.0))
-        .legend(Legend::default().follow_insertion_order(true))
         .x_axis_label(x_label(s.x))
         .y_axis_label(ylabel)
         .y_axis_min_width(56.0)
@@ -373,7 +381,7 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
                 {
                     pui.add(
                         FilledArea::new(d.name.clone(), bx, lo, hi)
-                            .fill_color(d.color.gamma_multiply(0.15))
+                            .fill_color(d.color.gamma_multiply(0.10))
                             .allow_hover(false),
                     );
                 }

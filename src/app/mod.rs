@@ -38,6 +38,8 @@ pub struct Launch {
     pub after_frames: u64,
     pub after_evals: usize,
     pub tab: Option<String>,
+    /// Overlay every opened run on this family.
+    pub overlay: Option<String>,
 }
 
 /// The central view.
@@ -93,6 +95,8 @@ pub struct Live {
     pub started: Instant,
     pub total_steps: usize,
     pub finished: bool,
+    /// When the first optimizer step arrived, and the examples seen then (for rate and ETA).
+    pub first_step: Option<(Instant, usize, usize)>,
 }
 
 /// The whole app state.
@@ -196,6 +200,17 @@ impl LdvizApp {
         for r in &launch.runs {
             app.open_run(r);
         }
+        if let Some(k) = &launch.overlay {
+            match crate::data::Family::from_key(k) {
+                Some(f) => {
+                    app.curves.settings.overlay_family = f;
+                    app.curves.overlay = (0..app.runs.len()).collect();
+                }
+                None => app
+                    .errors
+                    .push(format!("--overlay: unknown family \"{k}\"")),
+            }
+        }
         if launch.train {
             app.start_training();
         }
@@ -276,6 +291,7 @@ impl LdvizApp {
             started: Instant::now(),
             total_steps: 0,
             finished: false,
+            first_step: None,
         });
         self.timeline.mode = Mode::Following;
     }
@@ -317,6 +333,11 @@ impl LdvizApp {
                             self.active = self.runs.len() - 1;
                         }
                         ev => {
+                            if let Event::Step(st) = &ev
+                                && live.first_step.is_none()
+                            {
+                                live.first_step = Some((Instant::now(), st.step, st.examples));
+                            }
                             if let Some(store) = live.run.and_then(|i| self.runs.get_mut(i)) {
                                 store.apply(ev);
                             }

@@ -394,12 +394,14 @@ fn status(app: &LdvizApp, ui: &mut egui::Ui) {
     };
     let step = store.run.steps.last().map(|s| s.step).unwrap_or(0);
     let total = live.total_steps.max(1);
-    let elapsed = live.started.elapsed().as_secs_f64();
     let examples = store.run.steps.last().map(|s| s.examples).unwrap_or(0);
-    let wall = store.run.steps.last().map(|s| s.wall_ms / 1000.0);
-    let rate = match wall {
-        Some(w) if w > 0.0 => examples as f64 / w,
-        _ => 0.0,
+    // Rate and ETA from wall time since the first step arrived (evaluations included).
+    let (rate, per_step) = match live.first_step {
+        Some((t, s0, e0)) if step > s0 => {
+            let dt = t.elapsed().as_secs_f64().max(1e-9);
+            ((examples - e0) as f64 / dt, Some(dt / (step - s0) as f64))
+        }
+        _ => (0.0, None),
     };
     let phase = store
         .run
@@ -415,11 +417,11 @@ fn status(app: &LdvizApp, ui: &mut egui::Ui) {
     ui.add(
         egui::ProgressBar::new(step as f32 / total as f32).text(format!("step {step} / {total}")),
     );
-    let eta = if step > 0 && !live.finished {
-        let per = wall.unwrap_or(elapsed) / step as f64;
-        format!("ETA {:.0} s", per * (total.saturating_sub(step)) as f64)
-    } else {
-        String::new()
+    let eta = match per_step {
+        Some(p) if store.run.end.is_none() => {
+            format!("ETA {:.0} s", p * total.saturating_sub(step) as f64)
+        }
+        _ => String::new(),
     };
     let state = match (&store.run.end, store.paused) {
         (Some((r, _, _)), _) => format!("{r:?}").to_lowercase(),

@@ -71,7 +71,7 @@ pub fn family_color(f: Family) -> (u8, u8, u8) {
         Family::RejectGptformat => (240, 150, 40),
         Family::IrrTrain => (30, 90, 220),
         Family::IrrTest => (90, 160, 240),
-        Family::IrrHum => (20, 40, 120),
+        Family::IrrHum => (150, 150, 255),
         Family::RandomPermute => (110, 110, 110),
         Family::RandomNonhum => (170, 170, 170),
         Family::Argmax => (140, 40, 180),
