@@ -261,6 +261,10 @@ struct TrainArgs {
     /// Also save the trained weights as a Hugging Face folder (e.g. to start DPO from an SFT run).
     #[arg(long)]
     save_model: Option<PathBuf>,
+    /// Hallucination transfer: at every evaluation, log π(y_j⁺ | x_i) for the first M probes'
+    /// prompts i and chosen responses j (0 = off).
+    #[arg(long, default_value_t = 16)]
+    transfer_prompts: usize,
 }
 
 #[derive(Args)]
@@ -450,6 +454,7 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
         sample_temperature: a.sample_temperature,
         top_k: a.top_k,
         save_model: a.save_model.as_ref().map(|p| p.display().to_string()),
+        transfer_prompts: a.transfer_prompts,
     };
     o.to_config()
 }

@@ -79,6 +79,22 @@ fn starts_on_the_default_and_start_plots_points() {
     assert_eq!(written.evals.len(), run.n_evals());
     assert!(run.path.as_ref().unwrap().starts_with(dir.path()));
     assert!(label_contains(&h, "completed"));
+    // The transfer view (4 probes → a 4 × 4 matrix) and a diagnostic as the plotted quantity.
+    h.state_mut().tab = Tab::Transfer;
+    h.step();
+    assert!(label_contains(&h, "mean off-diagonal Δ"));
+    assert!(label_contains(&h, "4 prompts"));
+    h.state_mut().tab = Tab::Curves;
+    h.state_mut().curves.settings.quantity = ldviz::run::Quantity::Energy;
+    h.step();
+    let n = h.state().active_run().unwrap().n_evals();
+    let drawn = h.state().curves.drawn.clone();
+    assert!(
+        drawn.iter().any(|(name, k)| name == "chosen" && *k == n),
+        "{drawn:?}"
+    );
+    // y* has no diagnostics: nothing drawn for it.
+    assert!(drawn.iter().any(|(name, k)| name == "argmax" && *k == 0));
 }
 
 #[test]
@@ -279,6 +295,7 @@ fn runs_overlay_and_dropped_files() {
     assert_eq!(h.state().setup.options.model, model.display().to_string());
     // Overlay both runs on one family: one line per run, named by run.
     h.state_mut().curves.overlay = vec![0, 1];
+    h.state_mut().active = 0;
     h.state_mut().curves.settings.overlay_family = Family::Chosen;
     h.state_mut().tab = Tab::Curves;
     h.step();
@@ -288,4 +305,42 @@ fn runs_overlay_and_dropped_files() {
         names,
         vec!["dpo_offpolicy · chosen", "extended_then_dpo · chosen"]
     );
+    // Exporting the overlay draws the family across both runs, labelled by run.
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("overlay.svg");
+    h.state_mut().export_to(ldviz::app::ExportTarget::Svg, &svg);
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        text.contains("dpo_offpolicy · chosen"),
+        "run legend missing"
+    );
+    assert!(text.contains("extended_then_dpo · chosen"));
+    assert!(text.contains("chosen across 2 runs"));
+}
+
+#[test]
+fn playground_shows_the_valley_and_peak_cases() {
+    let mut h = harness(LdvizApp::new(&Launch {
+        tab: Some("playground".into()),
+        ..Launch::default()
+    }));
+    h.step();
+    // The valley preset (PAPER.md §2): only the argmax rises.
+    assert!(label_contains(
+        &h,
+        "after: [0.5689, 0.2795, 0.1203, 0.0287, 0.0026]"
+    ));
+    assert!(label_contains(&h, "classes that rose: [0]"));
+    h.get_by_label("peak preset").click();
+    h.step();
+    h.step();
+    assert!(label_contains(
+        &h,
+        "after: [0.3246, 0.4335, 0.1865, 0.0446, 0.0108]"
+    ));
+    assert!(label_contains(&h, "classes that rose: [1, 2, 3, 4]"));
+    // A bad distribution is an error in the view, not a crash.
+    h.state_mut().playground.typed = "0.5, 0.9".into();
+    h.step();
+    assert!(label_contains(&h, "sum to"));
 }

@@ -502,3 +502,113 @@ fn bad_run_files_give_one_line_errors() {
     let missing = dir.path().join("nope.jsonl");
     assert!(fails(&["inspect", p(&missing)]).contains("nope.jsonl"));
 }
+
+#[test]
+fn squeeze_reproduces_the_worked_numbers() {
+    // PAPER.md §2: a negative step on index 4 with η' = 1 and 5, and on the peak (index 0).
+    let cases: [(&[&str], &str); 4] = [
+        (
+            &["--negative", "4", "--eta", "1"],
+            "[0.5689, 0.2795, 0.1203, 0.0287, 0.0026]",
+        ),
+        (
+            &["--negative", "4", "--eta", "5"],
+            "[0.7807, 0.1723, 0.0407, 0.0063, 0.0000]",
+        ),
+        (
+            &["--negative", "0", "--eta", "1"],
+            "[0.3246, 0.4335, 0.1865, 0.0446, 0.0108]",
+        ),
+        // Five steps of η' = 1 are not one step of η' = 5 (π changes between steps).
+        (
+            &["--negative", "4", "--eta", "1", "--steps", "1"],
+            "rose: [0]",
+        ),
+    ];
+    for (args, want) in cases {
+        let mut a = vec!["squeeze", "--probs", "0.5,0.3,0.15,0.04,0.01"];
+        a.extend_from_slice(args);
+        let out = ldviz(&a);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains(want), "{args:?}: {text}");
+    }
+    let out = ldviz(&[
+        "squeeze",
+        "--probs",
+        "0.5,0.3,0.15,0.04,0.01",
+        "--positive",
+        "2",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let after: Vec<f64> = serde_json::from_value(v["after"].clone()).unwrap();
+    assert!(after[2] > 0.15);
+    // Bad input: a clear error, non-zero exit.
+    let out = ldviz(&["squeeze", "--probs", "0.5,0.6", "--negative", "0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sum to"));
+    let out = ldviz(&["squeeze", "--probs", "0.5,0.5", "--negative", "7"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("out of range"));
+}
+
+#[test]
+fn transfer_matrix_and_diagnostics_agree_with_the_probe_scores() {
+    // Independent consistency checks on a real run of the default model: the transfer
+    // matrix's diagonal is each prompt with its own chosen answer, i.e. the chosen family's
+    // score (scored in a different padded batch); the chosen energy equals the mean of
+    // 1 − exp(per-token log-prob) of the chosen trace.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("t.jsonl");
+    ok(&[
+        "train",
+        "--algo",
+        "sft",
+        "--steps",
+        "2",
+        "--probes",
+        "5",
+        "--transfer-prompts",
+        "4",
+        "--eval-every",
+        "4",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let run = ldviz::run::read_run(&out).unwrap();
+    assert!(run.evals.len() >= 3);
+    for e in &run.evals {
+        assert_eq!(e.transfer.len(), 4);
+        let chosen = &e.logps[&ldviz::data::Family::Chosen];
+        for (i, (row, c)) in e.transfer.iter().zip(chosen).enumerate() {
+            assert_eq!(row.len(), 4);
+            assert!(
+                (row[i] - c).abs() < 1e-3,
+                "diagonal {i}: {} vs chosen {c}",
+                row[i]
+            );
+        }
+        let diag = &e.diag[&ldviz::data::Family::Chosen];
+        assert_eq!(diag.len(), 5);
+        for (p, d) in diag.iter().enumerate() {
+            let lp = &e.tokens[p].chosen.logp;
+            let energy: f64 =
+                lp.iter().map(|&x| 1.0 - (x as f64).exp()).sum::<f64>() / lp.len() as f64;
+            assert!((d[2] - energy).abs() < 1e-4, "energy {} vs {energy}", d[2]);
+            // ‖π − e_y‖ ≥ 1 − π_y and ‖A‖_F ≥ sqrt(V − 2) + … > 0.
+            assert!(d[1] >= d[2] - 1e-6 && d[0] > 0.0);
+        }
+        assert!(!e.diag.contains_key(&ldviz::data::Family::Argmax));
+    }
+    // SFT raises each prompt's own answer more than the others' on average.
+    let last = run.evals.last().unwrap();
+    let first = &run.evals[0];
+    let d = |i: usize, j: usize| last.transfer[i][j] - first.transfer[i][j];
+    let diag: f64 = (0..4).map(|i| d(i, i)).sum::<f64>() / 4.0;
+    assert!(diag > 0.0, "own answers rose: {diag}");
+}

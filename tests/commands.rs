@@ -36,6 +36,7 @@ fn config(steps: usize) -> TrainConfig {
         lengths: Lengths::default(),
         sample_temperature: 1.0,
         save_model: None,
+        transfer_prompts: 0,
         top_k: 3,
     }
 }

@@ -39,6 +39,7 @@ fn config(algo: Algo, lr: f64, beta: f64) -> TrainConfig {
         lengths: Lengths::default(),
         sample_temperature: 1.0,
         save_model: None,
+        transfer_prompts: 0,
         top_k: 5,
     }
 }

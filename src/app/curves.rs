@@ -11,7 +11,7 @@ use super::LdvizApp;
 use crate::data::{Family, FamilyGroup};
 use crate::export::plot::family_color;
 use crate::run::store::{decimate, ema, envelope};
-use crate::run::{RunStore, SeriesKey, XAxis};
+use crate::run::{Quantity, RunStore, SeriesKey, XAxis};
 
 /// The band drawn around each mean.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -36,6 +36,9 @@ pub struct CurveSettings {
     pub overlay_family: Family,
     /// Show the TRL loss under the curves.
     pub show_loss: bool,
+    /// Log-prob or one of the paper's diagnostics.
+    #[serde(default)]
+    pub quantity: Quantity,
 }
 
 impl Default for CurveSettings {
@@ -48,6 +51,7 @@ impl Default for CurveSettings {
             hidden: Vec::new(),
             overlay_family: Family::Chosen,
             show_loss: true,
+            quantity: Quantity::LogProb,
         }
     }
 }
@@ -80,15 +84,8 @@ pub fn color(f: Family) -> Color32 {
 
 /// Colors of overlaid runs.
 pub fn run_color(i: usize) -> Color32 {
-    const P: [(u8, u8, u8); 6] = [
-        (31, 119, 180),
-        (214, 39, 40),
-        (44, 160, 44),
-        (148, 103, 189),
-        (255, 127, 14),
-        (23, 190, 207),
-    ];
-    let (r, g, b) = P[i % P.len()];
+    let p = crate::export::plot::RUN_COLORS;
+    let (r, g, b) = p[i % p.len()];
     Color32::from_rgb(r, g, b)
 }
 
@@ -116,6 +113,7 @@ pub fn family_series(
 ) -> Drawn {
     let key = SeriesKey {
         family,
+        quantity: s.quantity,
         delta: s.delta,
         probe,
     };
@@ -155,6 +153,15 @@ fn x_label(x: XAxis) -> &'static str {
 fn controls(app: &mut LdvizApp, ui: &mut egui::Ui) {
     let s = &mut app.curves.settings;
     ui.horizontal_wrapped(|ui| {
+        egui::ComboBox::from_id_salt("quantity")
+            .selected_text(s.quantity.label())
+            .show_ui(ui, |ui| {
+                for q in Quantity::ALL {
+                    ui.selectable_value(&mut s.quantity, q, q.label());
+                }
+            })
+            .response
+            .on_hover_text("what is plotted per probe: the summed log-prob, or a diagnostic of PAPER.md §5 (mean over response positions)");
         ui.label("y:");
         ui.selectable_value(&mut s.delta, true, "Δ since t = 0");
         ui.selectable_value(&mut s.delta, false, "absolute");
@@ -284,10 +291,9 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
     let mut drawn: Vec<(Drawn, Vec<f64>)> = Vec::new();
     let overlaying = !app.curves.overlay.is_empty();
     if overlaying {
-        let mut runs = app.curves.overlay.clone();
-        if !runs.contains(&active) {
-            runs.insert(0, active);
-        }
+        // The active run first, then the others in the order they were ticked.
+        let mut runs = vec![active];
+        runs.extend(app.curves.overlay.iter().copied().filter(|&i| i != active));
         for (k, &i) in runs.iter().enumerate() {
             let Some(store) = app.runs.get_mut(i) else {
                 continue;
@@ -362,9 +368,9 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
     };
     let group = egui::Id::unique("curves x");
     let ylabel = if s.delta {
-        "Δ summed log-prob since t = 0"
+        format!("Δ {} since t = 0", s.quantity.label())
     } else {
-        "summed log-prob"
+        s.quantity.label().to_string()
     };
     let hover_x = std::cell::Cell::new(None::<f64>);
     let resp = Plot::new("family curves")

@@ -62,28 +62,42 @@ pub fn plot_options(
     }
 }
 
-/// Writes one export; returns a confirmation line.
+/// Writes one export of `runs[0]` (or, with several runs, of the overlay family across them);
+/// returns a confirmation line.
 pub fn write(
     t: Target,
-    store: &RunStore,
+    runs: &[&RunStore],
     s: &CurveSettings,
     probe: Option<usize>,
     cursor: Option<f64>,
     path: &Path,
 ) -> Result<String> {
-    let o = plot_options(store, s, probe, cursor);
+    let Some(store) = runs.first() else {
+        anyhow::bail!("nothing to export: open or record a run first");
+    };
+    let mut o = plot_options(store, s, probe, cursor);
+    if runs.len() > 1 {
+        o.families = vec![s.overlay_family];
+    }
+    let pairs: Vec<(&str, &crate::run::Run)> =
+        runs.iter().map(|r| (r.name.as_str(), &r.run)).collect();
     match t {
         Target::Png => {
-            crate::export::plot::write_png(&store.run, path, &o)?;
+            crate::export::plot::write_png_runs(&pairs, path, &o)?;
             Ok(format!("wrote {}", path.display()))
         }
         Target::Svg => {
-            crate::export::plot::write_svg(&store.run, path, &o)?;
+            crate::export::plot::write_svg_runs(&pairs, path, &o)?;
             Ok(format!("wrote {}", path.display()))
         }
         Target::Csv => {
             let m = crate::export::csv::write_csv(&store.run, path)?;
-            Ok(format!("wrote {} and {}", path.display(), m.display()))
+            Ok(format!(
+                "wrote {} and {} (data of {})",
+                path.display(),
+                m.display(),
+                store.name
+            ))
         }
     }
 }

@@ -8,9 +8,11 @@
 pub mod bench;
 mod curves;
 mod export;
+pub mod playground;
 mod setup;
 mod timeline;
 mod tokens;
+pub mod transfer;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -22,7 +24,7 @@ use crate::run::{Event, RunStore};
 use crate::train::{Command, TrainerHandle};
 
 pub use curves::CurvesView;
-pub use export::ExportView;
+pub use export::{ExportView, Target as ExportTarget};
 pub use setup::SetupView;
 pub use timeline::{Mode, Timeline};
 pub use tokens::{TokenRow, TokensView, mean_top1, token_row};
@@ -48,6 +50,8 @@ pub enum Tab {
     Curves,
     Tokens,
     Metrics,
+    Transfer,
+    Playground,
 }
 
 /// A file chosen in a native dialog, and what it is for.
@@ -110,6 +114,7 @@ pub struct LdvizApp {
     pub timeline: Timeline,
     pub tokens: TokensView,
     pub export: ExportView,
+    pub playground: playground::Playground,
     pub tab: Tab,
     /// Visible error messages (newest last); each can be dismissed.
     pub errors: Vec<String>,
@@ -169,6 +174,8 @@ impl LdvizApp {
         let tab = match launch.tab.as_deref() {
             Some("tokens") => Tab::Tokens,
             Some("metrics") => Tab::Metrics,
+            Some("playground") => Tab::Playground,
+            Some("transfer") => Tab::Transfer,
             Some("curves") => Tab::Curves,
             _ => persisted.tab.unwrap_or(Tab::Curves),
         };
@@ -181,6 +188,7 @@ impl LdvizApp {
             timeline: Timeline::default(),
             tokens: TokensView::default(),
             export: ExportView::default(),
+            playground: playground::Playground::default(),
             tab,
             errors: Vec::new(),
             notice: None,
@@ -439,9 +447,21 @@ impl LdvizApp {
             return;
         };
         let cursor = self.timeline.cursor_x(store, self.curves.settings.x);
+        // What the curves view shows: the active run, or the overlay (active run first).
+        let mut runs: Vec<&RunStore> = vec![store];
+        for &i in &self.curves.overlay {
+            if i != self.active
+                && let Some(r) = self.runs.get(i)
+            {
+                runs.push(r);
+            }
+        }
+        if self.curves.overlay.is_empty() {
+            runs.truncate(1);
+        }
         match export::write(
             t,
-            store,
+            &runs,
             &self.curves.settings,
             self.curves.probe,
             cursor,
@@ -549,6 +569,8 @@ impl LdvizApp {
             Tab::Curves => curves::show(self, ui),
             Tab::Tokens => tokens::show(self, ui),
             Tab::Metrics => curves::show_metrics(self, ui),
+            Tab::Playground => playground::show(&mut self.playground, ui),
+            Tab::Transfer => transfer::show(self, ui),
         });
         self.apply_actions();
 
@@ -582,6 +604,8 @@ impl LdvizApp {
             ui.selectable_value(&mut self.tab, Tab::Curves, "Curves");
             ui.selectable_value(&mut self.tab, Tab::Tokens, "Tokens");
             ui.selectable_value(&mut self.tab, Tab::Metrics, "TRL metrics");
+            ui.selectable_value(&mut self.tab, Tab::Transfer, "Transfer");
+            ui.selectable_value(&mut self.tab, Tab::Playground, "Squeeze playground");
             ui.separator();
             let mut actions = Vec::new();
             export::menu(self, ui, &mut actions);

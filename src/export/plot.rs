@@ -168,20 +168,75 @@ impl Default for PlotOptions {
     }
 }
 
-fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, run: &Run, o: &PlotOptions) -> Result<()>
+/// Colors of runs in an overlay (the app uses the same palette).
+pub const RUN_COLORS: [(u8, u8, u8); 6] = [
+    (31, 119, 180),
+    (214, 39, 40),
+    (44, 160, 44),
+    (148, 103, 189),
+    (255, 127, 14),
+    (23, 190, 207),
+];
+
+/// A curve to draw: legend label, color, line width.
+struct Drawn {
+    label: String,
+    color: (u8, u8, u8),
+    width: u32,
+    curve: FamilyCurve,
+}
+
+/// One run: every family of `o.families`. Several runs: the first family of `o.families`
+/// (chosen when empty) across runs, one color per run, labelled by run name.
+fn draw<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    runs: &[(&str, &Run)],
+    o: &PlotOptions,
+) -> Result<()>
 where
     DB::ErrorType: 'static,
 {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("cannot draw the plot: {e}");
+    let Some(&(_, run)) = runs.first() else {
+        return Err(anyhow!("no run to plot"));
+    };
     root.fill(&WHITE).map_err(err)?;
-    let curves = family_curves(run, &o.families, o.y, o.x, o.band, o.probe);
+    let mut drawn: Vec<Drawn> = Vec::new();
+    if runs.len() == 1 {
+        for c in family_curves(run, &o.families, o.y, o.x, o.band, o.probe) {
+            let width = if matches!(c.family, Family::Chosen | Family::Rejected | Family::Argmax) {
+                3
+            } else {
+                2
+            };
+            drawn.push(Drawn {
+                label: format!("{} ({})", c.family.key(), group_label(c.family.group())),
+                color: family_color(c.family),
+                width,
+                curve: c,
+            });
+        }
+    } else {
+        let fam = o.families.first().copied().unwrap_or(Family::Chosen);
+        for (k, (name, r)) in runs.iter().enumerate() {
+            for c in family_curves(r, &[fam], o.y, o.x, o.band, o.probe) {
+                drawn.push(Drawn {
+                    label: format!("{name} · {}", fam.key()),
+                    color: RUN_COLORS[k % RUN_COLORS.len()],
+                    width: 2,
+                    curve: c,
+                });
+            }
+        }
+    }
+    let curves: Vec<&FamilyCurve> = drawn.iter().map(|d| &d.curve).collect();
     let (mut x0, mut x1, mut y0, mut y1) = (
         f64::INFINITY,
         f64::NEG_INFINITY,
         f64::INFINITY,
         f64::NEG_INFINITY,
     );
-    for c in &curves {
+    for c in curves.iter() {
         for &(x, _, lo, hi) in &c.points {
             x0 = x0.min(x);
             x1 = x1.max(x);
@@ -200,6 +255,18 @@ where
     }
     let pad = 0.05 * (y1 - y0);
     let title = o.title.clone().unwrap_or_else(|| {
+        if runs.len() > 1 {
+            let fam = o.families.first().copied().unwrap_or(Family::Chosen);
+            return format!(
+                "{} across {} runs — {}",
+                fam.key(),
+                runs.len(),
+                match o.y {
+                    YMode::Delta => "mean Δ log-prob since step 0",
+                    YMode::Absolute => "mean summed log-prob",
+                }
+            );
+        }
         format!(
             "{} on {} — {}",
             run.header.config.algo,
@@ -256,8 +323,9 @@ where
                 .map_err(err)?;
         }
     }
-    for c in &curves {
-        let (r, g, b) = family_color(c.family);
+    for d in &drawn {
+        let c = &d.curve;
+        let (r, g, b) = d.color;
         let color = RGBColor(r, g, b);
         if o.band != Band::None && c.points.len() > 1 {
             let mut poly: Vec<(f64, f64)> = c.points.iter().map(|p| (p.0, p.3)).collect();
@@ -266,17 +334,11 @@ where
                 .draw_series(std::iter::once(Polygon::new(poly, color.mix(0.12))))
                 .map_err(err)?;
         }
-        let group = c.family.group();
-        let width = if matches!(c.family, Family::Chosen | Family::Rejected | Family::Argmax) {
-            3
-        } else {
-            2
-        };
-        let style = ShapeStyle::from(&color).stroke_width(width);
+        let style = ShapeStyle::from(&color).stroke_width(d.width);
         chart
             .draw_series(LineSeries::new(c.points.iter().map(|p| (p.0, p.1)), style))
             .map_err(err)?
-            .label(format!("{} ({})", c.family.key(), group_label(group)))
+            .label(d.label.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
     }
     if let Some(cx) = o.cursor {
@@ -311,10 +373,20 @@ fn group_label(g: FamilyGroup) -> &'static str {
 
 /// Writes the family plot as PNG.
 pub fn write_png(run: &Run, path: &Path, o: &PlotOptions) -> Result<()> {
+    write_png_runs(&[("", run)], path, o)
+}
+
+/// Writes the family plot as SVG.
+pub fn write_svg(run: &Run, path: &Path, o: &PlotOptions) -> Result<()> {
+    write_svg_runs(&[("", run)], path, o)
+}
+
+/// PNG of one run, or of one family across several (name, run) pairs.
+pub fn write_png_runs(runs: &[(&str, &Run)], path: &Path, o: &PlotOptions) -> Result<()> {
     register_font();
     {
         let root = BitMapBackend::new(path, (o.width, o.height)).into_drawing_area();
-        draw(&root, run, o)?;
+        draw(&root, runs, o)?;
     }
     if !path.exists() {
         return Err(anyhow!("{}: the PNG was not written", path.display()));
@@ -322,11 +394,11 @@ pub fn write_png(run: &Run, path: &Path, o: &PlotOptions) -> Result<()> {
     Ok(())
 }
 
-/// Writes the family plot as SVG.
-pub fn write_svg(run: &Run, path: &Path, o: &PlotOptions) -> Result<()> {
+/// SVG of one run, or of one family across several (name, run) pairs.
+pub fn write_svg_runs(runs: &[(&str, &Run)], path: &Path, o: &PlotOptions) -> Result<()> {
     register_font();
     let root = SVGBackend::new(path, (o.width, o.height)).into_drawing_area();
-    draw(&root, run, o)
+    draw(&root, runs, o)
 }
 
 /// The family plot as an SVG string (for tests and the app).
@@ -335,7 +407,7 @@ pub fn svg_string(run: &Run, o: &PlotOptions) -> Result<String> {
     let mut s = String::new();
     {
         let root = SVGBackend::with_string(&mut s, (o.width, o.height)).into_drawing_area();
-        draw(&root, run, o)?;
+        draw(&root, &[("", run)], o)?;
     }
     Ok(s)
 }

@@ -140,6 +140,31 @@ pub fn token_logps(logits: &Tensor, batch: &Batch) -> Result<(Tensor, Tensor)> {
     Ok((per_tok, summed))
 }
 
+/// The paper's cheap diagnostics per row (PAPER.md §5), means over response positions of
+/// ‖A‖_F = sqrt(V‖π‖² + V − 2), ‖π − e_y‖ = sqrt(‖π‖² − 2π_y + 1) and energy 1 − π_y, where π
+/// is the next-token distribution and y the response token. Computed in f32 on detached logits.
+pub fn diagnostics(logits: &Tensor, batch: &Batch) -> Result<Vec<[f64; 3]>> {
+    let logits = logits.to_dtype(DType::F32)?;
+    let (b, t, v) = logits.dims3()?;
+    let probs = candle_nn::ops::softmax_last_dim(&logits)?;
+    let s2 = probs.sqr()?.sum(2)?; // [B, T]
+    let py = probs.gather(&batch.targets.unsqueeze(2)?, 2)?.squeeze(2)?; // [B, T]
+    let vf = v as f64;
+    let a = ((s2.clone() * vf)? + (vf - 2.0))?.relu()?.sqrt()?;
+    let g = ((s2 - (py.clone() * 2.0)?)? + 1.0)?.relu()?.sqrt()?;
+    let e = py.affine(-1.0, 1.0)?;
+    let mask = &batch.mask;
+    let sum = |x: Tensor| -> Result<Vec<f32>> { Ok((x * mask)?.sum(1)?.to_vec1::<f32>()?) };
+    let (a, g, e) = (sum(a)?, sum(g)?, sum(e)?);
+    let _ = t;
+    Ok((0..b)
+        .map(|r| {
+            let n = batch.spans[r].1.max(1) as f64;
+            [a[r] as f64 / n, g[r] as f64 / n, e[r] as f64 / n]
+        })
+        .collect())
+}
+
 /// Summed response log-probs of `seqs` under `model`, without a graph, in chunks of `chunk` rows.
 pub fn score(model: &Model, seqs: &[Seq], chunk: usize) -> Result<Vec<f64>> {
     let mut out = Vec::with_capacity(seqs.len());
@@ -227,4 +252,70 @@ pub fn trace_row(
         g.logp.push((f64::from(max) - lse) as f32);
     }
     Ok((tr, g))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diagnostics_match_a_direct_computation() {
+        // Two rows of different lengths over V = 7, random logits; reference in f64 loops.
+        let v = 7usize;
+        let seqs = [
+            Seq {
+                prompt: vec![1, 2],
+                response: vec![3, 4, 5, 0],
+            },
+            Seq {
+                prompt: vec![6],
+                response: vec![2, 0],
+            },
+        ];
+        let refs: Vec<&Seq> = seqs.iter().collect();
+        let batch = Batch::new(&refs, &Device::Cpu).unwrap();
+        let (b, t) = (2, batch.t);
+        let vals: Vec<f32> = (0..b * t * v)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 3.0)
+            .collect();
+        let logits = Tensor::from_vec(vals.clone(), (b, t, v), &Device::Cpu).unwrap();
+        let got = diagnostics(&logits, &batch).unwrap();
+        for (r, s) in seqs.iter().enumerate() {
+            let (start, n) = batch.spans[r];
+            let mut acc = [0f64; 3];
+            for m in 0..n {
+                let z: Vec<f64> = (0..v)
+                    .map(|k| vals[(r * t + start + m) * v + k] as f64)
+                    .collect();
+                let mx = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let den: f64 = z.iter().map(|x| (x - mx).exp()).sum();
+                let p: Vec<f64> = z.iter().map(|x| (x - mx).exp() / den).collect();
+                let y = s.response[m] as usize;
+                let s2: f64 = p.iter().map(|x| x * x).sum();
+                // ‖A‖_F of A = I − 1πᵀ directly: Σ_ij (δ_ij − π_j)².
+                let mut a2 = 0.0;
+                for i in 0..v {
+                    for (j, pj) in p.iter().enumerate() {
+                        let d = if i == j { 1.0 } else { 0.0 } - pj;
+                        a2 += d * d;
+                    }
+                }
+                let g2: f64 = (0..v)
+                    .map(|k| (p[k] - if k == y { 1.0 } else { 0.0 }).powi(2))
+                    .sum();
+                assert!((a2 - (v as f64 * s2 + v as f64 - 2.0)).abs() < 1e-9);
+                acc[0] += a2.sqrt();
+                acc[1] += g2.sqrt();
+                acc[2] += 1.0 - p[y];
+            }
+            for k in 0..3 {
+                let want = acc[k] / n as f64;
+                assert!(
+                    (got[r][k] - want).abs() < 1e-5,
+                    "row {r} diag {k}: {} vs {want}",
+                    got[r][k]
+                );
+            }
+        }
+    }
 }

@@ -33,6 +33,11 @@ pub struct ProbeTrace {
 pub struct Evaluation {
     pub logps: Vec<Vec<f64>>,
     pub traces: Vec<ProbeTrace>,
+    /// PAPER.md §5 diagnostics [family][probe] = [‖A‖_F, ‖π − e_y‖, energy] (argmax excluded:
+    /// its row is empty).
+    pub diag: Vec<Vec<[f64; 3]>>,
+    /// The transfer matrix [prompt i][answer j] (empty when off).
+    pub transfer: Vec<Vec<f64>>,
 }
 
 /// Scores a probe set; built once (tokenization) and evaluated many times.
@@ -40,6 +45,9 @@ pub struct ProbeRunner {
     pub families: Vec<Family>,
     pub probes: Vec<TokenizedProbe>,
     pub top_k: usize,
+    /// Hallucination transfer: `transfer[i][j]` = prompt of probe i + chosen response of
+    /// probe j, for the first M probes (empty when off).
+    pub transfer: Vec<Vec<Seq>>,
 }
 
 impl ProbeRunner {
@@ -68,7 +76,47 @@ impl ProbeRunner {
             families: set.families.clone(),
             probes,
             top_k,
+            transfer: Vec::new(),
         })
+    }
+
+    /// Also score the transfer matrix log π(y_j⁺ | x_i) over the first `m` probes at every
+    /// evaluation (m = 0: off).
+    pub fn with_transfer(
+        mut self,
+        model: &Model,
+        set: &ProbeSet,
+        lim: Lengths,
+        m: usize,
+    ) -> Result<ProbeRunner> {
+        let m = m.min(set.probes.len());
+        let mut rows = Vec::with_capacity(m);
+        for pi in &set.probes[..m] {
+            let mut row = Vec::with_capacity(m);
+            for pj in &set.probes[..m] {
+                let Some(chosen) = pj.responses.get(&Family::Chosen) else {
+                    bail!("probe {} has no chosen response", pj.index);
+                };
+                row.push(Seq::encode(&model.tok, &pi.prompt, chosen, lim)?);
+            }
+            rows.push(row);
+        }
+        self.transfer = rows;
+        Ok(self)
+    }
+
+    /// The transfer matrix at the model's current weights: [prompt i][answer j] summed
+    /// log-probs, one padded batch per prompt, no graph.
+    pub fn transfer_matrix(&self, model: &Model) -> Result<Vec<Vec<f64>>> {
+        let mut out = Vec::with_capacity(self.transfer.len());
+        for row in &self.transfer {
+            let refs: Vec<&Seq> = row.iter().collect();
+            let batch = Batch::new(&refs, &model.device)?;
+            let logits = model.forward_eval(&batch.ids)?;
+            let (_, summed) = logprob::token_logps(&logits, &batch)?;
+            out.push(summed.to_dtype(candle_core::DType::F64)?.to_vec1()?);
+        }
+        Ok(out)
     }
 
     /// Scores every family of every probe at the model's current weights (no graph).
@@ -76,12 +124,14 @@ impl ProbeRunner {
         let nf = self.families.len();
         let mut logps = vec![Vec::with_capacity(self.probes.len()); nf];
         let mut traces = Vec::with_capacity(self.probes.len());
+        let mut diag = vec![Vec::with_capacity(self.probes.len()); nf];
         for p in &self.probes {
             let refs: Vec<&Seq> = p.seqs.iter().map(|(_, s)| s).collect();
             let batch = Batch::new(&refs, &model.device)?;
             let logits = model.forward_eval(&batch.ids)?;
             let (_, summed) = logprob::token_logps(&logits, &batch)?;
             let summed: Vec<f64> = summed.to_dtype(candle_core::DType::F64)?.to_vec1()?;
+            let d = logprob::diagnostics(&logits, &batch)?;
             let mut trace = ProbeTrace::default();
             for (row, (f, seq)) in p.seqs.iter().enumerate() {
                 match f {
@@ -98,6 +148,11 @@ impl ProbeRunner {
                 }
             }
             for (fi, f) in self.families.iter().enumerate() {
+                if *f != Family::Argmax
+                    && let Some(row) = p.seqs.iter().position(|(g, _)| g == f)
+                {
+                    diag[fi].push(d[row]);
+                }
                 let v = if *f == Family::Argmax {
                     trace.argmax.sum()
                 } else {
@@ -108,6 +163,11 @@ impl ProbeRunner {
             }
             traces.push(trace);
         }
-        Ok(Evaluation { logps, traces })
+        Ok(Evaluation {
+            logps,
+            traces,
+            diag,
+            transfer: self.transfer_matrix(model)?,
+        })
     }
 }

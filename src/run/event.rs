@@ -126,6 +126,14 @@ pub struct EvalRecord {
     pub logps: BTreeMap<Family, Vec<f64>>,
     /// Per-token traces of chosen, rejected and argmax, one per probe (header order).
     pub tokens: Vec<ProbeTrace>,
+    /// PAPER.md §5 diagnostics per family (argmax excluded), one [‖A‖_F, ‖π − e_y‖, energy]
+    /// per probe: means over response positions. Absent in runs recorded before they existed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub diag: BTreeMap<Family, Vec<[f64; 3]>>,
+    /// Hallucination transfer: log π(y_j⁺ | x_i) for the first M probes (header order),
+    /// `transfer[i][j]` = prompt i with probe j's chosen response. Empty when off.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transfer: Vec<Vec<f64>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -12,10 +12,56 @@ use super::event::{Event, RunHeader};
 use super::reader::{Run, read_run};
 use crate::data::Family;
 
+/// What is plotted per probe: the summed log-prob, or one of PAPER.md §5's diagnostics
+/// (means over response positions).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub enum Quantity {
+    #[default]
+    LogProb,
+    /// ‖A‖_F = sqrt(V‖π‖² + V − 2).
+    ANorm,
+    /// ‖π − e_y‖.
+    GNorm,
+    /// 1 − π(y_m).
+    Energy,
+}
+
+impl Quantity {
+    pub const ALL: [Quantity; 4] = [
+        Quantity::LogProb,
+        Quantity::ANorm,
+        Quantity::GNorm,
+        Quantity::Energy,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Quantity::LogProb => "summed log-prob",
+            Quantity::ANorm => "‖A‖_F",
+            Quantity::GNorm => "‖π − e_y‖",
+            Quantity::Energy => "energy 1 − π(y)",
+        }
+    }
+
+    /// One evaluation's values of a family, one per probe.
+    pub fn values(self, e: &super::EvalRecord, f: Family) -> Option<Vec<f64>> {
+        let k = match self {
+            Quantity::LogProb => return e.logps.get(&f).cloned(),
+            Quantity::ANorm => 0,
+            Quantity::GNorm => 1,
+            Quantity::Energy => 2,
+        };
+        e.diag.get(&f).map(|v| v.iter().map(|d| d[k]).collect())
+    }
+}
+
 /// Which statistic over probes a series holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SeriesKey {
     pub family: Family,
+    pub quantity: Quantity,
     /// Change since the first evaluation (true) or the summed log-prob itself.
     pub delta: bool,
     /// One probe (its position in the header's probe list) instead of all.
@@ -54,6 +100,8 @@ pub struct RunStore {
     /// Live runs: the on-policy samples reported so far (step, count).
     pub samples: Vec<(usize, usize)>,
     cache: HashMap<SeriesKey, Stats>,
+    /// Transfer matrix: per evaluation, mean diagonal and mean off-diagonal change since t = 0.
+    transfer_cache: (Vec<f64>, Vec<f64>),
 }
 
 /// Linear-interpolated quantile of sorted values (NaN when empty).
@@ -86,6 +134,7 @@ impl RunStore {
             paused: false,
             samples: Vec::new(),
             cache: HashMap::new(),
+            transfer_cache: (Vec::new(), Vec::new()),
         }
     }
 
@@ -151,11 +200,14 @@ impl RunStore {
         let entry = self.cache.entry(key).or_default();
         let done = entry.mean.len();
         if done < evals.len() {
-            let first = evals.iter().find_map(|e| e.logps.get(&key.family));
+            let first = evals
+                .iter()
+                .find_map(|e| key.quantity.values(e, key.family));
+            let first = first.as_ref();
             let mut v: Vec<f64> = Vec::new();
             for e in &evals[done..] {
                 v.clear();
-                if let Some(vals) = e.logps.get(&key.family) {
+                if let Some(vals) = key.quantity.values(e, key.family) {
                     for (i, &x) in vals.iter().enumerate() {
                         if key.probe.is_some_and(|p| p != i) {
                             continue;
@@ -190,6 +242,61 @@ impl RunStore {
             }
         }
         entry
+    }
+
+    /// The first evaluation's transfer matrix (the t = 0 baseline), if the run has one.
+    pub fn transfer_base(&self) -> Option<&Vec<Vec<f64>>> {
+        self.run
+            .evals
+            .iter()
+            .map(|e| &e.transfer)
+            .find(|t| !t.is_empty())
+    }
+
+    /// The transfer matrix at evaluation `i` as change since t = 0 ([prompt][answer]).
+    pub fn transfer_delta(&self, i: usize) -> Option<Vec<Vec<f64>>> {
+        let base = self.transfer_base()?;
+        let now = &self.run.evals.get(i)?.transfer;
+        if now.len() != base.len() {
+            return None;
+        }
+        Some(
+            now.iter()
+                .zip(base)
+                .map(|(r, b)| r.iter().zip(b).map(|(x, y)| x - y).collect())
+                .collect(),
+        )
+    }
+
+    /// Per evaluation: the mean diagonal and mean off-diagonal of the transfer matrix's change
+    /// since t = 0 (NaN where an evaluation has none); extended incrementally.
+    pub fn transfer_means(&mut self) -> (&[f64], &[f64]) {
+        let n = self.run.evals.len();
+        let done = self.transfer_cache.0.len();
+        if done < n {
+            for i in done..n {
+                let (d, o) = match self.transfer_delta(i) {
+                    Some(m) if m.len() > 1 => {
+                        let k = m.len();
+                        let (mut ds, mut os) = (0.0, 0.0);
+                        for (a, row) in m.iter().enumerate() {
+                            for (b, v) in row.iter().enumerate() {
+                                if a == b {
+                                    ds += v;
+                                } else {
+                                    os += v;
+                                }
+                            }
+                        }
+                        (ds / k as f64, os / (k * (k - 1)) as f64)
+                    }
+                    _ => (f64::NAN, f64::NAN),
+                };
+                self.transfer_cache.0.push(d);
+                self.transfer_cache.1.push(o);
+            }
+        }
+        (&self.transfer_cache.0, &self.transfer_cache.1)
     }
 
     /// A TRL metric per optimizer step: (x, value), skipping steps that lack it.

@@ -177,6 +177,8 @@ pub fn events(spec: SynthSpec, seed: u64) -> Result<Vec<Event>> {
             phase: "dpo".into(),
             logps,
             tokens,
+            diag: BTreeMap::new(),
+            transfer: Vec::new(),
         }))
     };
     out.push(eval(&mut rng, &level, 0));

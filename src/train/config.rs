@@ -210,6 +210,10 @@ pub struct TrainConfig {
     /// Save the final weights to this folder (config.json, model.safetensors, tokenizer.json).
     #[serde(default)]
     pub save_model: Option<String>,
+    /// Hallucination transfer: score every probe prompt i with every probe j's chosen
+    /// response, for the first M probes, at every evaluation (0 = off).
+    #[serde(default)]
+    pub transfer_prompts: usize,
 }
 
 fn one() -> f64 {

@@ -43,6 +43,8 @@ pub struct TrainOptions {
     pub sample_temperature: f64,
     pub top_k: usize,
     pub save_model: Option<String>,
+    /// Transfer matrix over the first M probes (0 = off).
+    pub transfer_prompts: usize,
 }
 
 impl Default for TrainOptions {
@@ -79,6 +81,7 @@ impl Default for TrainOptions {
             sample_temperature: 1.0,
             top_k: 5,
             save_model: None,
+            transfer_prompts: 16,
         }
     }
 }
@@ -216,6 +219,7 @@ impl TrainOptions {
             top_k: self.top_k,
             sample_temperature: self.sample_temperature,
             save_model: self.save_model.clone(),
+            transfer_prompts: self.transfer_prompts,
         })
     }
 }

@@ -168,7 +168,12 @@ impl Session {
                 );
             }
         }
-        let runner = ProbeRunner::new(&model, &probe_set, lim, cfg.top_k)?;
+        let runner = ProbeRunner::new(&model, &probe_set, lim, cfg.top_k)?.with_transfer(
+            &model,
+            &probe_set,
+            lim,
+            cfg.transfer_prompts,
+        )?;
         let phases = cfg
             .phases
             .iter()
@@ -324,6 +329,14 @@ impl Session {
             })?;
         }
         let logps = self.runner.families.iter().copied().zip(ev.logps).collect();
+        let diag = self
+            .runner
+            .families
+            .iter()
+            .copied()
+            .zip(ev.diag)
+            .filter(|(_, d)| !d.is_empty())
+            .collect();
         sink.emit(Event::Eval(Box::new(EvalRecord {
             step: st.step,
             examples: st.examples,
@@ -331,6 +344,8 @@ impl Session {
             phase: phase.to_string(),
             logps,
             tokens: ev.traces,
+            diag,
+            transfer: ev.transfer,
         })))?;
         st.last_eval = Some(st.step);
         Ok(())

@@ -1,0 +1,200 @@
+//! The squeezing playground: one softmax, adjustable initial distribution (typed probabilities
+//! or a peakiness slider), positive or negative gradient steps on a class with a step size;
+//! bars of the distribution before and after, and each class's ratio α = after / before.
+//! Presets are PAPER.md §2's valley and peak cases. The math is crate::squeeze (also
+//! `ldviz squeeze`).
+
+use egui::{Color32, RichText};
+
+use crate::squeeze::{Sign, check_probs, geometric, ratios, step};
+
+pub struct Playground {
+    /// Typed probabilities (comma-separated); used when `use_typed`.
+    pub typed: String,
+    pub use_typed: bool,
+    pub classes: usize,
+    /// Geometric ratio π_i ∝ r^i: small = peaky.
+    pub ratio: f64,
+    pub class: usize,
+    pub sign: Sign,
+    pub eta: f64,
+    pub steps: usize,
+}
+
+impl Default for Playground {
+    fn default() -> Self {
+        let mut p = Playground {
+            typed: String::new(),
+            use_typed: true,
+            classes: 5,
+            ratio: 0.5,
+            class: 4,
+            sign: Sign::Negative,
+            eta: 1.0,
+            steps: 1,
+        };
+        p.preset_valley();
+        p
+    }
+}
+
+impl Playground {
+    /// PAPER.md §2: a negative step on an unlikely class of a peaky distribution.
+    pub fn preset_valley(&mut self) {
+        self.typed = "0.5, 0.3, 0.15, 0.04, 0.01".into();
+        self.use_typed = true;
+        self.class = 4;
+        self.sign = Sign::Negative;
+        self.eta = 1.0;
+        self.steps = 1;
+    }
+
+    /// PAPER.md §2: a negative step on the peak.
+    pub fn preset_peak(&mut self) {
+        self.preset_valley();
+        self.class = 0;
+    }
+
+    /// The distribution before the steps, or why it is invalid.
+    pub fn before(&self) -> Result<Vec<f64>, String> {
+        if self.use_typed {
+            let v: Result<Vec<f64>, _> = self
+                .typed
+                .split(',')
+                .map(|t| t.trim().parse::<f64>())
+                .collect();
+            let v =
+                v.map_err(|_| "probabilities: not a comma-separated list of numbers".to_string())?;
+            check_probs(&v).map_err(|e| format!("{e:#}"))
+        } else {
+            Ok(geometric(self.classes.max(2), self.ratio))
+        }
+    }
+
+    /// The distribution after the steps.
+    pub fn after(&self, p: &[f64]) -> Vec<f64> {
+        let c = self.class.min(p.len().saturating_sub(1));
+        let mut q = p.to_vec();
+        for _ in 0..self.steps.max(1) {
+            q = step(&q, c, self.sign, self.eta);
+        }
+        q
+    }
+}
+
+pub fn show(pg: &mut Playground, ui: &mut egui::Ui) {
+    ui.label(
+        "One softmax π = softmax(z). A step on class c moves the logits by ±η'(e_c − π): a negative step gives every other class η'·π_i, so the likely ones gain most (the squeezing effect).",
+    );
+    ui.horizontal_wrapped(|ui| {
+        if ui
+            .button("valley preset")
+            .on_hover_text("negative step on an unlikely class")
+            .clicked()
+        {
+            pg.preset_valley();
+        }
+        if ui
+            .button("peak preset")
+            .on_hover_text("negative step on the argmax")
+            .clicked()
+        {
+            pg.preset_peak();
+        }
+        ui.separator();
+        ui.selectable_value(&mut pg.use_typed, true, "typed probabilities");
+        ui.selectable_value(&mut pg.use_typed, false, "peakiness slider");
+    });
+    ui.horizontal_wrapped(|ui| {
+        if pg.use_typed {
+            let l = ui.label("π before:");
+            ui.add(egui::TextEdit::singleline(&mut pg.typed).desired_width(280.0))
+                .labelled_by(l.id);
+        } else {
+            ui.add(egui::Slider::new(&mut pg.classes, 2..=30).text("classes"));
+            ui.add(egui::Slider::new(&mut pg.ratio, 0.05..=1.0).text("ratio (small = peaky)"));
+        }
+    });
+    let before = match pg.before() {
+        Ok(p) => p,
+        Err(e) => {
+            ui.colored_label(Color32::from_rgb(200, 40, 40), format!("error: {e}"));
+            return;
+        }
+    };
+    pg.class = pg.class.min(before.len() - 1);
+    ui.horizontal_wrapped(|ui| {
+        ui.add(egui::Slider::new(&mut pg.class, 0..=before.len() - 1).text("class c"));
+        ui.selectable_value(&mut pg.sign, Sign::Negative, "negative step (push down)");
+        ui.selectable_value(&mut pg.sign, Sign::Positive, "positive step (pull up)");
+        ui.add(
+            egui::Slider::new(&mut pg.eta, 0.0..=10.0)
+                .text("η'")
+                .fixed_decimals(2),
+        );
+        ui.add(egui::Slider::new(&mut pg.steps, 1..=20).text("steps"));
+    });
+    let after = pg.after(&before);
+    let alpha = ratios(&before, &after);
+    let argmax = before
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|x| x.0)
+        .unwrap_or(0);
+    let rose: Vec<usize> = (0..before.len()).filter(|&i| alpha[i] > 1.0).collect();
+    ui.label(
+        RichText::new(format!(
+            "after: [{}] · classes that rose: {rose:?} (argmax before: {argmax})",
+            after
+                .iter()
+                .map(|x| format!("{x:.4}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .strong(),
+    );
+    ui.add_space(6.0);
+    let w = (ui.available_width() - 260.0).max(100.0);
+    let maxp = before
+        .iter()
+        .chain(after.iter())
+        .cloned()
+        .fold(0.0f64, f64::max)
+        .max(1e-9);
+    for i in 0..before.len() {
+        ui.horizontal(|ui| {
+            let name = if i == pg.class {
+                RichText::new(format!("class {i:>2} (c)"))
+                    .monospace()
+                    .strong()
+            } else {
+                RichText::new(format!("class {i:>2}    ")).monospace()
+            };
+            ui.label(name);
+            ui.vertical(|ui| {
+                for (p, c) in [
+                    (before[i], Color32::from_gray(150)),
+                    (
+                        after[i],
+                        if alpha[i] > 1.0 {
+                            Color32::from_rgb(0, 150, 60)
+                        } else {
+                            Color32::from_rgb(200, 50, 50)
+                        },
+                    ),
+                ] {
+                    let (rect, _) =
+                        ui.allocate_exact_size(egui::vec2(w, 9.0), egui::Sense::hover());
+                    let mut bar = rect;
+                    bar.set_width(w * (p / maxp) as f32);
+                    ui.painter().rect_filled(bar, 1.0, c);
+                }
+            });
+            ui.label(format!(
+                "{:.4} → {:.4}  α = {:.3}",
+                before[i], after[i], alpha[i]
+            ));
+        });
+    }
+}
