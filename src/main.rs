@@ -265,6 +265,20 @@ struct TrainArgs {
     /// prompts i and chosen responses j (0 = off).
     #[arg(long, default_value_t = 16)]
     transfer_prompts: usize,
+    /// First-order influence (eNTK inner products) every K updates; 0 = off
+    /// [default: 25 for models up to 50M parameters, off above].
+    #[arg(long)]
+    influence_every: Option<usize>,
+    /// Influence: observe the first N probes…
+    #[arg(long, default_value_t = 8)]
+    influence_probes: usize,
+    /// …on these families (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "chosen,rejected,argmax,irr_train,chosen_gptsemantic"
+    )]
+    influence_families: Vec<String>,
 }
 
 #[derive(Args)]
@@ -455,6 +469,16 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
         top_k: a.top_k,
         save_model: a.save_model.as_ref().map(|p| p.display().to_string()),
         transfer_prompts: a.transfer_prompts,
+        influence_every: a.influence_every,
+        influence_probes: a.influence_probes,
+        influence_families: a
+            .influence_families
+            .iter()
+            .map(|k| {
+                ldviz::data::Family::from_key(k.trim())
+                    .ok_or_else(|| anyhow::anyhow!("--influence-families: unknown family \"{k}\""))
+            })
+            .collect::<Result<Vec<_>>>()?,
     };
     o.to_config()
 }

@@ -136,6 +136,37 @@ pub struct EvalRecord {
     pub transfer: Vec<Vec<f64>>,
 }
 
+/// One observed response of an influence record.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Observed {
+    /// Position of the probe in the header's probe list.
+    pub probe: usize,
+    pub family: Family,
+}
+
+/// First-order influence of one update (see src/train/influence.rs for the exact definitions).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InfluenceRecord {
+    /// The update's step number (updates applied, this one included).
+    pub step: usize,
+    pub phase: String,
+    pub lr: f64,
+    pub optimizer: crate::train::OptimKind,
+    /// Record indices of the batch (the columns of `contributions` and `cosine`).
+    pub batch: Vec<usize>,
+    pub observed: Vec<Observed>,
+    /// Δf_o: the summed log-prob after the update minus before.
+    pub actual: Vec<f64>,
+    /// ⟨∇θ f_o, Δθ⟩ with Δθ the update actually applied.
+    pub predicted: Vec<f64>,
+    /// [o][u]: example u's share of the prediction, −(lr·κ/B)⟨∇f_o, c ⊙ ∇L_u⟩.
+    pub contributions: Vec<Vec<f64>>,
+    /// [o][u]: ⟨∇f_o, ∇f_u⟩ / (‖∇f_o‖‖∇f_u‖), f_u = log π(y_u⁺ | x_u).
+    pub cosine: Vec<Vec<f64>>,
+    /// Time of the influence computation (on top of the update).
+    pub wall_ms: f64,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EndReason {
@@ -162,6 +193,8 @@ pub enum Event {
     },
     Step(StepRecord),
     Eval(Box<EvalRecord>),
+    /// First-order influence of the update of the same step (every --influence-every steps).
+    Influence(Box<InfluenceRecord>),
     /// On-policy responses sampled at the start of an epoch: (record index, text) of the
     /// probes' new rejected responses.
     Samples {

@@ -7,7 +7,9 @@ use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use super::event::{EndReason, EvalRecord, Event, FORMAT, RunHeader, StepRecord, VERSION};
+use super::event::{
+    EndReason, EvalRecord, Event, FORMAT, InfluenceRecord, RunHeader, StepRecord, VERSION,
+};
 use crate::data::Family;
 use crate::train::config::Algo;
 
@@ -27,6 +29,7 @@ pub struct Run {
     pub phases: Vec<PhaseMark>,
     pub steps: Vec<StepRecord>,
     pub evals: Vec<EvalRecord>,
+    pub influence: Vec<InfluenceRecord>,
     pub end: Option<(EndReason, usize, Option<String>)>,
     /// True when the last line was incomplete and skipped.
     pub truncated: bool,
@@ -41,6 +44,7 @@ impl Run {
             phases: Vec::new(),
             steps: Vec::new(),
             evals: Vec::new(),
+            influence: Vec::new(),
             end: None,
             truncated: false,
         }
@@ -56,6 +60,7 @@ impl Run {
             } => self.phases.push(PhaseMark { name, algo, step }),
             Event::Step(s) => self.steps.push(s),
             Event::Eval(e) => self.evals.push(*e),
+            Event::Influence(r) => self.influence.push(*r),
             Event::End {
                 reason,
                 step,

@@ -24,6 +24,46 @@ pub struct PhaseSummary {
     pub families: BTreeMap<String, FamilyStats>,
 }
 
+/// How well the first-order prediction matched the actual change, over all influence records.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct InfluenceSummary {
+    /// Pearson correlation of predicted and actual Δf_o over every (record, observed) pair.
+    pub pearson_r: f64,
+    /// Median of |predicted − actual| / max(|actual|, 1e-8).
+    pub median_rel_error: f64,
+    pub records: usize,
+    /// Number of (record, observed response) pairs.
+    pub points: usize,
+    /// Mean cost of an influence computation (ms, on top of its update).
+    pub mean_wall_ms: f64,
+}
+
+/// Influence summary of a run (None when it has no influence records).
+pub fn influence_summary(run: &Run) -> Option<InfluenceSummary> {
+    if run.influence.is_empty() {
+        return None;
+    }
+    let (mut p, mut a) = (Vec::new(), Vec::new());
+    for r in &run.influence {
+        p.extend_from_slice(&r.predicted);
+        a.extend_from_slice(&r.actual);
+    }
+    let mut rel: Vec<f64> = p
+        .iter()
+        .zip(&a)
+        .map(|(x, y)| (x - y).abs() / y.abs().max(1e-8))
+        .collect();
+    rel.sort_by(f64::total_cmp);
+    Some(InfluenceSummary {
+        pearson_r: crate::train::influence::pearson(&p, &a),
+        median_rel_error: rel.get(rel.len() / 2).copied().unwrap_or(f64::NAN),
+        records: run.influence.len(),
+        points: p.len(),
+        mean_wall_ms: run.influence.iter().map(|r| r.wall_ms).sum::<f64>()
+            / run.influence.len() as f64,
+    })
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Summary {
     pub steps: usize,
@@ -33,6 +73,8 @@ pub struct Summary {
     pub phases: Vec<PhaseSummary>,
     pub end: Option<String>,
     pub truncated: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub influence: Option<InfluenceSummary>,
 }
 
 fn stats(series: &[(usize, f64)], lo: usize, hi: usize) -> Option<FamilyStats> {
@@ -90,6 +132,7 @@ pub fn summarize(run: &Run) -> Summary {
             }
         }),
         truncated: run.truncated,
+        influence: influence_summary(run),
     }
 }
 
@@ -147,6 +190,12 @@ pub fn render_text(run: &Run, s: &Summary) -> String {
             p.name, p.algo, p.first_step, p.last_step
         ));
         table(&p.families, &mut out);
+    }
+    if let Some(i) = &s.influence {
+        out.push_str(&format!(
+            "influence: {} records, {} points: predicted vs actual Δ log-prob Pearson r = {:.4}, median relative error {:.3}, {:.0} ms per record\n",
+            i.records, i.points, i.pearson_r, i.median_rel_error, i.mean_wall_ms
+        ));
     }
     out
 }

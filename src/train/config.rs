@@ -214,6 +214,32 @@ pub struct TrainConfig {
     /// response, for the first M probes, at every evaluation (0 = off).
     #[serde(default)]
     pub transfer_prompts: usize,
+    /// First-order influence every this many updates (0 = off; None = 25 for models up to 50M
+    /// parameters, off above).
+    #[serde(default)]
+    pub influence_every: Option<usize>,
+    /// Influence: the first this many probes are observed…
+    #[serde(default = "eight")]
+    pub influence_probes: usize,
+    /// …on these families.
+    #[serde(default = "influence_families")]
+    pub influence_families: Vec<crate::data::Family>,
+}
+
+fn eight() -> usize {
+    8
+}
+
+/// chosen, rejected, argmax, irr_train, chosen_gptsemantic.
+pub fn influence_families() -> Vec<crate::data::Family> {
+    use crate::data::Family;
+    vec![
+        Family::Chosen,
+        Family::Rejected,
+        Family::Argmax,
+        Family::IrrTrain,
+        Family::ChosenGptsemantic,
+    ]
 }
 
 fn one() -> f64 {

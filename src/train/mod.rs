@@ -2,6 +2,7 @@
 //! that runs on its own thread and reports through Events.
 
 pub mod config;
+pub mod influence;
 pub mod loss;
 pub mod onpolicy;
 pub mod optim;

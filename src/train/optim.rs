@@ -39,6 +39,37 @@ impl Optimizer {
         self.t
     }
 
+    /// After an update: how the update scaled *this step's* gradient, per element of var `i`
+    /// (its length is `n`): the update's share from the current gradient g is −lr · c ⊙ g.
+    /// SGD: c = 1 (the momentum buffer's carry-over is not this step's); AdamW:
+    /// c = (1 − β₁)/(1 − β₁ᵗ) / (sqrt(v̂) + ε) with this step's v̂; RMSprop: c = 1/(sqrt(v) + ε).
+    /// Weight decay is not attributed to the gradient. `None` means c = 1 everywhere.
+    pub fn grad_scale(&self, i: usize, n: usize) -> Result<Option<Vec<f32>>> {
+        let c = &self.cfg;
+        let t = self.t.max(1) as i32;
+        let eps = c.eps as f32;
+        // (numerator, bias correction of v) per optimizer; SGD scales nothing.
+        let (lead, bc2) = match c.kind {
+            OptimKind::Sgd => return Ok(None),
+            OptimKind::Adamw => {
+                let (b1, b2) = c.adam_betas;
+                (
+                    ((1.0 - b1) / (1.0 - b1.powi(t))) as f32,
+                    (1.0 - b2.powi(t)) as f32,
+                )
+            }
+            OptimKind::Rmsprop => (1.0, 1.0),
+        };
+        let v: Vec<f32> = match (self.host.get(i), self.s2.get(i)) {
+            (Some((_, h)), _) if h.len() == n => h.clone(),
+            (_, Some(Some(t))) => t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?,
+            _ => bail!("optimizer: no second-moment state for var {i} yet"),
+        };
+        Ok(Some(
+            v.iter().map(|&x| lead / ((x / bc2).sqrt() + eps)).collect(),
+        ))
+    }
+
     /// Applies one update with learning rate `lr`. `grads[i]` is the gradient of `vars[i]`
     /// (None: the var did not take part; it is left unchanged, as PyTorch skips params without
     /// a .grad).

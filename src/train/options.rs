@@ -45,6 +45,10 @@ pub struct TrainOptions {
     pub save_model: Option<String>,
     /// Transfer matrix over the first M probes (0 = off).
     pub transfer_prompts: usize,
+    /// Influence every K updates (0 = off, None = automatic by model size).
+    pub influence_every: Option<usize>,
+    pub influence_probes: usize,
+    pub influence_families: Vec<crate::data::Family>,
 }
 
 impl Default for TrainOptions {
@@ -82,6 +86,9 @@ impl Default for TrainOptions {
             top_k: 5,
             save_model: None,
             transfer_prompts: 16,
+            influence_every: None,
+            influence_probes: 8,
+            influence_families: super::config::influence_families(),
         }
     }
 }
@@ -220,6 +227,9 @@ impl TrainOptions {
             sample_temperature: self.sample_temperature,
             save_model: self.save_model.clone(),
             transfer_prompts: self.transfer_prompts,
+            influence_every: self.influence_every,
+            influence_probes: self.influence_probes,
+            influence_families: self.influence_families.clone(),
         })
     }
 }

@@ -23,8 +23,8 @@ use crate::model::Model;
 use crate::probe::{Batch, Evaluation, ProbeRunner, Seq, logprob};
 use crate::run::Writer;
 use crate::run::event::{
-    Conventions, DataInfo, EndReason, EvalRecord, Event, FORMAT, ModelInfo, PhasePlan, ProbeInfo,
-    RunHeader, StepRecord, VERSION,
+    Conventions, DataInfo, EndReason, EvalRecord, Event, FORMAT, InfluenceRecord, ModelInfo,
+    Observed, PhasePlan, ProbeInfo, RunHeader, StepRecord, VERSION,
 };
 
 /// Instructions to a running trainer.
@@ -369,6 +369,8 @@ impl Session {
             label_smoothing: self.cfg.label_smoothing,
         };
         let mut order = Order::new(n, self.cfg.shuffle, self.cfg.seed);
+        let influence_every = self.influence_every();
+        let mut pending_influence: Option<InfluenceRecord> = None;
         for (pi, phase) in self.cfg.phases.iter().enumerate() {
             let steps = self.header.phases[pi].steps;
             sink.emit(Event::Phase {
@@ -421,16 +423,32 @@ impl Session {
                 }
                 let idx: Vec<usize> = (0..b).map(|_| order.next_index()).collect();
                 let lr = phase.optim.lr_at(s);
-                let mut metrics = self.update(
-                    phase.algo,
-                    &idx,
-                    &rejected,
-                    reference.as_deref(),
-                    lp,
-                    &mut opt,
-                    lr,
-                    st.step + 1,
-                )?;
+                let due = influence_every > 0 && (st.step + 1) % influence_every == 0;
+                let mut metrics = if due {
+                    let (m, rec) = self.update_influenced(
+                        phase,
+                        &idx,
+                        &rejected,
+                        reference.as_deref(),
+                        lp,
+                        &mut opt,
+                        lr,
+                        st.step + 1,
+                    )?;
+                    pending_influence = Some(rec);
+                    m
+                } else {
+                    self.update(
+                        phase.algo,
+                        &idx,
+                        &rejected,
+                        reference.as_deref(),
+                        lp,
+                        &mut opt,
+                        lr,
+                        st.step + 1,
+                    )?
+                };
                 metrics.insert("learning_rate".to_string(), lr);
                 let before = st.examples;
                 st.step += 1;
@@ -444,6 +462,9 @@ impl Session {
                     metrics,
                     wall_ms: t0.elapsed().as_secs_f64() * 1e3,
                 }))?;
+                if let Some(rec) = pending_influence.take() {
+                    sink.emit(Event::Influence(Box::new(rec)))?;
+                }
                 if st.examples / self.cfg.eval_every > before / self.cfg.eval_every {
                     self.evaluate(sink, st, &phase.name)?;
                 }
@@ -560,9 +581,46 @@ impl Session {
 
     /// One optimizer update on the records `idx` (positions in the training list).
     #[allow(clippy::too_many_arguments)]
-    fn update(
+    /// Updates between influence records (0 = off).
+    fn influence_every(&self) -> usize {
+        match self.cfg.influence_every {
+            Some(k) => k,
+            None if self.model.n_params() <= 50_000_000 => 25,
+            None => 0,
+        }
+    }
+
+    /// The observed responses of influence records: (probe position, family, sequence, y*).
+    fn observed(&self) -> Vec<(Observed, &Seq, bool)> {
+        let mut out = Vec::new();
+        let n = self.cfg.influence_probes.min(self.runner.probes.len());
+        for (p, tp) in self.runner.probes[..n].iter().enumerate() {
+            for &f in &self.cfg.influence_families {
+                let (want, argmax) = if f == Family::Argmax {
+                    (Family::Chosen, true)
+                } else {
+                    (f, false)
+                };
+                if let Some((_, seq)) = tp.seqs.iter().find(|(g, _)| *g == want) {
+                    out.push((
+                        Observed {
+                            probe: p,
+                            family: f,
+                        },
+                        seq,
+                        argmax,
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// One update, plus its first-order influence record (src/train/influence.rs).
+    #[allow(clippy::too_many_arguments)]
+    fn update_influenced(
         &self,
-        algo: Algo,
+        phase: &super::config::PhaseConfig,
         idx: &[usize],
         rejected: &[Seq],
         reference: Option<&[(f64, f64)]>,
@@ -570,7 +628,108 @@ impl Session {
         opt: &mut Optimizer,
         lr: f64,
         step: usize,
-    ) -> Result<BTreeMap<String, f64>> {
+    ) -> Result<(BTreeMap<String, f64>, InfluenceRecord)> {
+        use super::influence::{
+            dot, dot_scaled, flat_params, grad_of, norm, observed_logp, same_len,
+        };
+        let t0 = Instant::now();
+        let m = &self.model;
+        let vars = m.params.vars();
+        let theta0 = m.snapshot()?;
+        let flat0 = flat_params(vars)?;
+        // Per-example loss gradients and chosen log-prob gradients at θ₀.
+        let mut g_loss = Vec::with_capacity(idx.len());
+        let mut g_fu = Vec::with_capacity(idx.len());
+        for &i in idx {
+            let (l, _) = self.batch_loss(phase.algo, &[i], rejected, reference, lp)?;
+            g_loss.push(grad_of(m, &l)?);
+            let f = observed_logp(m, &self.pairs[i].chosen, false, true)?;
+            g_fu.push(grad_of(m, &f)?);
+        }
+        let t_pre = t0.elapsed();
+        let metrics = self.update(phase.algo, idx, rejected, reference, lp, opt, lr, step)?;
+        let t1 = Instant::now();
+        let theta1 = m.snapshot()?;
+        let flat1 = flat_params(vars)?;
+        same_len(&flat0, &flat1)?;
+        let delta: Vec<f32> = flat1.iter().zip(&flat0).map(|(a, b)| a - b).collect();
+        drop(flat1);
+        drop(flat0);
+        // Clip coefficient κ (PyTorch's clip_grad_norm_: max / (norm + 1e-6) when below 1).
+        let kappa = match (opt.config().max_grad_norm, metrics.get("grad_norm")) {
+            (Some(max), Some(&n)) => (max / (n + 1e-6)).min(1.0),
+            _ => 1.0,
+        };
+        let mut scale: Option<Vec<f32>> = None;
+        for (i, v) in vars.iter().enumerate() {
+            if let Some(c) = opt.grad_scale(i, v.elem_count())? {
+                scale.get_or_insert_with(Vec::new).extend(c);
+            }
+        }
+        if let Some(c) = &scale {
+            same_len(c, &delta)?;
+        }
+        let b = idx.len() as f64;
+        let observed = self.observed();
+        m.restore(&theta0)?;
+        let mut f0 = Vec::with_capacity(observed.len());
+        let mut predicted = Vec::with_capacity(observed.len());
+        let mut contributions = Vec::with_capacity(observed.len());
+        let mut cosine = Vec::with_capacity(observed.len());
+        let result: Result<()> = (|| {
+            for (_, seq, argmax) in &observed {
+                let f = observed_logp(m, seq, *argmax, true)?;
+                f0.push(f.to_scalar::<f32>()? as f64);
+                let g = grad_of(m, &f)?;
+                predicted.push(dot(&g, &delta));
+                contributions.push(
+                    g_loss
+                        .iter()
+                        .map(|gl| -(lr * kappa / b) * dot_scaled(&g, scale.as_deref(), gl))
+                        .collect::<Vec<f64>>(),
+                );
+                let ng = norm(&g);
+                cosine.push(
+                    g_fu.iter()
+                        .map(|gu| dot(&g, gu) / (ng * norm(gu)).max(1e-30))
+                        .collect::<Vec<f64>>(),
+                );
+            }
+            Ok(())
+        })();
+        // Always put the updated weights back, even when the influence computation failed.
+        m.restore(&theta1)?;
+        result?;
+        let mut actual = Vec::with_capacity(observed.len());
+        for ((_, seq, argmax), f0) in observed.iter().zip(&f0) {
+            let f1 = observed_logp(m, seq, *argmax, false)?.to_scalar::<f32>()? as f64;
+            actual.push(f1 - f0);
+        }
+        let rec = InfluenceRecord {
+            step,
+            phase: phase.name.clone(),
+            lr,
+            optimizer: phase.optim.kind,
+            batch: idx.iter().map(|&i| self.pairs[i].index).collect(),
+            observed: observed.iter().map(|(o, _, _)| *o).collect(),
+            actual,
+            predicted,
+            contributions,
+            cosine,
+            wall_ms: (t_pre + t1.elapsed()).as_secs_f64() * 1e3,
+        };
+        Ok((metrics, rec))
+    }
+
+    /// The batch loss (with a graph) and its TRL metrics, for the records `idx`.
+    fn batch_loss(
+        &self,
+        algo: Algo,
+        idx: &[usize],
+        rejected: &[Seq],
+        reference: Option<&[(f64, f64)]>,
+        lp: LossParams,
+    ) -> Result<(Tensor, BTreeMap<String, f64>)> {
         let b = idx.len();
         let dev = &self.model.device;
         let with_rejected = algo != Algo::Sft;
@@ -603,7 +762,7 @@ impl Session {
             }
             None => (None, None),
         };
-        let (loss, mut metrics) = loss::compute(
+        loss::compute(
             algo,
             lp,
             &LossInputs {
@@ -614,7 +773,22 @@ impl Session {
                 len_chosen: &lc,
                 len_rejected: lrj.as_ref(),
             },
-        )?;
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn update(
+        &self,
+        algo: Algo,
+        idx: &[usize],
+        rejected: &[Seq],
+        reference: Option<&[(f64, f64)]>,
+        lp: LossParams,
+        opt: &mut Optimizer,
+        lr: f64,
+        step: usize,
+    ) -> Result<BTreeMap<String, f64>> {
+        let (loss, mut metrics) = self.batch_loss(algo, idx, rejected, reference, lp)?;
         let lv = metrics.get("loss").copied().unwrap_or(f64::NAN);
         if !lv.is_finite() {
             bail!(

@@ -1,0 +1,204 @@
+//! First-order influence of one update (PAPER.md §1): for observed responses o (a few probes ×
+//! families), the actual change Δf_o of the summed log-prob over the step, the first-order
+//! prediction ⟨∇θ f_o, Δθ⟩ with Δθ the step's actual update, its split over the batch's training
+//! examples u, and the gradient cosine ⟨∇f_o, ∇f_u⟩ / (‖∇f_o‖‖∇f_u‖) with f_u the training
+//! example's chosen log-prob (a kernel view).
+//!
+//! The split: the batch loss is the mean of per-example losses L_u, so this step's gradient is
+//! (1/B) Σ_u ∇L_u (times the clip coefficient when clipped). The update's share from it is
+//! −lr · c ⊙ g with the optimizer's per-element scale c at this step
+//! ([`super::optim::Optimizer::grad_scale`]: 1 for SGD; AdamW (1−β₁)/(1−β₁ᵗ)/(sqrt(v̂)+ε) with
+//! this step's v̂; RMSprop 1/(sqrt(v)+ε)). So example u contributes
+//! −(lr·κ/B) ⟨∇f_o, c ⊙ ∇L_u⟩. For plain SGD without momentum or weight decay the
+//! contributions sum to the prediction exactly; otherwise the rest is momentum carried from
+//! earlier steps and weight decay.
+
+use anyhow::{Result, bail};
+use candle_core::{D, Tensor, Var, backprop::GradStore};
+
+use crate::model::Model;
+use crate::probe::{Batch, Seq, logprob};
+
+/// Every var's gradient, flattened and concatenated in var order (zeros where a var has none).
+pub fn flat_grad(vars: &[Var], grads: &GradStore) -> Result<Vec<f32>> {
+    let mut out = Vec::new();
+    for v in vars {
+        match grads.get(v.as_tensor()) {
+            Some(g) => out.extend(
+                g.flatten_all()?
+                    .to_dtype(candle_core::DType::F32)?
+                    .to_vec1::<f32>()?,
+            ),
+            None => out.extend(std::iter::repeat_n(0f32, v.elem_count())),
+        }
+    }
+    Ok(out)
+}
+
+/// Every var's values, flattened and concatenated in var order.
+pub fn flat_params(vars: &[Var]) -> Result<Vec<f32>> {
+    let mut out = Vec::new();
+    for v in vars {
+        out.extend(
+            v.as_tensor()
+                .flatten_all()?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec1::<f32>()?,
+        );
+    }
+    Ok(out)
+}
+
+pub fn dot(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
+}
+
+pub fn norm(a: &[f32]) -> f64 {
+    dot(a, a).sqrt()
+}
+
+/// ⟨a, c ⊙ b⟩ (c = None: plain dot).
+pub fn dot_scaled(a: &[f32], c: Option<&[f32]>, b: &[f32]) -> f64 {
+    match c {
+        None => dot(a, b),
+        Some(c) => a
+            .iter()
+            .zip(c)
+            .zip(b)
+            .map(|((x, s), y)| *x as f64 * *s as f64 * *y as f64)
+            .sum(),
+    }
+}
+
+/// The summed log-prob of one observed response as a scalar tensor: with a graph (`graph`) to
+/// differentiate, or without to read its value. `argmax`: the teacher-forced greedy response y*
+/// along `seq` (targets = argmax of the detached logits at each response position).
+pub fn observed_logp(model: &Model, seq: &Seq, argmax: bool, graph: bool) -> Result<Tensor> {
+    let batch = Batch::new(&[seq], &model.device)?;
+    let logits = if graph {
+        model.forward(&batch.ids)?
+    } else {
+        model.forward_eval(&batch.ids)?
+    };
+    let batch = if argmax {
+        let am = logits
+            .detach()
+            .argmax(D::Minus1)?
+            .to_dtype(candle_core::DType::U32)?;
+        Batch {
+            ids: batch.ids,
+            targets: am,
+            mask: batch.mask,
+            spans: batch.spans,
+            t: batch.t,
+        }
+    } else {
+        batch
+    };
+    let (_, summed) = logprob::token_logps(&logits, &batch)?;
+    Ok(summed.sum_all()?)
+}
+
+/// Gradient of a scalar with respect to every var, flattened.
+pub fn grad_of(model: &Model, scalar: &Tensor) -> Result<Vec<f32>> {
+    let grads = scalar.backward()?;
+    flat_grad(model.params.vars(), &grads)
+}
+
+/// Pearson correlation (NaN with fewer than 2 points or no variance).
+pub fn pearson(x: &[f64], y: &[f64]) -> f64 {
+    let n = x.len().min(y.len());
+    if n < 2 {
+        return f64::NAN;
+    }
+    let (mx, my) = (
+        x[..n].iter().sum::<f64>() / n as f64,
+        y[..n].iter().sum::<f64>() / n as f64,
+    );
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for i in 0..n {
+        let (a, b) = (x[i] - mx, y[i] - my);
+        sxy += a * b;
+        sxx += a * a;
+        syy += b * b;
+    }
+    sxy / (sxx * syy).sqrt()
+}
+
+/// Checks two flat vectors have one length (a var set changed between snapshots otherwise).
+pub fn same_len(a: &[f32], b: &[f32]) -> Result<()> {
+    if a.len() != b.len() {
+        bail!(
+            "influence: parameter vectors of different lengths ({} vs {})",
+            a.len(),
+            b.len()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device};
+
+    #[test]
+    fn linear_softmax_kernel_is_x_dot_x_plus_one_times_identity() {
+        // z = Wᵀx + b with W [d, V], b [V]: K_ij = Σ_θ ∂z_o,i/∂θ · ∂z_u,j/∂θ = (x_o·x_u + 1) δ_ij.
+        let (d, v) = (3usize, 4usize);
+        let dev = Device::Cpu;
+        let w = Var::from_vec(
+            (0..d * v)
+                .map(|i| (i as f32 * 0.37).sin())
+                .collect::<Vec<f32>>(),
+            (d, v),
+            &dev,
+        )
+        .unwrap();
+        let b = Var::from_vec(vec![0.1f32, -0.2, 0.3, 0.05], v, &dev).unwrap();
+        let vars = [w.clone(), b.clone()];
+        let xo = [0.5f32, -1.0, 2.0];
+        let xu = [1.5f32, 0.25, -0.5];
+        let z = |x: &[f32]| {
+            let xt = Tensor::from_vec(x.to_vec(), (1, d), &dev).unwrap();
+            xt.matmul(w.as_tensor())
+                .unwrap()
+                .broadcast_add(&b.as_tensor().unsqueeze(0).unwrap())
+                .unwrap()
+                .squeeze(0)
+                .unwrap()
+        };
+        let jac = |x: &[f32]| -> Vec<Vec<f32>> {
+            (0..v)
+                .map(|i| {
+                    let zi = z(x).get(i).unwrap();
+                    flat_grad(&vars, &zi.backward().unwrap()).unwrap()
+                })
+                .collect()
+        };
+        let (jo, ju) = (jac(&xo), jac(&xu));
+        let xx: f64 = xo
+            .iter()
+            .zip(&xu)
+            .map(|(a, b)| (*a * *b) as f64)
+            .sum::<f64>()
+            + 1.0;
+        for i in 0..v {
+            for j in 0..v {
+                let k = dot(&jo[i], &ju[j]);
+                let want = if i == j { xx } else { 0.0 };
+                assert!((k - want).abs() < 1e-6, "K[{i}][{j}] = {k}, want {want}");
+            }
+        }
+        let _ = DType::F32;
+    }
+
+    #[test]
+    fn pearson_of_a_line_is_one() {
+        let x = [1.0, 2.0, 3.0, 4.0];
+        let y = [2.0, 4.1, 5.9, 8.0];
+        assert!(pearson(&x, &y) > 0.99);
+        assert!((pearson(&x, &[4.0, 3.0, 2.0, 1.0]) + 1.0).abs() < 1e-12);
+        assert!(pearson(&[1.0], &[1.0]).is_nan());
+    }
+}
