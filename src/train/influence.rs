@@ -183,9 +183,9 @@ mod tests {
             .map(|(a, b)| (*a * *b) as f64)
             .sum::<f64>()
             + 1.0;
-        for i in 0..v {
-            for j in 0..v {
-                let k = dot(&jo[i], &ju[j]);
+        for (i, gi) in jo.iter().enumerate() {
+            for (j, gj) in ju.iter().enumerate() {
+                let k = dot(gi, gj);
                 let want = if i == j { xx } else { 0.0 };
                 assert!((k - want).abs() < 1e-6, "K[{i}][{j}] = {k}, want {want}");
             }

@@ -423,7 +423,7 @@ impl Session {
                 }
                 let idx: Vec<usize> = (0..b).map(|_| order.next_index()).collect();
                 let lr = phase.optim.lr_at(s);
-                let due = influence_every > 0 && (st.step + 1) % influence_every == 0;
+                let due = influence_every > 0 && (st.step + 1).is_multiple_of(influence_every);
                 let mut metrics = if due {
                     let (m, rec) = self.update_influenced(
                         phase,
