@@ -265,8 +265,12 @@ struct TrainArgs {
     /// prompts i and chosen responses j (0 = off).
     #[arg(long, default_value_t = 16)]
     transfer_prompts: usize,
+    /// The transfer matrix every N examples (at evaluations, and at phase boundaries)
+    /// [default: 4 x --eval-every].
+    #[arg(long, default_value_t = 0)]
+    transfer_every: usize,
     /// First-order influence (eNTK inner products) every K updates; 0 = off
-    /// [default: 25 for models up to 50M parameters, off above].
+    /// [default: 100 for models up to 50M parameters, off above].
     #[arg(long)]
     influence_every: Option<usize>,
     /// Influence: observe the first N probes…
@@ -469,6 +473,7 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
         top_k: a.top_k,
         save_model: a.save_model.as_ref().map(|p| p.display().to_string()),
         transfer_prompts: a.transfer_prompts,
+        transfer_every: a.transfer_every,
         influence_every: a.influence_every,
         influence_probes: a.influence_probes,
         influence_families: a

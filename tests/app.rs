@@ -56,6 +56,7 @@ fn starts_on_the_default_and_start_plots_points() {
     app.setup.options.steps = Some(3);
     app.setup.options.eval_every = 4;
     app.setup.options.probes = "4".into();
+    app.setup.options.influence_every = Some(1);
     app.setup.out_dir = dir.path().display().to_string();
     let mut h = harness(app);
     h.step();
@@ -79,6 +80,18 @@ fn starts_on_the_default_and_start_plots_points() {
     assert_eq!(written.evals.len(), run.n_evals());
     assert!(run.path.as_ref().unwrap().starts_with(dir.path()));
     assert!(label_contains(&h, "completed"));
+    // The influence view: the last update's record (4 probes × 5 families observed).
+    assert_eq!(run.run.influence.len(), 3);
+    h.state_mut().tab = Tab::Influence;
+    h.step();
+    assert!(label_contains(&h, "update 3 (dpo, adamw"));
+    assert!(label_contains(&h, "all 3 records up to the cursor"));
+    // Scrubbing back to t = 0 shows the first record (the latest at or before the cursor).
+    h.key_press(egui::Key::Home);
+    h.step();
+    assert!(label_contains(&h, "update 1 (dpo"));
+    h.key_press(egui::Key::End);
+    h.step();
     // The transfer view (4 probes → a 4 × 4 matrix) and a diagnostic as the plotted quantity.
     h.state_mut().tab = Tab::Transfer;
     h.step();

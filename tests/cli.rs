@@ -574,6 +574,8 @@ fn transfer_matrix_and_diagnostics_agree_with_the_probe_scores() {
         "5",
         "--transfer-prompts",
         "4",
+        "--transfer-every",
+        "4",
         "--eval-every",
         "4",
         "--quiet",

@@ -37,6 +37,7 @@ fn config(steps: usize) -> TrainConfig {
         sample_temperature: 1.0,
         save_model: None,
         transfer_prompts: 0,
+        transfer_every: 0,
         influence_every: Some(0),
         influence_probes: 8,
         influence_families: ldviz::train::config::influence_families(),

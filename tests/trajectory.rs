@@ -40,6 +40,7 @@ fn config(algo: Algo, lr: f64, beta: f64) -> TrainConfig {
         sample_temperature: 1.0,
         save_model: None,
         transfer_prompts: 0,
+        transfer_every: 0,
         influence_every: Some(0),
         influence_probes: 8,
         influence_families: ldviz::train::config::influence_families(),

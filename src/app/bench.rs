@@ -69,9 +69,14 @@ pub fn frame_times(spec: SynthSpec, frames: usize) -> Result<FrameReport> {
         time += 1.0 / 60.0;
         let t = Instant::now();
         let out = ctx.run_ui(input, |ui| app.show(ui));
+        let t_ui = t.elapsed().as_secs_f64() * 1000.0;
         let prims = ctx.tessellate(out.shapes, out.pixels_per_point);
         std::hint::black_box(prims);
-        t.elapsed().as_secs_f64() * 1000.0
+        let total = t.elapsed().as_secs_f64() * 1000.0;
+        if std::env::var_os("LDVIZ_FRAME_DEBUG").is_some() {
+            eprintln!("ui {t_ui:.2} ms, tessellate {:.2} ms", total - t_ui);
+        }
+        total
     };
     // First frame: every series' statistics computed from scratch (then cached).
     app.tab = Tab::Curves;

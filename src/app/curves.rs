@@ -121,10 +121,13 @@ pub fn family_series(
     let values = ema(&st.mean, s.smoothing);
     let line = decimate(xs, &values, buckets);
     let raw = (s.smoothing > 0.0).then(|| decimate(xs, &st.mean, buckets));
+    // Bands are envelopes (lowest low, highest high per bucket), so coarser buckets stay
+    // faithful: every probe's excursion is still covered.
+    let band_buckets = (buckets / 3).max(16);
     let band = match (probe, s.band) {
         (Some(_), _) | (None, BandKind::None) => None,
-        (None, BandKind::MinMax) => Some(envelope(xs, &st.min, &st.max, buckets)),
-        (None, BandKind::Interquartile) => Some(envelope(xs, &st.q1, &st.q3, buckets)),
+        (None, BandKind::MinMax) => Some(envelope(xs, &st.min, &st.max, band_buckets)),
+        (None, BandKind::Interquartile) => Some(envelope(xs, &st.q1, &st.q3, band_buckets)),
     };
     let width = if matches!(family, Family::Chosen | Family::Rejected | Family::Argmax) {
         2.5
@@ -279,7 +282,8 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
     controls(app, ui);
     let s = app.curves.settings.clone();
     let probe = app.curves.probe;
-    let buckets = (ui.available_width().max(100.0)) as usize;
+    // One bucket per 2 pixels: each keeps its min and max (1 point per pixel column).
+    let buckets = (ui.available_width().max(100.0) / 2.0) as usize;
     let active = app.active.min(app.runs.len() - 1);
     let cursor_idx = app.timeline.index(app.runs.get(active));
     let cursor_x = app
@@ -347,7 +351,10 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
         .unwrap_or_default();
 
     let loss = if s.show_loss {
-        app.runs.get(active).map(|r| r.metric("loss", s.x))
+        app.runs.get_mut(active).map(|r| {
+            let (xs, ys) = r.metric("loss", s.x);
+            (xs.to_vec(), ys.to_vec())
+        })
     } else {
         None
     };
@@ -381,7 +388,7 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
         .link_axis(group, [true, false])
         .link_cursor(group, [true, false])
         .show(ui, |pui| {
-            for (d, _) in &drawn {
+            for (d, _) in drawn.iter_mut() {
                 if let Some((bx, lo, hi)) = &d.band
                     && !bx.is_empty()
                 {
@@ -391,16 +398,16 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
                             .allow_hover(false),
                     );
                 }
-                if let Some(raw) = &d.raw {
+                if let Some(raw) = d.raw.take() {
                     pui.line(
-                        Line::new(d.name.clone(), PlotPoints::new(raw.clone()))
+                        Line::new(d.name.clone(), PlotPoints::new(raw))
                             .color(d.color.gamma_multiply(0.3))
                             .width(1.0)
                             .allow_hover(false),
                     );
                 }
                 pui.line(
-                    Line::new(d.name.clone(), PlotPoints::new(d.line.clone()))
+                    Line::new(d.name.clone(), PlotPoints::new(std::mem::take(&mut d.line)))
                         .color(d.color)
                         .width(d.width),
                 );
@@ -472,25 +479,50 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
 
 /// The TRL metrics tab: one small plot per metric, x axes linked, the cursor on each.
 pub fn show_metrics(app: &mut LdvizApp, ui: &mut egui::Ui) {
-    let Some(store) = app.runs.get(app.active) else {
+    let active = app.active;
+    let s = app.curves.settings.clone();
+    let (cursor_step, cursor_x) = match app.runs.get(active) {
+        Some(store) => (
+            app.timeline
+                .index(Some(store))
+                .and_then(|i| store.run.evals.get(i))
+                .map(|e| e.step),
+            app.timeline.cursor_x(store, s.x),
+        ),
+        None => (None, None),
+    };
+    let Some(store) = app.runs.get_mut(active) else {
         ui.label("No run open.");
         return;
     };
-    let s = &app.curves.settings;
     let names = store.metric_names();
     if names.is_empty() {
         ui.label("No optimizer steps recorded yet.");
         return;
     }
-    let cursor_step = app
-        .timeline
-        .index(Some(store))
-        .and_then(|i| store.run.evals.get(i))
-        .map(|e| e.step);
-    let cursor_x = app.timeline.cursor_x(store, s.x);
-    let buckets = (ui.available_width() / 2.0).max(50.0) as usize;
+    let buckets = (ui.available_width() / 4.0).max(50.0) as usize;
+    // The step record at or before the cursor (steps are in order).
+    let at_idx = cursor_step.and_then(|cs| {
+        store
+            .run
+            .steps
+            .partition_point(|st| st.step <= cs)
+            .checked_sub(1)
+    });
+    type Series = (String, Vec<[f64; 2]>, Option<Vec<[f64; 2]>>, Option<f64>);
+    let series: Vec<Series> = names
+        .iter()
+        .map(|name| {
+            let at = at_idx.and_then(|i| store.run.steps[i].metrics.get(name).copied());
+            let (xs, ys) = store.metric(name, s.x);
+            let ys_s = ema(ys, s.smoothing);
+            let pts = decimate(xs, &ys_s, buckets);
+            let raw = (s.smoothing > 0.0).then(|| decimate(xs, ys, buckets));
+            (name.clone(), pts, raw, at)
+        })
+        .collect();
     let cols = 2usize;
-    let rows = names.len().div_ceil(cols);
+    let rows = series.len().div_ceil(cols);
     let h = ((ui.available_height() - 8.0 * rows as f32) / rows as f32).max(90.0);
     let w = ui.available_width() / cols as f32 - 8.0;
     let group = egui::Id::unique("metrics x");
@@ -498,15 +530,7 @@ pub fn show_metrics(app: &mut LdvizApp, ui: &mut egui::Ui) {
         egui::Grid::new("metrics grid")
             .num_columns(cols)
             .show(ui, |ui| {
-                for (k, name) in names.iter().enumerate() {
-                    let (xs, ys) = store.metric(name, s.x);
-                    let ys_s = ema(&ys, s.smoothing);
-                    let pts = decimate(&xs, &ys_s, buckets);
-                    let raw = (s.smoothing > 0.0).then(|| decimate(&xs, &ys, buckets));
-                    let at = cursor_step.and_then(|cs| {
-                        let i = store.run.steps.iter().rposition(|st| st.step <= cs)?;
-                        store.run.steps[i].metrics.get(name).copied()
-                    });
+                for (k, (name, pts, raw, at)) in series.into_iter().enumerate() {
                     ui.vertical(|ui| {
                         ui.label(format!(
                             "{name}{}",

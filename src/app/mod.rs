@@ -8,6 +8,7 @@
 pub mod bench;
 mod curves;
 mod export;
+pub mod influence;
 pub mod playground;
 mod setup;
 mod timeline;
@@ -50,6 +51,7 @@ pub enum Tab {
     Curves,
     Tokens,
     Metrics,
+    Influence,
     Transfer,
     Playground,
 }
@@ -115,6 +117,7 @@ pub struct LdvizApp {
     pub tokens: TokensView,
     pub export: ExportView,
     pub playground: playground::Playground,
+    pub influence: influence::InfluenceView,
     pub tab: Tab,
     /// Visible error messages (newest last); each can be dismissed.
     pub errors: Vec<String>,
@@ -176,6 +179,7 @@ impl LdvizApp {
             Some("metrics") => Tab::Metrics,
             Some("playground") => Tab::Playground,
             Some("transfer") => Tab::Transfer,
+            Some("influence") => Tab::Influence,
             Some("curves") => Tab::Curves,
             _ => persisted.tab.unwrap_or(Tab::Curves),
         };
@@ -189,6 +193,7 @@ impl LdvizApp {
             tokens: TokensView::default(),
             export: ExportView::default(),
             playground: playground::Playground::default(),
+            influence: influence::InfluenceView::default(),
             tab,
             errors: Vec::new(),
             notice: None,
@@ -571,6 +576,7 @@ impl LdvizApp {
             Tab::Metrics => curves::show_metrics(self, ui),
             Tab::Playground => playground::show(&mut self.playground, ui),
             Tab::Transfer => transfer::show(self, ui),
+            Tab::Influence => influence::show(self, ui),
         });
         self.apply_actions();
 
@@ -604,6 +610,7 @@ impl LdvizApp {
             ui.selectable_value(&mut self.tab, Tab::Curves, "Curves");
             ui.selectable_value(&mut self.tab, Tab::Tokens, "Tokens");
             ui.selectable_value(&mut self.tab, Tab::Metrics, "TRL metrics");
+            ui.selectable_value(&mut self.tab, Tab::Influence, "Influence");
             ui.selectable_value(&mut self.tab, Tab::Transfer, "Transfer");
             ui.selectable_value(&mut self.tab, Tab::Playground, "Squeeze playground");
             ui.separator();

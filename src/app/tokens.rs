@@ -235,20 +235,28 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
         }
     });
     ui.add_space(8.0);
+    let top1 = |t: &[Vec<(u32, f32)>], i: usize| {
+        t.get(i)
+            .and_then(|x| x.first())
+            .map(|&(_, lp)| lp.exp())
+            .unwrap_or(0.0)
+    };
     let pos = v.position.unwrap_or_else(|| {
-        // Default: the position whose log-prob changed most.
+        // Default: where the top-1 probability rose most (where squeezing shows).
         (0..row.ids.len())
             .max_by(|&a, &b| {
-                let da = (row.logp.get(a).unwrap_or(&0.0) - row.logp0.get(a).unwrap_or(&0.0)).abs();
-                let db = (row.logp.get(b).unwrap_or(&0.0) - row.logp0.get(b).unwrap_or(&0.0)).abs();
+                let da = top1(&row.top, a) - top1(&row.top0, a);
+                let db = top1(&row.top, b) - top1(&row.top0, b);
                 da.total_cmp(&db)
             })
             .unwrap_or(0)
     });
     if v.position.is_none() {
         ui.label(
-            RichText::new("click a token to pick a position (showing the one that changed most)")
-                .weak(),
+            RichText::new(
+                "click a token to pick a position (showing the one whose top-1 probability rose most)",
+            )
+            .weak(),
         );
     }
     let target = row.ids.get(pos).copied();

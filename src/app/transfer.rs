@@ -32,6 +32,12 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
         ui.label("No evaluations yet.");
         return;
     };
+    // The latest evaluation at or before the cursor that scored the matrix (it is scored every
+    // --transfer-every examples and at phase boundaries).
+    let at = (0..=at)
+        .rev()
+        .find(|&i| !store.run.evals[i].transfer.is_empty())
+        .unwrap_or(at);
     let Some(delta) = store.transfer_delta(at) else {
         ui.label("This run has no transfer matrix. Record one with --transfer-prompts M (the default, 16; the train panel records it too).");
         return;
@@ -65,7 +71,7 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
         diag.get(at).copied().unwrap_or(f64::NAN),
         off.get(at).copied().unwrap_or(f64::NAN),
     );
-    let buckets = ui.available_width().max(100.0) as usize;
+    let buckets = (ui.available_width().max(100.0) / 2.0) as usize;
     let dline = decimate(&xs, diag, buckets);
     let oline = decimate(&xs, off, buckets);
     ui.label(

@@ -142,25 +142,44 @@ pub fn token_logps(logits: &Tensor, batch: &Batch) -> Result<(Tensor, Tensor)> {
 
 /// The paper's cheap diagnostics per row (PAPER.md §5), means over response positions of
 /// ‖A‖_F = sqrt(V‖π‖² + V − 2), ‖π − e_y‖ = sqrt(‖π‖² − 2π_y + 1) and energy 1 − π_y, where π
-/// is the next-token distribution and y the response token. Computed in f32 on detached logits.
+/// is the next-token distribution and y the response token. One pass over each response
+/// position's logits (f64 accumulation), rows in parallel; no graph.
 pub fn diagnostics(logits: &Tensor, batch: &Batch) -> Result<Vec<[f64; 3]>> {
+    use rayon::prelude::*;
     let logits = logits.to_dtype(DType::F32)?;
     let (b, t, v) = logits.dims3()?;
-    let probs = candle_nn::ops::softmax_last_dim(&logits)?;
-    let s2 = probs.sqr()?.sum(2)?; // [B, T]
-    let py = probs.gather(&batch.targets.unsqueeze(2)?, 2)?.squeeze(2)?; // [B, T]
+    let flat: Vec<f32> = logits.flatten_all()?.to_vec1()?;
+    let targets: Vec<u32> = batch.targets.flatten_all()?.to_vec1()?;
     let vf = v as f64;
-    let a = ((s2.clone() * vf)? + (vf - 2.0))?.relu()?.sqrt()?;
-    let g = ((s2 - (py.clone() * 2.0)?)? + 1.0)?.relu()?.sqrt()?;
-    let e = py.affine(-1.0, 1.0)?;
-    let mask = &batch.mask;
-    let sum = |x: Tensor| -> Result<Vec<f32>> { Ok((x * mask)?.sum(1)?.to_vec1::<f32>()?) };
-    let (a, g, e) = (sum(a)?, sum(g)?, sum(e)?);
-    let _ = t;
     Ok((0..b)
+        .into_par_iter()
         .map(|r| {
-            let n = batch.spans[r].1.max(1) as f64;
-            [a[r] as f64 / n, g[r] as f64 / n, e[r] as f64 / n]
+            let (start, n) = batch.spans[r];
+            let mut acc = [0f64; 3];
+            for p in start..start + n {
+                let z = &flat[(r * t + p) * v..(r * t + p + 1) * v];
+                let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                // f32 exponentials (the hot loop), summed in f32 lanes per chunk, f64 overall.
+                let (mut s1, mut s2) = (0f64, 0f64);
+                for ch in z.chunks(256) {
+                    let (mut a, mut b) = (0f32, 0f32);
+                    for &x in ch {
+                        let e = (x - max).exp();
+                        a += e;
+                        b += e * e;
+                    }
+                    s1 += f64::from(a);
+                    s2 += f64::from(b);
+                }
+                let y = targets[r * t + p] as usize;
+                let py = f64::from(z.get(y).copied().unwrap_or(f32::NEG_INFINITY) - max).exp() / s1;
+                let sq = s2 / (s1 * s1);
+                acc[0] += (vf * sq + vf - 2.0).max(0.0).sqrt();
+                acc[1] += (sq - 2.0 * py + 1.0).max(0.0).sqrt();
+                acc[2] += 1.0 - py;
+            }
+            let n = n.max(1) as f64;
+            [acc[0] / n, acc[1] / n, acc[2] / n]
         })
         .collect())
 }

@@ -120,7 +120,7 @@ impl ProbeRunner {
     }
 
     /// Scores every family of every probe at the model's current weights (no graph).
-    pub fn evaluate(&self, model: &Model) -> Result<Evaluation> {
+    pub fn evaluate(&self, model: &Model, transfer: bool) -> Result<Evaluation> {
         let nf = self.families.len();
         let mut logps = vec![Vec::with_capacity(self.probes.len()); nf];
         let mut traces = Vec::with_capacity(self.probes.len());
@@ -167,7 +167,11 @@ impl ProbeRunner {
             logps,
             traces,
             diag,
-            transfer: self.transfer_matrix(model)?,
+            transfer: if transfer {
+                self.transfer_matrix(model)?
+            } else {
+                Vec::new()
+            },
         })
     }
 }

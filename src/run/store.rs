@@ -87,6 +87,9 @@ pub enum XAxis {
     Epoch,
 }
 
+/// A cached metric series: (steps scanned, xs, ys).
+type MetricSeries = (usize, Vec<f64>, Vec<f64>);
+
 /// A run plus what the views derive from it.
 #[derive(Clone, Debug)]
 pub struct RunStore {
@@ -102,6 +105,8 @@ pub struct RunStore {
     cache: HashMap<SeriesKey, Stats>,
     /// Transfer matrix: per evaluation, mean diagonal and mean off-diagonal change since t = 0.
     transfer_cache: (Vec<f64>, Vec<f64>),
+    /// Metric series per (name, axis): (steps scanned, xs, ys).
+    metric_cache: HashMap<(String, XAxis), MetricSeries>,
 }
 
 /// Linear-interpolated quantile of sorted values (NaN when empty).
@@ -135,6 +140,7 @@ impl RunStore {
             samples: Vec::new(),
             cache: HashMap::new(),
             transfer_cache: (Vec::new(), Vec::new()),
+            metric_cache: HashMap::new(),
         }
     }
 
@@ -299,21 +305,26 @@ impl RunStore {
         (&self.transfer_cache.0, &self.transfer_cache.1)
     }
 
-    /// A TRL metric per optimizer step: (x, value), skipping steps that lack it.
-    pub fn metric(&self, name: &str, axis: XAxis) -> (Vec<f64>, Vec<f64>) {
-        let mut xs = Vec::new();
-        let mut ys = Vec::new();
-        for s in &self.run.steps {
+    /// A TRL metric per optimizer step: (x, value), skipping steps that lack it; cached and
+    /// extended as steps arrive.
+    pub fn metric(&mut self, name: &str, axis: XAxis) -> (&[f64], &[f64]) {
+        let steps = &self.run.steps;
+        let e = self
+            .metric_cache
+            .entry((name.to_string(), axis))
+            .or_insert_with(|| (0, Vec::new(), Vec::new()));
+        for s in &steps[e.0.min(steps.len())..] {
             if let Some(&v) = s.metrics.get(name) {
-                xs.push(match axis {
+                e.1.push(match axis {
                     XAxis::Step => s.step as f64,
                     XAxis::Examples => s.examples as f64,
                     XAxis::Epoch => s.epoch,
                 });
-                ys.push(v);
+                e.2.push(v);
             }
         }
-        (xs, ys)
+        e.0 = steps.len();
+        (&e.1, &e.2)
     }
 
     /// The metric names recorded in this run, in a stable order (loss first).
@@ -362,13 +373,15 @@ pub fn ema(values: &[f64], weight: f64) -> Vec<f64> {
         .collect()
 }
 
-/// Reduces a polyline to at most ~4 points per bucket (first, min, max, last, in x order) over
-/// `buckets` equal-width x buckets spanning the data; every local extreme survives, so spikes
-/// are never hidden. Non-finite y values are skipped. Inputs must be sorted by x.
+/// Reduces a polyline to at most 2 points per bucket — each bucket's minimum and maximum, in x
+/// order — over `buckets` equal-width x buckets spanning the data (plus the very first and last
+/// points); every local extreme survives, so spikes are never hidden. Non-finite y values are
+/// skipped. Inputs must be sorted by x. Short series come back unchanged.
 pub fn decimate(xs: &[f64], ys: &[f64], buckets: usize) -> Vec<[f64; 2]> {
     let n = xs.len().min(ys.len());
+    let buckets = buckets.max(1);
     let finite = |i: usize| ys[i].is_finite() && xs[i].is_finite();
-    if n <= 4 * buckets.max(1) {
+    if n <= 2 * buckets {
         return (0..n)
             .filter(|&i| finite(i))
             .map(|i| [xs[i], ys[i]])
@@ -376,31 +389,31 @@ pub fn decimate(xs: &[f64], ys: &[f64], buckets: usize) -> Vec<[f64; 2]> {
     }
     let (x0, x1) = (xs[0], xs[n - 1]);
     let width = (x1 - x0) / buckets as f64;
-    let mut out = Vec::with_capacity(4 * buckets + 4);
-    let mut i = 0usize;
-    while i < n {
-        let b = if width > 0.0 {
-            (((xs[i] - x0) / width) as usize).min(buckets - 1)
+    let bucket_of = |x: f64| {
+        if width > 0.0 {
+            (((x - x0) / width) as usize).min(buckets - 1)
         } else {
             0
-        };
-        let start = i;
+        }
+    };
+    let mut out = Vec::with_capacity(2 * buckets + 2);
+    let push = |out: &mut Vec<[f64; 2]>, j: usize| {
+        if out
+            .last()
+            .is_none_or(|p: &[f64; 2]| p[0] != xs[j] || p[1] != ys[j])
+        {
+            out.push([xs[j], ys[j]]);
+        }
+    };
+    if let Some(first) = (0..n).find(|&i| finite(i)) {
+        push(&mut out, first);
+    }
+    let mut i = 0usize;
+    while i < n {
+        let b = bucket_of(xs[i]);
         let (mut lo, mut hi) = (usize::MAX, usize::MAX);
-        let (mut first, mut last) = (usize::MAX, usize::MAX);
-        while i < n {
-            let bi = if width > 0.0 {
-                (((xs[i] - x0) / width) as usize).min(buckets - 1)
-            } else {
-                0
-            };
-            if bi != b && i > start {
-                break;
-            }
+        while i < n && bucket_of(xs[i]) == b {
             if finite(i) {
-                if first == usize::MAX {
-                    first = i;
-                }
-                last = i;
                 if lo == usize::MAX || ys[i] < ys[lo] {
                     lo = i;
                 }
@@ -410,18 +423,15 @@ pub fn decimate(xs: &[f64], ys: &[f64], buckets: usize) -> Vec<[f64; 2]> {
             }
             i += 1;
         }
-        if first == usize::MAX {
+        if lo == usize::MAX {
             continue;
         }
-        let mut idx = [first, lo, hi, last];
-        idx.sort_unstable();
-        let mut prev = usize::MAX;
-        for j in idx {
-            if j != prev {
-                out.push([xs[j], ys[j]]);
-                prev = j;
-            }
-        }
+        let (a, c) = if lo <= hi { (lo, hi) } else { (hi, lo) };
+        push(&mut out, a);
+        push(&mut out, c);
+    }
+    if let Some(last) = (0..n).rev().find(|&i| finite(i)) {
+        push(&mut out, last);
     }
     out
 }
@@ -495,12 +505,12 @@ mod tests {
         ys[12_345] = 50.0;
         ys[77_777] = -40.0;
         let d = decimate(&xs, &ys, 300);
-        assert!(d.len() <= 4 * 300 + 4, "{} points", d.len());
+        assert!(d.len() <= 2 * 300 + 2, "{} points", d.len());
         assert!(d.contains(&[12_345.0, 50.0]));
         assert!(d.contains(&[77_777.0, -40.0]));
         assert_eq!(d.first(), Some(&[0.0, 0.0]));
         assert_eq!(d.last(), Some(&[(n - 1) as f64, ys[n - 1]]));
-        assert!(d.windows(2).all(|w| w[0][0] < w[1][0]), "x order kept");
+        assert!(d.windows(2).all(|w| w[0][0] <= w[1][0]), "x order kept");
         // Few points: unchanged.
         assert_eq!(decimate(&xs[..10], &ys[..10], 300).len(), 10);
     }
@@ -516,6 +526,50 @@ mod tests {
         assert_eq!(el.iter().cloned().fold(f64::INFINITY, f64::min), -96.0);
         assert_eq!(eh.iter().cloned().fold(f64::NEG_INFINITY, f64::max), 88.0);
         assert_eq!(ex.last(), Some(&((n - 1) as f64)));
+    }
+
+    #[test]
+    fn transfer_means_are_changes_since_t0() {
+        let mut evs = crate::run::synth::events(
+            crate::run::synth::SynthSpec {
+                steps: 20,
+                eval_every: 10,
+                probes: 3,
+                tokens: 2,
+                top_k: 1,
+                vocab: 8,
+            },
+            1,
+        )
+        .unwrap();
+        let mut k = 0.0;
+        for ev in evs.iter_mut() {
+            if let Event::Eval(e) = ev {
+                // diagonal +k, off-diagonal +2k relative to a base matrix
+                e.transfer = (0..3)
+                    .map(|i| {
+                        (0..3)
+                            .map(|j| (i * 3 + j) as f64 + if i == j { k } else { 2.0 * k })
+                            .collect()
+                    })
+                    .collect();
+                k += 1.0;
+            }
+        }
+        let mut it = evs.into_iter();
+        let Some(Event::Header(h)) = it.next() else {
+            panic!("no header")
+        };
+        let mut st = RunStore::live("t".into(), None, *h);
+        for ev in it {
+            st.apply(ev);
+        }
+        let (d, o) = st.transfer_means();
+        assert_eq!(d, &[0.0, 1.0, 2.0]);
+        assert_eq!(o, &[0.0, 2.0, 4.0]);
+        let m = st.transfer_delta(2).unwrap();
+        assert_eq!(m[0][1], 4.0);
+        assert_eq!(m[1][1], 2.0);
     }
 
     #[test]

@@ -214,7 +214,11 @@ pub struct TrainConfig {
     /// response, for the first M probes, at every evaluation (0 = off).
     #[serde(default)]
     pub transfer_prompts: usize,
-    /// First-order influence every this many updates (0 = off; None = 25 for models up to 50M
+    /// The transfer matrix every this many examples (at evaluations; 0 = four times the
+    /// evaluation interval), and always at phase boundaries.
+    #[serde(default)]
+    pub transfer_every: usize,
+    /// First-order influence every this many updates (0 = off; None = 100 for models up to 50M
     /// parameters, off above).
     #[serde(default)]
     pub influence_every: Option<usize>,

@@ -50,7 +50,37 @@ pub fn flat_params(vars: &[Var]) -> Result<Vec<f32>> {
 }
 
 pub fn dot(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
+    multi_dot(a, &[b])[0]
+}
+
+/// ⟨a, b_k⟩ for every b_k in one parallel pass over `a` (f64 accumulation).
+pub fn multi_dot(a: &[f32], bs: &[&[f32]]) -> Vec<f64> {
+    use rayon::prelude::*;
+    const CH: usize = 1 << 14;
+    let n = bs.iter().map(|b| b.len()).fold(a.len(), usize::min);
+    (0..n.div_ceil(CH))
+        .into_par_iter()
+        .map(|c| {
+            let (lo, hi) = (c * CH, ((c + 1) * CH).min(n));
+            let x = &a[lo..hi];
+            bs.iter()
+                .map(|b| {
+                    x.iter()
+                        .zip(&b[lo..hi])
+                        .map(|(p, q)| *p as f64 * *q as f64)
+                        .sum::<f64>()
+                })
+                .collect::<Vec<f64>>()
+        })
+        .reduce(
+            || vec![0.0; bs.len()],
+            |mut acc, v| {
+                for (a, b) in acc.iter_mut().zip(v) {
+                    *a += b;
+                }
+                acc
+            },
+        )
 }
 
 pub fn norm(a: &[f32]) -> f64 {

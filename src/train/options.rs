@@ -45,6 +45,8 @@ pub struct TrainOptions {
     pub save_model: Option<String>,
     /// Transfer matrix over the first M probes (0 = off).
     pub transfer_prompts: usize,
+    /// Transfer matrix every N examples (0 = four times the evaluation interval).
+    pub transfer_every: usize,
     /// Influence every K updates (0 = off, None = automatic by model size).
     pub influence_every: Option<usize>,
     pub influence_probes: usize,
@@ -86,6 +88,7 @@ impl Default for TrainOptions {
             top_k: 5,
             save_model: None,
             transfer_prompts: 16,
+            transfer_every: 0,
             influence_every: None,
             influence_probes: 8,
             influence_families: super::config::influence_families(),
@@ -227,6 +230,7 @@ impl TrainOptions {
             sample_temperature: self.sample_temperature,
             save_model: self.save_model.clone(),
             transfer_prompts: self.transfer_prompts,
+            transfer_every: self.transfer_every,
             influence_every: self.influence_every,
             influence_probes: self.influence_probes,
             influence_families: self.influence_families.clone(),

@@ -270,6 +270,7 @@ impl Session {
             step: 0,
             examples: 0,
             last_eval: None,
+            last_transfer: None,
             paused: false,
         };
         let mut result = self.train_phases(&mut sink, rx, &mut state);
@@ -303,11 +304,28 @@ impl Session {
         examples as f64 / self.pairs.len().max(1) as f64
     }
 
-    fn evaluate(&self, sink: &mut Sink, st: &mut LoopState, phase: &str) -> Result<()> {
+    /// Scores the probes; the transfer matrix too when its interval has passed or at a phase
+    /// boundary (`boundary`).
+    fn evaluate(
+        &self,
+        sink: &mut Sink,
+        st: &mut LoopState,
+        phase: &str,
+        boundary: bool,
+    ) -> Result<()> {
         if st.last_eval == Some(st.step) {
             return Ok(());
         }
-        let ev: Evaluation = self.runner.evaluate(&self.model)?;
+        let every = match self.cfg.transfer_every {
+            0 => 4 * self.cfg.eval_every,
+            n => n,
+        };
+        let transfer = boundary || st.last_transfer.is_none_or(|l| st.examples >= l + every);
+        let mut ev: Evaluation = self.runner.evaluate(&self.model, transfer)?;
+        if transfer && !ev.transfer.is_empty() {
+            st.last_transfer = Some(st.examples);
+        }
+        let ev_transfer = std::mem::take(&mut ev.transfer);
         let mut vocab = BTreeMap::new();
         for t in &ev.traces {
             for id in t.argmax.ids.iter().chain(
@@ -345,7 +363,7 @@ impl Session {
             logps,
             tokens: ev.traces,
             diag,
-            transfer: ev.transfer,
+            transfer: ev_transfer,
         })))?;
         st.last_eval = Some(st.step);
         Ok(())
@@ -379,7 +397,7 @@ impl Session {
                 step: st.step,
                 examples: st.examples,
             })?;
-            self.evaluate(sink, st, &phase.name)?;
+            self.evaluate(sink, st, &phase.name, true)?;
             let mut reference = if phase.algo.needs_reference() {
                 let seqs: Vec<Seq> = self
                     .pairs
@@ -403,7 +421,7 @@ impl Session {
             let mut opt = Optimizer::new(phase.optim.clone(), self.model.params.len());
             for s in 0..steps {
                 if !self.obey(rx, sink, st)? {
-                    self.evaluate(sink, st, &phase.name)?;
+                    self.evaluate(sink, st, &phase.name, true)?;
                     return Ok(false);
                 }
                 let t0 = Instant::now();
@@ -466,10 +484,10 @@ impl Session {
                     sink.emit(Event::Influence(Box::new(rec)))?;
                 }
                 if st.examples / self.cfg.eval_every > before / self.cfg.eval_every {
-                    self.evaluate(sink, st, &phase.name)?;
+                    self.evaluate(sink, st, &phase.name, false)?;
                 }
             }
-            self.evaluate(sink, st, &phase.name)?;
+            self.evaluate(sink, st, &phase.name, true)?;
         }
         Ok(true)
     }
@@ -585,7 +603,7 @@ impl Session {
     fn influence_every(&self) -> usize {
         match self.cfg.influence_every {
             Some(k) => k,
-            None if self.model.n_params() <= 50_000_000 => 25,
+            None if self.model.n_params() <= 50_000_000 => 100,
             None => 0,
         }
     }
@@ -629,9 +647,7 @@ impl Session {
         lr: f64,
         step: usize,
     ) -> Result<(BTreeMap<String, f64>, InfluenceRecord)> {
-        use super::influence::{
-            dot, dot_scaled, flat_params, grad_of, norm, observed_logp, same_len,
-        };
+        use super::influence::{flat_params, grad_of, multi_dot, norm, observed_logp, same_len};
         let t0 = Instant::now();
         let m = &self.model;
         let vars = m.params.vars();
@@ -676,22 +692,39 @@ impl Session {
         let mut predicted = Vec::with_capacity(observed.len());
         let mut contributions = Vec::with_capacity(observed.len());
         let mut cosine = Vec::with_capacity(observed.len());
+        // c ⊙ ∇L_u once, then one fused pass per observed gradient over every vector it meets.
+        let scaled: Vec<Vec<f32>> = g_loss
+            .iter()
+            .map(|gl| match &scale {
+                Some(c) => gl.iter().zip(c).map(|(g, c)| g * c).collect(),
+                None => gl.clone(),
+            })
+            .collect();
+        drop(g_loss);
+        let fu_norms: Vec<f64> = g_fu.iter().map(|g| norm(g)).collect();
+        let nb = idx.len();
         let result: Result<()> = (|| {
             for (_, seq, argmax) in &observed {
                 let f = observed_logp(m, seq, *argmax, true)?;
                 f0.push(f.to_scalar::<f32>()? as f64);
                 let g = grad_of(m, &f)?;
-                predicted.push(dot(&g, &delta));
+                let mut targets: Vec<&[f32]> = vec![&delta, &g];
+                targets.extend(scaled.iter().map(|v| v.as_slice()));
+                targets.extend(g_fu.iter().map(|v| v.as_slice()));
+                let d = multi_dot(&g, &targets);
+                predicted.push(d[0]);
+                let ng = d[1].max(0.0).sqrt();
                 contributions.push(
-                    g_loss
+                    d[2..2 + nb]
                         .iter()
-                        .map(|gl| -(lr * kappa / b) * dot_scaled(&g, scale.as_deref(), gl))
+                        .map(|x| -(lr * kappa / b) * x)
                         .collect::<Vec<f64>>(),
                 );
-                let ng = norm(&g);
                 cosine.push(
-                    g_fu.iter()
-                        .map(|gu| dot(&g, gu) / (ng * norm(gu)).max(1e-30))
+                    d[2 + nb..]
+                        .iter()
+                        .zip(&fu_norms)
+                        .map(|(x, nu)| x / (ng * nu).max(1e-30))
                         .collect::<Vec<f64>>(),
                 );
             }
@@ -820,6 +853,8 @@ struct LoopState {
     step: usize,
     examples: usize,
     last_eval: Option<usize>,
+    /// Examples seen at the last transfer-matrix evaluation.
+    last_transfer: Option<usize>,
     paused: bool,
 }
 
