@@ -357,3 +357,73 @@ fn playground_shows_the_valley_and_peak_cases() {
     h.step();
     assert!(label_contains(&h, "sum to"));
 }
+
+#[test]
+fn pause_step_resume_stop_from_the_train_panel() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut app = LdvizApp::new(&Launch::default());
+    app.setup.options.algo = ldviz::train::Algo::Sft;
+    app.setup.options.steps = Some(400);
+    app.setup.options.eval_every = 100_000;
+    app.setup.options.probes = "2".into();
+    app.setup.options.transfer_prompts = 0;
+    app.setup.options.influence_every = Some(0);
+    app.setup.out_dir = dir.path().display().to_string();
+    let mut h = harness(app);
+    h.step();
+    h.get_by_label("▶ Start").click();
+    step_until(&mut h, 120, |a| {
+        a.active_run().is_some_and(|r| !r.run.steps.is_empty())
+    });
+    h.get_by_label("Pause").click();
+    step_until(&mut h, 60, |a| a.active_run().is_some_and(|r| r.paused));
+    // Paused: the step count stays put; Step applies exactly one update.
+    std::thread::sleep(Duration::from_millis(300));
+    h.step();
+    let n = h.state().active_run().unwrap().run.steps.len();
+    std::thread::sleep(Duration::from_millis(300));
+    h.step();
+    assert_eq!(h.state().active_run().unwrap().run.steps.len(), n);
+    h.get_by_label("Step").click();
+    step_until(&mut h, 60, |a| {
+        a.active_run().is_some_and(|r| r.run.steps.len() == n + 1)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    h.step();
+    assert_eq!(h.state().active_run().unwrap().run.steps.len(), n + 1);
+    h.get_by_label("Resume").click();
+    step_until(&mut h, 60, |a| {
+        a.active_run().is_some_and(|r| r.run.steps.len() > n + 3)
+    });
+    h.get_by_label("■ Stop").click();
+    step_until(&mut h, 60, |a| a.active_run().is_some_and(|r| r.ended()));
+    let store = h.state().active_run().unwrap();
+    let (reason, _, _) = store.run.end.clone().unwrap();
+    assert_eq!(reason, ldviz::run::EndReason::Stopped);
+    assert!(store.run.steps.len() < 400);
+    // Stop keeps the run: the file has every step and the end record.
+    let file = ldviz::run::read_run(store.path.as_ref().unwrap()).unwrap();
+    assert_eq!(file.steps.len(), store.run.steps.len());
+    assert_eq!(file.end.unwrap().0, ldviz::run::EndReason::Stopped);
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+}
+
+#[test]
+fn settings_persist_between_launches() {
+    let mut app = LdvizApp::new(&Launch {
+        runs: vec![sample("sft")],
+        ..Launch::default()
+    });
+    app.setup.options.algo = ldviz::train::Algo::Ipo;
+    app.setup.lr = "3e-4".into();
+    app.curves.settings.smoothing = 0.6;
+    app.tab = Tab::Tokens;
+    let saved = serde_json::to_string(&app.to_persisted()).unwrap();
+    let restored: ldviz::app::Persisted = serde_json::from_str(&saved).unwrap();
+    assert_eq!(restored.recent_runs, vec![sample("sft")]);
+    let again = LdvizApp::with_persisted(&Launch::default(), restored);
+    assert_eq!(again.setup.options.algo, ldviz::train::Algo::Ipo);
+    assert_eq!(again.setup.lr.parse::<f64>().unwrap(), 3e-4);
+    assert_eq!(again.curves.settings.smoothing, 0.6);
+    assert_eq!(again.tab, Tab::Tokens);
+}

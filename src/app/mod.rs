@@ -686,7 +686,7 @@ impl LdvizApp {
     /// The settings to persist.
     pub fn to_persisted(&self) -> Persisted {
         let mut p = self.persisted.clone();
-        p.setup = Some(self.setup.options.clone());
+        p.setup = Some(self.setup.options_for_saving());
         p.out_dir = Some(self.setup.out_dir.clone());
         p.curves = Some(self.curves.settings.clone());
         p.tab = Some(self.tab);

@@ -65,6 +65,22 @@ impl SetupView {
         Ok(self.options.clone())
     }
 
+    /// The options with the text fields as far as they parse (for saving between launches).
+    pub fn options_for_saving(&self) -> TrainOptions {
+        let mut o = self.options.clone();
+        let num = |t: &str| {
+            t.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|v| *v > 0.0 && v.is_finite())
+        };
+        o.lr = num(&self.lr);
+        o.sft_lr = num(&self.sft_lr);
+        o.epochs = num(&self.epochs);
+        o.sft_epochs = num(&self.sft_epochs);
+        o
+    }
+
     /// A fresh run file path in the output folder (created if needed).
     pub fn next_out_path(&self, algo: Algo) -> Result<PathBuf> {
         let dir = PathBuf::from(self.out_dir.trim());

@@ -81,11 +81,11 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
         .strong(),
     );
     let scale = delta.iter().flatten().fold(0.5f64, |a, v| a.max(v.abs()));
-    ui.horizontal(|ui| {
+    let side = (ui.available_height() - 80.0)
+        .min(ui.available_width() * 0.45)
+        .max(160.0);
+    ui.horizontal_top(|ui| {
         // Heatmap.
-        let side = (ui.available_height() - 40.0)
-            .min(ui.available_width() * 0.5)
-            .max(120.0);
         let cell = side / m as f32;
         ui.vertical(|ui| {
             ui.label(format!(
