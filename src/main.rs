@@ -305,6 +305,9 @@ struct ExportArgs {
     x: XArg,
     #[arg(long, value_enum, default_value = "iqr")]
     band: BandArg,
+    /// Plot a diagnostic of PAPER.md §5 instead of the summed log-prob.
+    #[arg(long, value_enum, default_value = "logprob")]
+    quantity: QuantityArg,
     /// Comma-separated family keys [default: all of the run's].
     #[arg(long)]
     families: Option<String>,
@@ -334,6 +337,19 @@ enum BandArg {
     None,
     Minmax,
     Iqr,
+}
+
+/// What the family plot shows per probe.
+#[derive(Clone, Copy, ValueEnum)]
+enum QuantityArg {
+    /// Summed log-prob.
+    Logprob,
+    /// ‖A‖_F = sqrt(V‖π‖² + V − 2), mean over response positions.
+    ANorm,
+    /// ‖π − e_y‖, mean over response positions.
+    GNorm,
+    /// 1 − π(y), mean over response positions.
+    Energy,
 }
 
 #[derive(Args)]
@@ -643,6 +659,12 @@ fn export(a: ExportArgs) -> Result<()> {
             XArg::Step => XMode::Step,
             XArg::Examples => XMode::Examples,
             XArg::Epoch => XMode::Epoch,
+        },
+        quantity: match a.quantity {
+            QuantityArg::Logprob => ldviz::run::Quantity::LogProb,
+            QuantityArg::ANorm => ldviz::run::Quantity::ANorm,
+            QuantityArg::GNorm => ldviz::run::Quantity::GNorm,
+            QuantityArg::Energy => ldviz::run::Quantity::Energy,
         },
         band: match a.band {
             BandArg::None => Band::None,

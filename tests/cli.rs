@@ -614,3 +614,16 @@ fn transfer_matrix_and_diagnostics_agree_with_the_probe_scores() {
     let diag: f64 = (0..4).map(|i| d(i, i)).sum::<f64>() / 4.0;
     assert!(diag > 0.0, "own answers rose: {diag}");
 }
+
+#[test]
+fn export_plots_a_diagnostic() {
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("energy.svg");
+    let run = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sample_runs/dpo_offpolicy.jsonl");
+    ok(&["export", p(&run), "--quantity", "energy", "--svg", p(&svg)]);
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.contains("Δ energy 1 − π(y)"), "axis label missing");
+    // argmax has no diagnostics: it is not drawn.
+    assert!(!text.contains("argmax (argmax)"));
+    assert!(text.contains("rejected (rejected-like)"));
+}

@@ -58,6 +58,7 @@ pub fn plot_options(
         },
         probe,
         cursor,
+        quantity: s.quantity,
         ..PlotOptions::default()
     }
 }

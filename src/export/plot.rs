@@ -10,6 +10,7 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use crate::data::{Family, FamilyGroup};
+use crate::run::Quantity;
 use crate::run::Run;
 use crate::run::store::quantile;
 
@@ -88,6 +89,7 @@ pub fn family_curves(
     x: XMode,
     band: Band,
     probe: Option<usize>,
+    quantity: Quantity,
 ) -> Vec<FamilyCurve> {
     let fams: Vec<Family> = if families.is_empty() {
         run.header.families.clone()
@@ -96,11 +98,12 @@ pub fn family_curves(
     };
     let mut out = Vec::new();
     for f in fams {
-        let first = run.evals.iter().find_map(|e| e.logps.get(&f));
+        let first = run.evals.iter().find_map(|e| quantity.values(e, f));
         let Some(first) = first else { continue };
+        let first = &first;
         let mut points = Vec::new();
         for e in &run.evals {
-            let Some(vals) = e.logps.get(&f) else {
+            let Some(vals) = quantity.values(e, f) else {
                 continue;
             };
             let mut v: Vec<f64> = vals
@@ -145,6 +148,8 @@ pub struct PlotOptions {
     pub x: XMode,
     pub band: Band,
     pub probe: Option<usize>,
+    /// Summed log-prob or one of PAPER.md §5's diagnostics.
+    pub quantity: Quantity,
     /// A vertical cursor line at this x.
     pub cursor: Option<f64>,
     pub width: u32,
@@ -160,6 +165,7 @@ impl Default for PlotOptions {
             x: XMode::Step,
             band: Band::Interquartile,
             probe: None,
+            quantity: Quantity::LogProb,
             cursor: None,
             width: 1200,
             height: 700,
@@ -203,7 +209,7 @@ where
     root.fill(&WHITE).map_err(err)?;
     let mut drawn: Vec<Drawn> = Vec::new();
     if runs.len() == 1 {
-        for c in family_curves(run, &o.families, o.y, o.x, o.band, o.probe) {
+        for c in family_curves(run, &o.families, o.y, o.x, o.band, o.probe, o.quantity) {
             let width = if matches!(c.family, Family::Chosen | Family::Rejected | Family::Argmax) {
                 3
             } else {
@@ -219,7 +225,7 @@ where
     } else {
         let fam = o.families.first().copied().unwrap_or(Family::Chosen);
         for (k, (name, r)) in runs.iter().enumerate() {
-            for c in family_curves(r, &[fam], o.y, o.x, o.band, o.probe) {
+            for c in family_curves(r, &[fam], o.y, o.x, o.band, o.probe, o.quantity) {
                 drawn.push(Drawn {
                     label: format!("{name} · {}", fam.key()),
                     color: RUN_COLORS[k % RUN_COLORS.len()],
@@ -254,27 +260,29 @@ where
         y1 = y0 + 1.0;
     }
     let pad = 0.05 * (y1 - y0);
+    let (what_title, what_axis) = match (o.quantity, o.y) {
+        (Quantity::LogProb, YMode::Delta) => (
+            "mean Δ log-prob since step 0".to_string(),
+            "Δ summed log-prob".to_string(),
+        ),
+        (Quantity::LogProb, YMode::Absolute) => (
+            "mean summed log-prob".to_string(),
+            "summed log-prob".to_string(),
+        ),
+        (q, YMode::Delta) => (
+            format!("mean Δ {} since step 0", q.label()),
+            format!("Δ {}", q.label()),
+        ),
+        (q, YMode::Absolute) => (format!("mean {}", q.label()), q.label().to_string()),
+    };
     let title = o.title.clone().unwrap_or_else(|| {
         if runs.len() > 1 {
             let fam = o.families.first().copied().unwrap_or(Family::Chosen);
-            return format!(
-                "{} across {} runs — {}",
-                fam.key(),
-                runs.len(),
-                match o.y {
-                    YMode::Delta => "mean Δ log-prob since step 0",
-                    YMode::Absolute => "mean summed log-prob",
-                }
-            );
+            return format!("{} across {} runs — {what_title}", fam.key(), runs.len(),);
         }
         format!(
-            "{} on {} — {}",
-            run.header.config.algo,
-            run.header.model.arch,
-            match o.y {
-                YMode::Delta => "mean Δ log-prob since step 0",
-                YMode::Absolute => "mean summed log-prob",
-            }
+            "{} on {} — {what_title}",
+            run.header.config.algo, run.header.model.arch,
         )
     });
     let mut chart = ChartBuilder::on(root)
@@ -291,10 +299,7 @@ where
             XMode::Examples => "examples",
             XMode::Epoch => "epoch",
         })
-        .y_desc(match o.y {
-            YMode::Delta => "Δ summed log-prob",
-            YMode::Absolute => "summed log-prob",
-        })
+        .y_desc(what_axis)
         .label_style(("sans-serif", 14))
         .draw()
         .map_err(err)?;
