@@ -127,3 +127,72 @@ pub fn train_step(steps: usize) -> Result<BenchResult> {
         params,
     })
 }
+
+/// The machine's measured f32 matmul rate: a 2048 × 2048 × 2048 product through candle's CPU
+/// matmul (the gemm crate, all threads), median of 7 after 2 warm-ups, in GFLOP/s.
+pub fn matmul_peak() -> Result<f64> {
+    let n = 2048usize;
+    let a = Tensor::randn(0f32, 1.0, (n, n), &Device::Cpu)?;
+    let b = Tensor::randn(0f32, 1.0, (n, n), &Device::Cpu)?;
+    let mut times = Vec::new();
+    for i in 0..9 {
+        let t0 = Instant::now();
+        let c = a.matmul(&b)?;
+        // Touch the result so the product is not skipped.
+        let _ = c.get(0)?.get(0)?.to_scalar::<f32>()?;
+        if i >= 2 {
+            times.push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let s = median(&mut times);
+    Ok(2.0 * (n as f64).powi(3) / s / 1e9)
+}
+
+/// Peak resident set size of this process so far, in MiB (Linux: VmHWM of /proc/self/status;
+/// None elsewhere).
+pub fn peak_rss_mib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// `ldviz bench --load`: the time to load a run file into a `RunStore`.
+#[derive(Clone, Debug, Serialize)]
+pub struct LoadReport {
+    pub steps: usize,
+    pub evaluations: usize,
+    pub families: usize,
+    pub probes: usize,
+    pub file_mib: f64,
+    /// Median of 3 loads (page cache warm), seconds.
+    pub load_s: f64,
+}
+
+/// Writes the synthetic run of `spec` to `path`, loads it 3 times, removes it.
+pub fn load_run(spec: crate::run::synth::SynthSpec, path: &std::path::Path) -> Result<LoadReport> {
+    crate::run::synth::write(path, spec, 3)?;
+    let size = std::fs::metadata(path)?.len() as f64 / (1024.0 * 1024.0);
+    let mut times = Vec::new();
+    let mut shape = (0, 0, 0);
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        let store = crate::run::RunStore::open(path)?;
+        times.push(t0.elapsed().as_secs_f64());
+        shape = (
+            store.n_evals(),
+            store.run.header.families.len(),
+            store.n_probes(),
+        );
+        drop(store);
+    }
+    let _ = std::fs::remove_file(path);
+    Ok(LoadReport {
+        steps: spec.steps,
+        evaluations: shape.0,
+        families: shape.1,
+        probes: shape.2,
+        file_mib: size,
+        load_s: median(&mut times),
+    })
+}

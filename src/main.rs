@@ -384,6 +384,13 @@ struct BenchArgs {
     /// With --frame: steps between evaluations of the synthetic run.
     #[arg(long, default_value_t = 10)]
     eval_every: usize,
+    /// Also measure the f32 matmul peak (2048³) and report the step's share of it.
+    #[arg(long)]
+    peak: bool,
+    /// Instead: write a synthetic 10,000-step run (13 families x 64 probes, per-token data,
+    /// an evaluation every --eval-every steps) and time loading it into the app's store.
+    #[arg(long)]
+    load: bool,
 }
 
 /// Every option defaults to the recipe of the shipped assets/model
@@ -692,14 +699,55 @@ fn bench(a: BenchArgs) -> Result<()> {
     if a.frame {
         return bench_frame(&a);
     }
+    if a.load {
+        let spec = ldviz::run::synth::SynthSpec {
+            eval_every: a.eval_every.max(1),
+            ..Default::default()
+        };
+        let path =
+            std::env::temp_dir().join(format!("ldviz-bench-load-{}.jsonl", std::process::id()));
+        let r = ldviz::bench::load_run(spec, &path)?;
+        if a.json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            println!(
+                "load a {}-step run ({} evaluations x {} families x {} probes, per-token data): {:.1} MiB, {:.3} s (median of 3)",
+                r.steps, r.evaluations, r.families, r.probes, r.file_mib, r.load_s
+            );
+        }
+        return Ok(());
+    }
     let r = ldviz::bench::train_step(a.steps.max(1))?;
+    let peak = if a.peak {
+        Some(ldviz::bench::matmul_peak()?)
+    } else {
+        None
+    };
+    let rss = ldviz::bench::peak_rss_mib();
     if a.json {
-        println!("{}", serde_json::to_string(&r)?);
+        let mut v = serde_json::to_value(&r)?;
+        if let Some(p) = peak {
+            v["peak_gflops"] = serde_json::json!(p);
+            v["utilization"] = serde_json::json!(r.gflops / p);
+        }
+        if let Some(m) = rss {
+            v["peak_rss_mib"] = serde_json::json!(m);
+        }
+        println!("{v}");
     } else {
         println!(
             "llama 8x256 (vocab 8192), batch 8x64, AdamW, f32: step {:.1} ms (forward {:.1}, backward {:.1}, optimizer {:.1}), {:.0} tokens/s, {:.1} GFLOP/s",
             r.step_ms, r.forward_ms, r.backward_ms, r.optimizer_ms, r.tokens_per_s, r.gflops
         );
+        if let Some(p) = peak {
+            println!(
+                "f32 matmul peak (2048^3): {p:.1} GFLOP/s; the step achieves {:.0}% of it",
+                100.0 * r.gflops / p
+            );
+        }
+        if let Some(m) = rss {
+            println!("peak RSS: {m:.0} MiB");
+        }
     }
     Ok(())
 }

@@ -115,6 +115,128 @@ pub struct StepRecord {
     pub wall_ms: f64,
 }
 
+/// The per-token traces of an evaluation. Read from a run file they stay raw JSON until first
+/// used (parsing them is most of the cost of loading a run); built in memory they are parsed
+/// already. Derefs to the slice of traces; raw text that does not parse reads as empty.
+#[derive(Default)]
+pub struct Traces {
+    raw: Option<Box<serde_json::value::RawValue>>,
+    parsed: std::sync::OnceLock<Vec<ProbeTrace>>,
+}
+
+impl Traces {
+    pub fn new(v: Vec<ProbeTrace>) -> Traces {
+        let parsed = std::sync::OnceLock::new();
+        let _ = parsed.set(v);
+        Traces { raw: None, parsed }
+    }
+
+    /// The traces, parsing the raw text on first use.
+    pub fn get_all(&self) -> &[ProbeTrace] {
+        self.parsed.get_or_init(|| {
+            self.raw
+                .as_ref()
+                .and_then(|r| serde_json::from_str(r.get()).ok())
+                .unwrap_or_default()
+        })
+    }
+}
+
+impl From<Vec<ProbeTrace>> for Traces {
+    fn from(v: Vec<ProbeTrace>) -> Traces {
+        Traces::new(v)
+    }
+}
+
+impl std::ops::Deref for Traces {
+    type Target = [ProbeTrace];
+    fn deref(&self) -> &[ProbeTrace] {
+        self.get_all()
+    }
+}
+
+impl Clone for Traces {
+    fn clone(&self) -> Traces {
+        match self.parsed.get() {
+            Some(v) => Traces::new(v.clone()),
+            None => Traces {
+                raw: self.raw.clone(),
+                parsed: std::sync::OnceLock::new(),
+            },
+        }
+    }
+}
+
+impl PartialEq for Traces {
+    fn eq(&self, other: &Traces) -> bool {
+        self.get_all() == other.get_all()
+    }
+}
+
+impl std::fmt::Debug for Traces {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.parsed.get() {
+            Some(v) => write!(f, "Traces({} probes)", v.len()),
+            None => write!(f, "Traces(raw)"),
+        }
+    }
+}
+
+impl Serialize for Traces {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match (self.parsed.get(), &self.raw) {
+            (Some(v), _) => v.serialize(s),
+            (None, Some(r)) => r.serialize(s),
+            (None, None) => Vec::<ProbeTrace>::new().serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Traces {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Traces, D::Error> {
+        // Raw text when the deserializer supports it (serde_json reading a record directly);
+        // inside buffered contexts (the tagged Event enum) it falls back to parsing.
+        let v = serde_json::Value::deserialize(d)?;
+        let traces: Vec<ProbeTrace> =
+            serde_json::from_value(v).map_err(serde::de::Error::custom)?;
+        Ok(Traces::new(traces))
+    }
+}
+
+/// An evaluation record read straight from a run-file line (not through the tagged [`Event`]
+/// enum, whose buffering would parse everything): the per-token traces stay raw.
+#[derive(Deserialize)]
+pub struct EvalLine {
+    pub step: usize,
+    pub examples: usize,
+    pub epoch: f64,
+    pub phase: String,
+    pub logps: BTreeMap<Family, Vec<f64>>,
+    pub tokens: Box<serde_json::value::RawValue>,
+    #[serde(default)]
+    pub diag: BTreeMap<Family, Vec<[f64; 3]>>,
+    #[serde(default)]
+    pub transfer: Vec<Vec<f64>>,
+}
+
+impl From<EvalLine> for EvalRecord {
+    fn from(l: EvalLine) -> EvalRecord {
+        EvalRecord {
+            step: l.step,
+            examples: l.examples,
+            epoch: l.epoch,
+            phase: l.phase,
+            logps: l.logps,
+            tokens: Traces {
+                raw: Some(l.tokens),
+                parsed: std::sync::OnceLock::new(),
+            },
+            diag: l.diag,
+            transfer: l.transfer,
+        }
+    }
+}
+
 /// One probe evaluation.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EvalRecord {
@@ -124,8 +246,9 @@ pub struct EvalRecord {
     pub phase: String,
     /// Summed log-prob per family, one value per probe (header order).
     pub logps: BTreeMap<Family, Vec<f64>>,
-    /// Per-token traces of chosen, rejected and argmax, one per probe (header order).
-    pub tokens: Vec<ProbeTrace>,
+    /// Per-token traces of chosen, rejected and argmax, one per probe (header order). Loaded
+    /// lazily from run files (they are most of a file's bytes).
+    pub tokens: Traces,
     /// PAPER.md §5 diagnostics per family (argmax excluded), one [‖A‖_F, ‖π − e_y‖, energy]
     /// per probe: means over response positions. Absent in runs recorded before they existed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

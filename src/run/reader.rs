@@ -2,13 +2,12 @@
 //! killed writer) is skipped and reported, anything else malformed is an error naming the line.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
 
 use super::event::{
-    EndReason, EvalRecord, Event, FORMAT, InfluenceRecord, RunHeader, StepRecord, VERSION,
+    EndReason, EvalLine, EvalRecord, Event, FORMAT, InfluenceRecord, RunHeader, StepRecord, VERSION,
 };
 use crate::data::Family;
 use crate::train::config::Algo;
@@ -91,38 +90,56 @@ impl Run {
     }
 }
 
-/// Loads a run file.
+/// Parses one line: evaluation records directly (their per-token traces stay raw until used),
+/// everything else through the tagged [`Event`] enum.
+fn parse_line(text: &str) -> std::result::Result<Event, String> {
+    if text.starts_with("{\"type\":\"eval\"") {
+        let l: EvalLine = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        return Ok(Event::Eval(Box::new(l.into())));
+    }
+    serde_json::from_str(text).map_err(|e| e.to_string())
+}
+
+/// Loads a run file. Lines are parsed in parallel, then applied in order.
 pub fn read_run(path: &Path) -> Result<Run> {
-    let f = std::fs::File::open(path)
-        .with_context(|| format!("{}: cannot open run file", path.display()))?;
-    let mut reader = BufReader::new(f);
-    let mut run: Option<Run> = None;
-    let mut line_no = 0usize;
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        let n = reader
-            .read_until(b'\n', &mut buf)
-            .with_context(|| format!("{}: read error", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        line_no += 1;
-        let complete = buf.last() == Some(&b'\n');
-        let text = match std::str::from_utf8(&buf) {
-            Ok(t) => t.trim(),
-            Err(_) if !complete => {
-                if let Some(r) = run.as_mut() {
-                    r.truncated = true;
-                }
-                break;
+    use rayon::prelude::*;
+    let bytes =
+        std::fs::read(path).with_context(|| format!("{}: cannot open run file", path.display()))?;
+    // Line slices (1-based line numbers); the last may lack its newline (a killed writer).
+    let mut lines: Vec<(usize, &[u8], bool)> = Vec::new();
+    let mut start = 0usize;
+    let mut no = 0usize;
+    while start < bytes.len() {
+        no += 1;
+        match bytes[start..].iter().position(|&c| c == b'\n') {
+            Some(k) => {
+                lines.push((no, &bytes[start..start + k], true));
+                start += k + 1;
             }
-            Err(_) => bail!("{}:{line_no}: not UTF-8", path.display()),
-        };
-        if text.is_empty() {
-            continue;
+            None => {
+                lines.push((no, &bytes[start..], false));
+                start = bytes.len();
+            }
         }
-        let ev: Event = match serde_json::from_str(text) {
+    }
+    let parsed: Vec<(usize, bool, Option<std::result::Result<Event, String>>)> = lines
+        .par_iter()
+        .map(|&(no, line, complete)| {
+            let text = match std::str::from_utf8(line) {
+                Ok(t) => t.trim(),
+                Err(_) => return (no, complete, Some(Err("not UTF-8".to_string()))),
+            };
+            if text.is_empty() {
+                return (no, complete, None);
+            }
+            (no, complete, Some(parse_line(text)))
+        })
+        .collect();
+    drop(lines);
+    let mut run: Option<Run> = None;
+    for (line_no, complete, ev) in parsed {
+        let Some(ev) = ev else { continue };
+        let ev = match ev {
             Ok(ev) => ev,
             Err(_) if !complete => {
                 // A record cut by a killed writer: keep everything before it.
@@ -131,6 +148,7 @@ pub fn read_run(path: &Path) -> Result<Run> {
                 }
                 break;
             }
+            Err(e) if e == "not UTF-8" => bail!("{}:{line_no}: not UTF-8", path.display()),
             Err(e) => bail!("{}:{line_no}: not a valid run record: {e}", path.display()),
         };
         match (&mut run, ev) {

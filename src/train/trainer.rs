@@ -361,7 +361,7 @@ impl Session {
             epoch: self.epoch(st.examples),
             phase: phase.to_string(),
             logps,
-            tokens: ev.traces,
+            tokens: ev.traces.into(),
             diag,
             transfer: ev_transfer,
         })))?;
