@@ -122,7 +122,9 @@ pub fn read_run(path: &Path) -> Result<Run> {
             }
         }
     }
-    let parsed: Vec<(usize, bool, Option<std::result::Result<Event, String>>)> = lines
+    // (line number, complete, parsed record; None for a blank line)
+    type Parsed = (usize, bool, Option<std::result::Result<Event, String>>);
+    let parsed: Vec<Parsed> = lines
         .par_iter()
         .map(|&(no, line, complete)| {
             let text = match std::str::from_utf8(line) {
