@@ -173,6 +173,16 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
     let e = &store.run.evals[at];
     let info = &store.run.header.probes[v.probe];
     ui.label(RichText::new(format!("prompt: {}", info.prompt)).weak());
+    if let Some(err) = store.run.evals[at].tokens.parse_error() {
+        ui.colored_label(
+            Color32::from_rgb(200, 40, 40),
+            format!(
+                "error: evaluation at step {}: {err}",
+                store.run.evals[at].step
+            ),
+        );
+        return;
+    }
     let Some(row) = token_row(store, v.probe, v.family, at) else {
         ui.label(
             "No per-token data for this probe (the run records it for chosen, rejected and y*).",

@@ -115,30 +115,49 @@ pub struct StepRecord {
     pub wall_ms: f64,
 }
 
-/// The per-token traces of an evaluation. Read from a run file they stay raw JSON until first
-/// used (parsing them is most of the cost of loading a run); built in memory they are parsed
-/// already. Derefs to the slice of traces; raw text that does not parse reads as empty.
+/// The per-token traces of an evaluation. Read from a run file they stay raw JSON text until
+/// first used (parsing them is most of the cost of loading a run); built in memory they are
+/// parsed already. Derefs to the slice of traces; text that does not parse reads as empty and
+/// [`Traces::parse_error`] says why.
 #[derive(Default)]
 pub struct Traces {
-    raw: Option<Box<serde_json::value::RawValue>>,
-    parsed: std::sync::OnceLock<Vec<ProbeTrace>>,
+    raw: Option<Box<str>>,
+    parsed: std::sync::OnceLock<(Vec<ProbeTrace>, Option<String>)>,
 }
 
 impl Traces {
     pub fn new(v: Vec<ProbeTrace>) -> Traces {
         let parsed = std::sync::OnceLock::new();
-        let _ = parsed.set(v);
+        let _ = parsed.set((v, None));
         Traces { raw: None, parsed }
+    }
+
+    /// Raw JSON text, parsed on first use.
+    pub fn raw(text: &str) -> Traces {
+        Traces {
+            raw: Some(text.into()),
+            parsed: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn parsed(&self) -> &(Vec<ProbeTrace>, Option<String>) {
+        self.parsed.get_or_init(|| match &self.raw {
+            None => (Vec::new(), None),
+            Some(r) => match serde_json::from_str(r) {
+                Ok(v) => (v, None),
+                Err(e) => (Vec::new(), Some(format!("per-token data: {e}"))),
+            },
+        })
     }
 
     /// The traces, parsing the raw text on first use.
     pub fn get_all(&self) -> &[ProbeTrace] {
-        self.parsed.get_or_init(|| {
-            self.raw
-                .as_ref()
-                .and_then(|r| serde_json::from_str(r.get()).ok())
-                .unwrap_or_default()
-        })
+        &self.parsed().0
+    }
+
+    /// Why the raw per-token data could not be read (None when it could).
+    pub fn parse_error(&self) -> Option<&str> {
+        self.parsed().1.as_deref()
     }
 }
 
@@ -157,12 +176,9 @@ impl std::ops::Deref for Traces {
 
 impl Clone for Traces {
     fn clone(&self) -> Traces {
-        match self.parsed.get() {
-            Some(v) => Traces::new(v.clone()),
-            None => Traces {
-                raw: self.raw.clone(),
-                parsed: std::sync::OnceLock::new(),
-            },
+        match (self.parsed.get(), &self.raw) {
+            (None, Some(r)) => Traces::raw(r),
+            _ => Traces::new(self.get_all().to_vec()),
         }
     }
 }
@@ -176,7 +192,7 @@ impl PartialEq for Traces {
 impl std::fmt::Debug for Traces {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.parsed.get() {
-            Some(v) => write!(f, "Traces({} probes)", v.len()),
+            Some(v) => write!(f, "Traces({} probes)", v.0.len()),
             None => write!(f, "Traces(raw)"),
         }
     }
@@ -184,27 +200,18 @@ impl std::fmt::Debug for Traces {
 
 impl Serialize for Traces {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match (self.parsed.get(), &self.raw) {
-            (Some(v), _) => v.serialize(s),
-            (None, Some(r)) => r.serialize(s),
-            (None, None) => Vec::<ProbeTrace>::new().serialize(s),
-        }
+        self.get_all().serialize(s)
     }
 }
 
 impl<'de> Deserialize<'de> for Traces {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Traces, D::Error> {
-        // Raw text when the deserializer supports it (serde_json reading a record directly);
-        // inside buffered contexts (the tagged Event enum) it falls back to parsing.
-        let v = serde_json::Value::deserialize(d)?;
-        let traces: Vec<ProbeTrace> =
-            serde_json::from_value(v).map_err(serde::de::Error::custom)?;
-        Ok(Traces::new(traces))
+        Ok(Traces::new(Vec::<ProbeTrace>::deserialize(d)?))
     }
 }
 
-/// An evaluation record read straight from a run-file line (not through the tagged [`Event`]
-/// enum, whose buffering would parse everything): the per-token traces stay raw.
+/// An evaluation record read from a run-file line whose `tokens` value was cut out (see
+/// run::reader): everything but the per-token traces.
 #[derive(Deserialize)]
 pub struct EvalLine {
     pub step: usize,
@@ -212,27 +219,23 @@ pub struct EvalLine {
     pub epoch: f64,
     pub phase: String,
     pub logps: BTreeMap<Family, Vec<f64>>,
-    pub tokens: Box<serde_json::value::RawValue>,
     #[serde(default)]
     pub diag: BTreeMap<Family, Vec<[f64; 3]>>,
     #[serde(default)]
     pub transfer: Vec<Vec<f64>>,
 }
 
-impl From<EvalLine> for EvalRecord {
-    fn from(l: EvalLine) -> EvalRecord {
+impl EvalLine {
+    pub fn with_tokens(self, tokens: Traces) -> EvalRecord {
         EvalRecord {
-            step: l.step,
-            examples: l.examples,
-            epoch: l.epoch,
-            phase: l.phase,
-            logps: l.logps,
-            tokens: Traces {
-                raw: Some(l.tokens),
-                parsed: std::sync::OnceLock::new(),
-            },
-            diag: l.diag,
-            transfer: l.transfer,
+            step: self.step,
+            examples: self.examples,
+            epoch: self.epoch,
+            phase: self.phase,
+            logps: self.logps,
+            tokens,
+            diag: self.diag,
+            transfer: self.transfer,
         }
     }
 }

@@ -7,7 +7,8 @@ use std::path::Path;
 use anyhow::{Context, Result, anyhow, bail};
 
 use super::event::{
-    EndReason, EvalLine, EvalRecord, Event, FORMAT, InfluenceRecord, RunHeader, StepRecord, VERSION,
+    EndReason, EvalLine, EvalRecord, Event, FORMAT, InfluenceRecord, RunHeader, StepRecord, Traces,
+    VERSION,
 };
 use crate::data::Family;
 use crate::train::config::Algo;
@@ -90,12 +91,73 @@ impl Run {
     }
 }
 
-/// Parses one line: evaluation records directly (their per-token traces stay raw until used),
-/// everything else through the tagged [`Event`] enum.
+/// Finds the `"tokens":[...]` member of an eval line: returns the line without it and the
+/// value's text. A bracket scan that honours strings and escapes; None when the line does not
+/// have that shape (the caller then parses the whole line the ordinary way).
+fn cut_tokens(text: &str) -> Option<(String, &str)> {
+    let key = ",\"tokens\":";
+    let k = text.find(key)?;
+    let b = text.as_bytes();
+    let start = k + key.len();
+    if b.get(start) != Some(&b'[') {
+        return None;
+    }
+    // Fast path for ldviz's own member order (…, tokens, [diag], [transfer]): traces end with
+    // "}]", which neither diag nor transfer contain, so the value ends after the last "}]".
+    // Checked: it must look like a list of traces followed by diag, transfer or the closing
+    // brace; otherwise the bracket scan below decides.
+    if let Some(e) = text.rfind("}]") {
+        let end = e + 2;
+        let after = text[end..].trim_end();
+        let v = &text[start..end.max(start)];
+        if end > start
+            && v.starts_with("[{\"chosen\":")
+            && (after == "}"
+                || after.starts_with(",\"diag\":")
+                || after.starts_with(",\"transfer\":"))
+        {
+            let rest = format!("{}{}", &text[..k], &text[end..]);
+            return Some((rest, v));
+        }
+    }
+    let mut depth = 0usize;
+    let mut i = start;
+    let mut in_str = false;
+    while i < b.len() {
+        let c = b[i];
+        if in_str {
+            match c {
+                b'\\' => i += 1,
+                b'"' => in_str = false,
+                _ => {}
+            }
+        } else {
+            match c {
+                b'"' => in_str = true,
+                b'[' | b'{' => depth += 1,
+                b']' | b'}' => {
+                    depth = depth.checked_sub(1)?;
+                    if depth == 0 {
+                        let rest = format!("{}{}", &text[..k], &text[i + 1..]);
+                        return Some((rest, &text[start..=i]));
+                    }
+                }
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Parses one line: evaluation records without their per-token traces (kept as raw text until
+/// used), everything else through the tagged [`Event`] enum.
 fn parse_line(text: &str) -> std::result::Result<Event, String> {
-    if text.starts_with("{\"type\":\"eval\"") {
-        let l: EvalLine = serde_json::from_str(text).map_err(|e| e.to_string())?;
-        return Ok(Event::Eval(Box::new(l.into())));
+    if text.starts_with("{\"type\":\"eval\"")
+        && let Some((rest, tokens)) = cut_tokens(text)
+        && let Ok(l) = serde_json::from_str::<EvalLine>(&rest)
+    {
+        return Ok(Event::Eval(Box::new(l.with_tokens(Traces::raw(tokens)))));
     }
     serde_json::from_str(text).map_err(|e| e.to_string())
 }
@@ -111,7 +173,7 @@ pub fn read_run(path: &Path) -> Result<Run> {
     let mut no = 0usize;
     while start < bytes.len() {
         no += 1;
-        match bytes[start..].iter().position(|&c| c == b'\n') {
+        match memchr::memchr(b'\n', &bytes[start..]) {
             Some(k) => {
                 lines.push((no, &bytes[start..start + k], true));
                 start += k + 1;
@@ -180,4 +242,51 @@ pub fn read_run(path: &Path) -> Result<Run> {
         }
     }
     run.ok_or_else(|| anyhow!("{}: empty run file (no header record)", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_cut_out_of_eval_lines_in_any_member_order() {
+        let traces = r#"[{"chosen":{"logp":[-1.0],"entropy":[0.5],"top":[[[3,-0.1]]]},"rejected":{"logp":[],"entropy":[],"top":[]},"argmax":{"ids":[3],"logp":[-0.1]}}]"#;
+        // ldviz's order, with and without diag/transfer.
+        for tail in [
+            "}".to_string(),
+            r#","diag":{"chosen":[[1.0,2.0,3.0]]},"transfer":[[1.0]]}"#.to_string(),
+            r#","transfer":[[1.0,2.0],[3.0,4.0]]}"#.to_string(),
+        ] {
+            let line = format!(
+                r#"{{"type":"eval","step":3,"examples":12,"epoch":0.1,"phase":"dpo","logps":{{"chosen":[-2.5]}},"tokens":{traces}{tail}"#
+            );
+            let (rest, t) = cut_tokens(&line).unwrap();
+            assert_eq!(t, traces);
+            let Ok(Event::Eval(e)) = parse_line(&line) else {
+                panic!("{rest}")
+            };
+            assert_eq!(e.step, 3);
+            assert_eq!(e.tokens.len(), 1);
+            assert_eq!(e.tokens[0].argmax.ids, vec![3]);
+            assert!(e.tokens.parse_error().is_none());
+        }
+        // Another writer's order and brackets inside strings: the bracket scan finds the value.
+        let line = format!(
+            r#"{{"type":"eval","phase":"a]}}[\"x","tokens":{traces},"step":1,"examples":4,"epoch":0.0,"logps":{{}}}}"#
+        );
+        let (_, t) = cut_tokens(&line).unwrap();
+        assert_eq!(t, traces);
+        let Ok(Event::Eval(e)) = parse_line(&line) else {
+            panic!()
+        };
+        assert_eq!(e.phase, "a]}[\"x");
+        assert_eq!(e.tokens.len(), 1);
+        // Malformed per-token data: the record loads, the traces read as empty with a reason.
+        let line = r#"{"type":"eval","step":1,"examples":4,"epoch":0.0,"phase":"p","logps":{},"tokens":[{"chosen":{"logp":"x"}}]}"#;
+        let Ok(Event::Eval(e)) = parse_line(line) else {
+            panic!()
+        };
+        assert!(e.tokens.is_empty());
+        assert!(e.tokens.parse_error().unwrap().contains("per-token data"));
+    }
 }
