@@ -902,13 +902,10 @@ fn squeeze(a: SqueezeArgs) -> Result<()> {
         fmt(&p)
     );
     println!("alpha (after / before): [{}]", fmt(&alpha));
-    let argmax = p0
-        .iter()
-        .enumerate()
-        .max_by(|x, y| x.1.total_cmp(y.1))
-        .map(|x| x.0)
-        .unwrap_or(0);
-    let rose: Vec<usize> = (0..p.len()).filter(|&i| alpha[i] > 1.0).collect();
-    println!("rose: {rose:?} (argmax before: {argmax})");
+    println!(
+        "rose: {:?} (argmax before: {})",
+        ldviz::squeeze::rose(&alpha),
+        ldviz::squeeze::argmax(&p0)
+    );
     Ok(())
 }

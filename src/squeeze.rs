@@ -73,6 +73,20 @@ pub fn geometric(v: usize, ratio: f64) -> Vec<f64> {
     w.iter().map(|x| x / s).collect()
 }
 
+/// Index of the most likely class (0 when empty).
+pub fn argmax(p: &[f64]) -> usize {
+    p.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|x| x.0)
+        .unwrap_or(0)
+}
+
+/// Classes whose probability rose (α > 1).
+pub fn rose(alpha: &[f64]) -> Vec<usize> {
+    (0..alpha.len()).filter(|&i| alpha[i] > 1.0).collect()
+}
+
 /// Per-class ratios α_i = π_new / π_old.
 pub fn ratios(old: &[f64], new: &[f64]) -> Vec<f64> {
     old.iter().zip(new).map(|(a, b)| b / a).collect()

@@ -41,6 +41,17 @@ pub struct CurveSettings {
     pub quantity: Quantity,
 }
 
+impl CurveSettings {
+    /// The run's families that are not switched off, in header order.
+    pub fn visible(&self, families: &[Family]) -> Vec<Family> {
+        families
+            .iter()
+            .copied()
+            .filter(|f| !self.hidden.contains(f))
+            .collect()
+    }
+}
+
 impl Default for CurveSettings {
     fn default() -> Self {
         CurveSettings {
@@ -314,14 +325,7 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
         }
     } else if let Some(store) = app.runs.get_mut(active) {
         let xs = eval_xs(store, s.x);
-        let fams: Vec<Family> = store
-            .run
-            .header
-            .families
-            .iter()
-            .copied()
-            .filter(|f| !s.hidden.contains(f))
-            .collect();
+        let fams = s.visible(&store.run.header.families);
         for f in fams {
             let d = family_series(store, f, &s, probe, buckets, &xs);
             drawn.push((d, xs.clone()));

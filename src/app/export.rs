@@ -33,14 +33,7 @@ pub fn plot_options(
     cursor: Option<f64>,
 ) -> PlotOptions {
     PlotOptions {
-        families: store
-            .run
-            .header
-            .families
-            .iter()
-            .copied()
-            .filter(|f| !s.hidden.contains(f))
-            .collect(),
+        families: s.visible(&store.run.header.families),
         y: if s.delta {
             YMode::Delta
         } else {

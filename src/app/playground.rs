@@ -6,7 +6,7 @@
 
 use egui::{Color32, RichText};
 
-use crate::squeeze::{Sign, check_probs, geometric, ratios, step};
+use crate::squeeze::{Sign, argmax, check_probs, geometric, ratios, rose, step};
 
 pub struct Playground {
     /// Typed probabilities (comma-separated); used when `use_typed`.
@@ -136,13 +136,8 @@ pub fn show(pg: &mut Playground, ui: &mut egui::Ui) {
     });
     let after = pg.after(&before);
     let alpha = ratios(&before, &after);
-    let argmax = before
-        .iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map(|x| x.0)
-        .unwrap_or(0);
-    let rose: Vec<usize> = (0..before.len()).filter(|&i| alpha[i] > 1.0).collect();
+    let argmax = argmax(&before);
+    let rose = rose(&alpha);
     ui.label(
         RichText::new(format!(
             "after: [{}] · classes that rose: {rose:?} (argmax before: {argmax})",

@@ -107,17 +107,6 @@ fn logp_color(lp: f32) -> Color32 {
     Color32::from_rgb(r, g, 70)
 }
 
-fn change_color(d: f32, scale: f32) -> Color32 {
-    let t = (d / scale).clamp(-1.0, 1.0);
-    if t >= 0.0 {
-        let k = (255.0 * (1.0 - t)) as u8;
-        Color32::from_rgb(k, k.max(120), 255)
-    } else {
-        let k = (255.0 * (1.0 + t)) as u8;
-        Color32::from_rgb(255, k, k)
-    }
-}
-
 /// Token text made visible (spaces as ·, newlines as ⏎).
 pub fn visible(s: &str) -> String {
     s.replace('\n', "⏎").replace(' ', "·")
@@ -223,7 +212,7 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
             let lp0 = row.logp0.get(i).copied().unwrap_or(f32::NAN);
             let bg = match v.color_by {
                 ColorBy::LogProb => logp_color(lp),
-                ColorBy::Change => change_color(lp - lp0, scale),
+                ColorBy::Change => super::transfer::diverging(f64::from((lp - lp0) / scale)),
             };
             let text = visible(&store.token_text(id));
             let selected = v.position == Some(i);
