@@ -196,3 +196,82 @@ pub fn load_run(spec: crate::run::synth::SynthSpec, path: &std::path::Path) -> R
         load_s: median(&mut times),
     })
 }
+
+/// `ldviz bench --probes`: one full probe evaluation of the default demo, three ways.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProbeReport {
+    pub probes: usize,
+    pub families: usize,
+    /// Sequences scored per evaluation (argmax excluded: it comes from the chosen logits).
+    pub sequences: usize,
+    pub transfer_prompts: usize,
+    /// Median seconds of one evaluation (every family of every probe, traces, diagnostics).
+    pub shared_s: f64,
+    pub padded_s: f64,
+    pub per_pair_s: f64,
+    /// per_pair_s / shared_s.
+    pub speedup: f64,
+    /// The transfer matrix alone, shared prefix vs per pair.
+    pub transfer_shared_s: f64,
+    pub transfer_per_pair_s: f64,
+    /// Largest |Δ| of a summed log-prob (families and transfer) between shared and per pair.
+    pub max_abs_diff: f64,
+}
+
+/// Times one evaluation of the default demo's probe set (as `ldviz train` builds it) with the
+/// shared prompt KV, a padded batch per prompt, and one forward per pair: median of `reps`
+/// after one warm-up each.
+pub fn probe_eval(reps: usize) -> Result<ProbeReport> {
+    use crate::probe::EvalMode;
+    let cfg = crate::train::TrainOptions::default().to_config()?;
+    let mut s = crate::train::Session::prepare(&cfg)?;
+    let reps = reps.max(1);
+    let mut results = Vec::new();
+    let mut times = Vec::new();
+    for mode in [EvalMode::SharedPrefix, EvalMode::Padded, EvalMode::PerPair] {
+        s.runner.mode = mode;
+        let ev = s.runner.evaluate(&s.model, false)?;
+        let mut t = Vec::new();
+        for _ in 0..reps {
+            let t0 = Instant::now();
+            s.runner.evaluate(&s.model, false)?;
+            t.push(t0.elapsed().as_secs_f64());
+        }
+        let mut tt = Vec::new();
+        let mut tm = Vec::new();
+        if mode != EvalMode::Padded {
+            tm = s.runner.transfer_matrix(&s.model)?;
+            for _ in 0..reps {
+                let t0 = Instant::now();
+                s.runner.transfer_matrix(&s.model)?;
+                tt.push(t0.elapsed().as_secs_f64());
+            }
+        }
+        results.push((ev, tm));
+        times.push((
+            median(&mut t),
+            if tt.is_empty() { 0.0 } else { median(&mut tt) },
+        ));
+    }
+    let mut max_abs_diff = 0f64;
+    let (a, b) = (&results[0], &results[2]);
+    for (x, y) in a.0.logps.iter().flatten().zip(b.0.logps.iter().flatten()) {
+        max_abs_diff = max_abs_diff.max((x - y).abs());
+    }
+    for (x, y) in a.1.iter().flatten().zip(b.1.iter().flatten()) {
+        max_abs_diff = max_abs_diff.max((x - y).abs());
+    }
+    Ok(ProbeReport {
+        probes: s.runner.probes.len(),
+        families: s.runner.families.len(),
+        sequences: s.runner.probes.iter().map(|p| p.seqs.len()).sum(),
+        transfer_prompts: s.runner.transfer.len(),
+        shared_s: times[0].0,
+        padded_s: times[1].0,
+        per_pair_s: times[2].0,
+        speedup: times[2].0 / times[0].0,
+        transfer_shared_s: times[0].1,
+        transfer_per_pair_s: times[2].1,
+        max_abs_diff,
+    })
+}

@@ -391,6 +391,11 @@ struct BenchArgs {
     /// an evaluation every --eval-every steps) and time loading it into the app's store.
     #[arg(long)]
     load: bool,
+    /// Instead: time one probe evaluation of the default demo with the prompt's keys/values
+    /// shared across its responses, against a padded batch per prompt and one forward per
+    /// (prompt, response) pair (median of --steps, default 10 → capped at 5).
+    #[arg(long)]
+    probes: bool,
 }
 
 /// Every option defaults to the recipe of the shipped assets/model
@@ -713,6 +718,22 @@ fn bench(a: BenchArgs) -> Result<()> {
             println!(
                 "load a {}-step run ({} evaluations x {} families x {} probes, per-token data): {:.1} MiB, {:.3} s (median of 3)",
                 r.steps, r.evaluations, r.families, r.probes, r.file_mib, r.load_s
+            );
+        }
+        return Ok(());
+    }
+    if a.probes {
+        let r = ldviz::bench::probe_eval(a.steps.clamp(1, 5))?;
+        if a.json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            println!(
+                "probe evaluation of the default demo ({} probes x {} families, {} sequences): shared prompt KV {:.3} s, padded batch per prompt {:.3} s, one forward per pair {:.3} s: {:.2}x faster than per pair",
+                r.probes, r.families, r.sequences, r.shared_s, r.padded_s, r.per_pair_s, r.speedup
+            );
+            println!(
+                "transfer matrix ({0} x {0}): shared {1:.3} s, per pair {2:.3} s; max |Δ log-prob| shared vs per pair {3:.1e}",
+                r.transfer_prompts, r.transfer_shared_s, r.transfer_per_pair_s, r.max_abs_diff
             );
         }
         return Ok(());

@@ -7,7 +7,7 @@ use candle_core::{D, Result, Tensor};
 
 use super::Weights;
 use super::config::Gpt2Config;
-use super::layers::{attention, causal_mask, conv1d, gelu, layer_norm, linear};
+use super::layers::{KvMode, attention, causal_mask_after, conv1d, gelu, layer_norm, linear};
 
 pub fn param_shapes(c: &Gpt2Config) -> Vec<(String, Vec<usize>)> {
     let h = c.n_embd;
@@ -37,6 +37,18 @@ pub fn param_shapes(c: &Gpt2Config) -> Vec<(String, Vec<usize>)> {
 }
 
 pub fn forward(c: &Gpt2Config, w: &Weights, ids: &Tensor) -> Result<Tensor> {
+    let x = hidden(c, w, ids, &mut KvMode::Off)?;
+    linear(&x, &w.get("transformer.wte.weight")?, None)
+}
+
+/// The LM head's weight [V, H] (GPT-2 ties it to the token embedding).
+pub fn lm_head(_c: &Gpt2Config, w: &Weights) -> Result<Tensor> {
+    w.get("transformer.wte.weight")
+}
+
+/// The final normalized hidden states [B, T, H], after the cached prefix when `kv` attends to
+/// one.
+pub fn hidden(c: &Gpt2Config, w: &Weights, ids: &Tensor, kv: &mut KvMode) -> Result<Tensor> {
     let (b, t) = ids.dims2()?;
     let dev = ids.device();
     let h = c.n_embd;
@@ -44,9 +56,10 @@ pub fn forward(c: &Gpt2Config, w: &Weights, ids: &Tensor) -> Result<Tensor> {
     let dh = h / nh;
     let exact = c.activation_function == "gelu";
     let dtype = w.get("transformer.wte.weight")?.dtype();
-    let mask = causal_mask(t, dtype, dev)?;
+    let off = kv.offset();
+    let mask = causal_mask_after(t, off, dtype, dev)?;
     let wte = w.get("transformer.wte.weight")?;
-    let wpe = w.get("transformer.wpe.weight")?.narrow(0, 0, t)?;
+    let wpe = w.get("transformer.wpe.weight")?.narrow(0, off, t)?;
     let mut x = wte
         .embedding(&ids.flatten_all()?)?
         .reshape((b, t, h))?
@@ -75,7 +88,8 @@ pub fn forward(c: &Gpt2Config, w: &Weights, ids: &Tensor) -> Result<Tensor> {
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let a = attention(&split(0)?, &split(1)?, &split(2)?, &mask)?;
+        let (k, v) = kv.keys_values(i, split(1)?, split(2)?)?;
+        let a = attention(&split(0)?, &k, &v, &mask)?;
         x = (x + cv(&a, "attn.c_proj")?)?;
         let m = cv(
             &gelu(&cv(&ln(&x, "ln_2")?, "mlp.c_fc")?, exact)?,
@@ -83,11 +97,10 @@ pub fn forward(c: &Gpt2Config, w: &Weights, ids: &Tensor) -> Result<Tensor> {
         )?;
         x = (x + m)?;
     }
-    let x = layer_norm(
+    layer_norm(
         &x,
         &w.get("transformer.ln_f.weight")?,
         &w.get("transformer.ln_f.bias")?,
         c.layer_norm_epsilon,
-    )?;
-    linear(&x, &wte, None)
+    )
 }

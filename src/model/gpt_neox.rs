@@ -7,7 +7,9 @@ use candle_core::{D, Result, Tensor};
 
 use super::Weights;
 use super::config::GptNeoxConfig;
-use super::layers::{Rope, attention, causal_mask, gelu, inv_freq, layer_norm, linear};
+use super::layers::{
+    KvMode, Rope, attention, causal_mask_after, gelu, inv_freq, layer_norm, linear,
+};
 
 pub fn param_shapes(c: &GptNeoxConfig) -> Vec<(String, Vec<usize>)> {
     let h = c.hidden_size;
@@ -62,6 +64,22 @@ pub fn rotary_ndims(c: &GptNeoxConfig) -> usize {
 }
 
 pub fn forward(c: &GptNeoxConfig, w: &Weights, ids: &Tensor) -> Result<Tensor> {
+    let x = hidden(c, w, ids, &mut KvMode::Off)?;
+    linear(&x, &lm_head(c, w)?, None)
+}
+
+/// The LM head's weight [V, H] (the input embedding when tied).
+pub fn lm_head(c: &GptNeoxConfig, w: &Weights) -> Result<Tensor> {
+    if c.tie_word_embeddings {
+        w.get("gpt_neox.embed_in.weight")
+    } else {
+        w.get("embed_out.weight")
+    }
+}
+
+/// The final normalized hidden states [B, T, H], after the cached prefix when `kv` attends to
+/// one.
+pub fn hidden(c: &GptNeoxConfig, w: &Weights, ids: &Tensor, kv: &mut KvMode) -> Result<Tensor> {
     let (b, t) = ids.dims2()?;
     let dev = ids.device();
     let h = c.hidden_size;
@@ -70,8 +88,9 @@ pub fn forward(c: &GptNeoxConfig, w: &Weights, ids: &Tensor) -> Result<Tensor> {
     let rot = rotary_ndims(c);
     let exact = c.hidden_act == "gelu";
     let dtype = w.get("gpt_neox.embed_in.weight")?.dtype();
-    let mask = causal_mask(t, dtype, dev)?;
-    let rope = Rope::new(&inv_freq(rot, c.rotary_emb_base), t, dtype, dev)?;
+    let off = kv.offset();
+    let mask = causal_mask_after(t, off, dtype, dev)?;
+    let rope = Rope::at(&inv_freq(rot, c.rotary_emb_base), off, t, dtype, dev)?;
     let embed = w.get("gpt_neox.embed_in.weight")?;
     let mut x = embed.embedding(&ids.flatten_all()?)?.reshape((b, t, h))?;
     for i in 0..c.num_hidden_layers {
@@ -101,8 +120,7 @@ pub fn forward(c: &GptNeoxConfig, w: &Weights, ids: &Tensor) -> Result<Tensor> {
                 .contiguous()
         };
         let q = rope.apply(&head(0)?)?;
-        let k = rope.apply(&head(1)?)?;
-        let v = head(2)?;
+        let (k, v) = kv.keys_values(i, rope.apply(&head(1)?)?, head(2)?)?;
         let a = attention(&q, &k, &v, &mask)?;
         let a = linear(
             &a,
@@ -136,16 +154,10 @@ pub fn forward(c: &GptNeoxConfig, w: &Weights, ids: &Tensor) -> Result<Tensor> {
             (x1 + m)?
         };
     }
-    let x = layer_norm(
+    layer_norm(
         &x,
         &w.get("gpt_neox.final_layer_norm.weight")?,
         &w.get("gpt_neox.final_layer_norm.bias")?,
         c.layer_norm_eps,
-    )?;
-    let head = if c.tie_word_embeddings {
-        embed
-    } else {
-        w.get("embed_out.weight")?
-    };
-    linear(&x, &head, None)
+    )
 }

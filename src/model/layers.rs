@@ -70,13 +70,74 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor
 
 /// The additive causal mask [T, T]: 0 on and below the diagonal, −inf above.
 pub fn causal_mask(t: usize, dtype: DType, device: &Device) -> Result<Tensor> {
-    let mut m = vec![0f32; t * t];
+    causal_mask_after(t, 0, dtype, device)
+}
+
+/// The additive causal mask [T, P + T] of T new positions that follow P cached ones: query i
+/// sees every cached key and the new keys j ≤ i.
+pub fn causal_mask_after(t: usize, p: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let s = p + t;
+    let mut m = vec![0f32; t * s];
     for i in 0..t {
-        for j in (i + 1)..t {
-            m[i * t + j] = f32::NEG_INFINITY;
+        for j in (p + i + 1)..s {
+            m[i * s + j] = f32::NEG_INFINITY;
         }
     }
-    Tensor::from_vec(m, (t, t), device)?.to_dtype(dtype)
+    Tensor::from_vec(m, (t, s), device)?.to_dtype(dtype)
+}
+
+/// Keys and values of a shared prefix (one sequence), per layer, as the attention sees them
+/// (after RoPE, before grouped-query repetition): [1, KV heads, P, Dh] each.
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    pub layers: Vec<(Tensor, Tensor)>,
+    pub len: usize,
+}
+
+/// How a forward pass uses a [`KvCache`]: not at all, filling it (the prefix pass), or
+/// attending to it first (the rows that continue the prefix, all with the same prefix).
+pub enum KvMode<'a> {
+    Off,
+    Record(&'a mut KvCache),
+    Attend(&'a KvCache),
+}
+
+impl KvMode<'_> {
+    /// Position of the first new token.
+    pub fn offset(&self) -> usize {
+        match self {
+            KvMode::Attend(c) => c.len,
+            _ => 0,
+        }
+    }
+
+    /// The keys and values layer `layer` attends to: its own (`Off`, `Record`, which also stores
+    /// them) or the cached prefix's followed by its own (`Attend`; the prefix is broadcast over
+    /// the batch). k, v: [B, KV heads, T, Dh].
+    pub fn keys_values(&mut self, layer: usize, k: Tensor, v: Tensor) -> Result<(Tensor, Tensor)> {
+        match self {
+            KvMode::Off => Ok((k, v)),
+            KvMode::Record(c) => {
+                if layer == 0 {
+                    c.layers.clear();
+                    c.len = k.dim(2)?;
+                }
+                c.layers.push((k.clone(), v.clone()));
+                Ok((k, v))
+            }
+            KvMode::Attend(c) => {
+                let (pk, pv) = c.layers.get(layer).ok_or_else(|| {
+                    candle_core::Error::Msg(format!("the KV cache has no layer {layer}"))
+                })?;
+                let (b, h, _, dh) = k.dims4()?;
+                let grow = |p: &Tensor, x: &Tensor| -> Result<Tensor> {
+                    let p = p.broadcast_as((b, h, c.len, dh))?;
+                    Tensor::cat(&[&p, x], 2)?.contiguous()
+                };
+                Ok((grow(pk, &k)?, grow(pv, &v)?))
+            }
+        }
+    }
 }
 
 /// Rotary-embedding tables for T positions: cos/sin [T, rot/2] as tensors (composite path)
@@ -91,10 +152,21 @@ pub struct Rope {
 
 impl Rope {
     pub fn new(inv_freq: &[f64], t: usize, dtype: DType, device: &Device) -> Result<Rope> {
+        Rope::at(inv_freq, 0, t, dtype, device)
+    }
+
+    /// Tables for the T positions start, start + 1, … (rows continuing a cached prefix).
+    pub fn at(
+        inv_freq: &[f64],
+        start: usize,
+        t: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Rope> {
         let half = inv_freq.len();
         let mut cos = Vec::with_capacity(t * half);
         let mut sin = Vec::with_capacity(t * half);
-        for p in 0..t {
+        for p in start..start + t {
             for f in inv_freq {
                 let a = p as f64 * f;
                 cos.push(a.cos());
@@ -150,8 +222,9 @@ pub fn apply_rope_composite(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Te
     x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
 }
 
-/// Causal scaled dot-product attention. q: [B, H, T, Dh]; k, v: [B, H, S, Dh]; `mask` is the
-/// additive causal mask [T, S] used off the fused path. Returns [B, T, H·Dh].
+/// Causal scaled dot-product attention. q: [B, H, T, Dh]; k, v: [B, H, S, Dh] with S ≥ T, the
+/// queries being the last T of the S positions; `mask` is the additive causal mask [T, S] used
+/// off the fused path. Returns [B, T, H·Dh].
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Tensor> {
     let (b, h, t, dh) = q.dims4()?;
     let scale = 1.0 / (dh as f64).sqrt();

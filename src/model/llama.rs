@@ -6,7 +6,9 @@ use candle_core::{D, Result, Tensor};
 
 use super::Weights;
 use super::config::{Llama3Rope, LlamaConfig};
-use super::layers::{Rope, attention, causal_mask, inv_freq, linear, repeat_kv, rms_norm, swiglu};
+use super::layers::{
+    KvMode, Rope, attention, causal_mask_after, inv_freq, linear, repeat_kv, rms_norm, swiglu,
+};
 
 /// Every weight tensor of the model with its shape, in HF names.
 pub fn param_shapes(c: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
@@ -76,14 +78,33 @@ fn llama3_scale(freq: f64, s: &Llama3Rope) -> f64 {
 
 /// Logits [B, T, V] for token ids [B, T] (right padding is fine: attention is causal).
 pub fn forward(c: &LlamaConfig, w: &Weights, ids: &Tensor) -> Result<Tensor> {
+    let x = hidden(c, w, ids, &mut KvMode::Off)?;
+    let logits = linear(&x, &lm_head(c, w)?, None)?;
+    debug_assert_eq!(logits.dim(D::Minus1)?, c.vocab_size);
+    Ok(logits)
+}
+
+/// The LM head's weight [V, H] (the embedding when tied).
+pub fn lm_head(c: &LlamaConfig, w: &Weights) -> Result<Tensor> {
+    if c.tie_word_embeddings {
+        w.get("model.embed_tokens.weight")
+    } else {
+        w.get("lm_head.weight")
+    }
+}
+
+/// The final normalized hidden states [B, T, H] for token ids [B, T], at positions starting
+/// after the cached prefix when `kv` attends to one.
+pub fn hidden(c: &LlamaConfig, w: &Weights, ids: &Tensor, kv: &mut KvMode) -> Result<Tensor> {
     let (b, t) = ids.dims2()?;
     let dev = ids.device();
     let dh = c.head_dim;
     let nh = c.num_attention_heads;
     let nkv = c.num_key_value_heads;
     let dtype = w.get("model.embed_tokens.weight")?.dtype();
-    let mask = causal_mask(t, dtype, dev)?;
-    let rope = Rope::new(&rope_freqs(c), t, dtype, dev)?;
+    let off = kv.offset();
+    let mask = causal_mask_after(t, off, dtype, dev)?;
+    let rope = Rope::at(&rope_freqs(c), off, t, dtype, dev)?;
     let embed = w.get("model.embed_tokens.weight")?;
     let mut x = embed
         .embedding(&ids.flatten_all()?)?
@@ -117,7 +138,8 @@ pub fn forward(c: &LlamaConfig, w: &Weights, ids: &Tensor) -> Result<Tensor> {
             .transpose(1, 2)?
             .contiguous()?;
         let q = rope.apply(&q)?;
-        let k = repeat_kv(&rope.apply(&k)?, nh / nkv)?;
+        let (k, v) = kv.keys_values(i, rope.apply(&k)?, v)?;
+        let k = repeat_kv(&k, nh / nkv)?;
         let v = repeat_kv(&v, nh / nkv)?;
         let a = attention(&q, &k, &v, &mask)?;
         let a = linear(&a, &w.get(&format!("{p}.self_attn.o_proj.weight"))?, None)?;
@@ -136,13 +158,5 @@ pub fn forward(c: &LlamaConfig, w: &Weights, ids: &Tensor) -> Result<Tensor> {
         )?;
         x = (x + m)?;
     }
-    let x = rms_norm(&x, &w.get("model.norm.weight")?, c.rms_norm_eps)?;
-    let head = if c.tie_word_embeddings {
-        embed
-    } else {
-        w.get("lm_head.weight")?
-    };
-    let logits = linear(&x, &head, None)?;
-    debug_assert_eq!(logits.dim(D::Minus1)?, c.vocab_size);
-    Ok(logits)
+    rms_norm(&x, &w.get("model.norm.weight")?, c.rms_norm_eps)
 }

@@ -182,6 +182,70 @@ impl Model {
         self.run(ids, false)
     }
 
+    /// Logits for several continuations of one shared prefix, on detached weights: the prefix
+    /// runs once (batch 1) and its keys/values are cached; the continuations then run as one
+    /// padded batch attending to them. Only positions that predict a continuation token reach
+    /// the LM head. Returns [R, L, V] where row r, position m holds the logits that predict
+    /// `continuations[r][m]` (m = 0 from the prefix's last position), L the longest
+    /// continuation; positions past a row's end hold padding logits.
+    pub fn forward_eval_shared(&self, prefix: &[u32], continuations: &[&[u32]]) -> Result<Tensor> {
+        use layers::{KvCache, KvMode};
+        if prefix.is_empty() {
+            bail!("a shared prefix needs at least one token");
+        }
+        if continuations.is_empty() || continuations.iter().any(|c| c.is_empty()) {
+            bail!("every continuation of a shared prefix needs at least one token");
+        }
+        let r = continuations.len();
+        let l = continuations.iter().map(|c| c.len()).max().unwrap_or(1);
+        let total = prefix.len() + l - 1;
+        if total > self.config.max_positions() && self.arch() == Arch::Gpt2 {
+            bail!(
+                "sequence of {total} tokens is longer than the model's {} positions",
+                self.config.max_positions()
+            );
+        }
+        let w = Weights {
+            params: &self.params,
+            grad: false,
+        };
+        let head = self.lm_head(&w)?;
+        let mut cache = KvCache::default();
+        let ids = Tensor::from_slice(prefix, (1, prefix.len()), &self.device)?;
+        let h = self.hidden(&w, &ids, &mut KvMode::Record(&mut cache))?;
+        let last = h.narrow(1, prefix.len() - 1, 1)?;
+        let first = layers::linear(&last, &head, None)?; // [1, 1, V]
+        let first = first.broadcast_as((r, 1, first.dim(2)?))?;
+        if l == 1 {
+            return Ok(first.contiguous()?);
+        }
+        // Continuation inputs: every token but the last (nothing is predicted after it).
+        let mut inp = vec![0u32; r * (l - 1)];
+        for (i, c) in continuations.iter().enumerate() {
+            inp[i * (l - 1)..i * (l - 1) + c.len() - 1].copy_from_slice(&c[..c.len() - 1]);
+        }
+        let ids = Tensor::from_vec(inp, (r, l - 1), &self.device)?;
+        let h = self.hidden(&w, &ids, &mut KvMode::Attend(&cache))?;
+        let rest = layers::linear(&h, &head, None)?;
+        Ok(Tensor::cat(&[&first, &rest], 1)?)
+    }
+
+    fn hidden(&self, w: &Weights, ids: &Tensor, kv: &mut layers::KvMode) -> Result<Tensor> {
+        Ok(match &self.config {
+            ModelConfig::Llama(c) | ModelConfig::Qwen2(c) => llama::hidden(c, w, ids, kv)?,
+            ModelConfig::GptNeox(c) => gpt_neox::hidden(c, w, ids, kv)?,
+            ModelConfig::Gpt2(c) => gpt2::hidden(c, w, ids, kv)?,
+        })
+    }
+
+    fn lm_head(&self, w: &Weights) -> Result<Tensor> {
+        Ok(match &self.config {
+            ModelConfig::Llama(c) | ModelConfig::Qwen2(c) => llama::lm_head(c, w)?,
+            ModelConfig::GptNeox(c) => gpt_neox::lm_head(c, w)?,
+            ModelConfig::Gpt2(c) => gpt2::lm_head(c, w)?,
+        })
+    }
+
     fn run(&self, ids: &Tensor, grad: bool) -> Result<Tensor> {
         let (_, t) = ids.dims2()?;
         if t > self.config.max_positions() && self.arch() == Arch::Gpt2 {

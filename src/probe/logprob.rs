@@ -111,6 +111,36 @@ impl Batch {
         })
     }
 
+    /// Targets and mask for response-position logits [R, L, V] as [`response_logits`] returns
+    /// them: row r's response tokens at positions 0..n_r, L the longest response. `ids` holds
+    /// the targets too (there is no input to run).
+    pub fn responses(seqs: &[&Seq], device: &Device) -> Result<Batch> {
+        if seqs.is_empty() {
+            bail!("empty batch");
+        }
+        let t = seqs.iter().map(|s| s.response.len()).max().unwrap_or(0);
+        if t == 0 {
+            bail!("a response tokenized to zero tokens (EOS is always appended)");
+        }
+        let b = seqs.len();
+        let mut targets = vec![0u32; b * t];
+        let mut mask = vec![0f32; b * t];
+        let mut spans = Vec::with_capacity(b);
+        for (i, s) in seqs.iter().enumerate() {
+            targets[i * t..i * t + s.response.len()].copy_from_slice(&s.response);
+            mask[i * t..i * t + s.response.len()].fill(1.0);
+            spans.push((0, s.response.len()));
+        }
+        let targets = Tensor::from_vec(targets, (b, t), device)?;
+        Ok(Batch {
+            ids: targets.clone(),
+            targets,
+            mask: Tensor::from_vec(mask, (b, t), device)?,
+            spans,
+            t,
+        })
+    }
+
     pub fn rows(&self) -> usize {
         self.spans.len()
     }
@@ -182,6 +212,94 @@ pub fn diagnostics(logits: &Tensor, batch: &Batch) -> Result<Vec<[f64; 3]>> {
             [acc[0] / n, acc[1] / n, acc[2] / n]
         })
         .collect())
+}
+
+/// How an evaluation computes the logits of (prompt, response) pairs; all three give the same
+/// numbers up to float rounding (tests/probe_kv.rs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EvalMode {
+    /// Pairs that share a prompt run it once and attend to its cached keys/values; only
+    /// response positions reach the LM head.
+    #[default]
+    SharedPrefix,
+    /// One right-padded batch of the full sequences (prompt repeated per row).
+    Padded,
+    /// One forward per pair (the naive way).
+    PerPair,
+}
+
+/// Logits at the response positions of every sequence, [R, L, V] with L the longest response:
+/// row r, position m predicts `seqs[r].response[m]` (pair with [`Batch::responses`]). No graph.
+pub fn response_logits(model: &Model, seqs: &[&Seq], mode: EvalMode) -> Result<Tensor> {
+    if seqs.is_empty() {
+        bail!("empty batch");
+    }
+    if let Some(s) = seqs.iter().find(|s| s.prompt.is_empty()) {
+        bail!(
+            "a prompt tokenized to zero tokens (response {:?}…): there is nothing to condition the first response token on",
+            &s.response[..s.response.len().min(4)]
+        );
+    }
+    let l = seqs.iter().map(|s| s.response.len()).max().unwrap_or(0);
+    let rows: Vec<Tensor> = match mode {
+        EvalMode::SharedPrefix => {
+            // Group rows by prompt (first occurrence order), one shared pass per group.
+            let mut groups: Vec<(&[u32], Vec<usize>)> = Vec::new();
+            for (i, s) in seqs.iter().enumerate() {
+                match groups.iter_mut().find(|(p, _)| *p == s.prompt.as_slice()) {
+                    Some((_, ix)) => ix.push(i),
+                    None => groups.push((&s.prompt, vec![i])),
+                }
+            }
+            let mut rows: Vec<Option<Tensor>> = vec![None; seqs.len()];
+            for (prompt, ix) in &groups {
+                let conts: Vec<&[u32]> = ix.iter().map(|&i| seqs[i].response.as_slice()).collect();
+                let z = pad_positions(&model.forward_eval_shared(prompt, &conts)?, l)?;
+                for (k, &i) in ix.iter().enumerate() {
+                    rows[i] = Some(z.get(k)?);
+                }
+            }
+            rows.into_iter()
+                .map(|r| r.ok_or_else(|| anyhow::anyhow!("a row was not scored")))
+                .collect::<Result<_>>()?
+        }
+        EvalMode::Padded => {
+            let batch = Batch::new(seqs, &model.device)?;
+            let z = model.forward_eval(&batch.ids)?;
+            batch
+                .spans
+                .iter()
+                .enumerate()
+                .map(|(r, &(start, n))| {
+                    pad_positions(&z.get(r)?.narrow(0, start, n)?.unsqueeze(0)?, l)?
+                        .get(0)
+                        .map_err(Into::into)
+                })
+                .collect::<Result<_>>()?
+        }
+        EvalMode::PerPair => seqs
+            .iter()
+            .map(|s| {
+                let batch = Batch::new(&[s], &model.device)?;
+                let z = model.forward_eval(&batch.ids)?;
+                let (start, n) = batch.spans[0];
+                pad_positions(&z.narrow(1, start, n)?, l)?
+                    .get(0)
+                    .map_err(Into::into)
+            })
+            .collect::<Result<_>>()?,
+    };
+    Ok(Tensor::stack(&rows, 0)?)
+}
+
+/// Pads (with zeros) or keeps the position axis of [R, n, V] to length `l`.
+fn pad_positions(z: &Tensor, l: usize) -> Result<Tensor> {
+    let (r, n, v) = z.dims3()?;
+    if n >= l {
+        return Ok(z.clone());
+    }
+    let pad = Tensor::zeros((r, l - n, v), z.dtype(), z.device())?;
+    Ok(Tensor::cat(&[z, &pad], 1)?)
 }
 
 /// Summed response log-probs of `seqs` under `model`, without a graph, in chunks of `chunk` rows.

@@ -1,14 +1,17 @@
 //! Probes: the response families of every probe prompt, scored at t = 0 and every N examples
-//! without a backprop graph. All responses of one prompt are scored together in one padded
-//! batch; y* (argmax) comes from the chosen response's logits, with no extra forward.
+//! without a backprop graph. All responses of one prompt are scored together: the shared
+//! prompt runs once and the responses attend to its cached keys/values as one padded batch
+//! ([`EvalMode::SharedPrefix`]); y* (argmax) comes from the chosen response's logits, with no
+//! extra forward.
 
 pub mod logprob;
 
 use anyhow::{Result, bail};
+use rayon::prelude::*;
 
 use crate::data::{Family, ProbeSet};
 use crate::model::Model;
-pub use logprob::{Batch, Greedy, Lengths, Seq, TokenTrace};
+pub use logprob::{Batch, EvalMode, Greedy, Lengths, Seq, TokenTrace};
 
 /// One probe prompt with the token ids of each of its responses (EOS appended).
 #[derive(Clone, Debug)]
@@ -40,6 +43,13 @@ pub struct Evaluation {
     pub transfer: Vec<Vec<f64>>,
 }
 
+/// One probe's scores, before they are arranged by family.
+struct ProbeScores {
+    summed: Vec<f64>,
+    diag: Vec<[f64; 3]>,
+    trace: ProbeTrace,
+}
+
 /// Scores a probe set; built once (tokenization) and evaluated many times.
 pub struct ProbeRunner {
     pub families: Vec<Family>,
@@ -48,6 +58,8 @@ pub struct ProbeRunner {
     /// Hallucination transfer: `transfer[i][j]` = prompt of probe i + chosen response of
     /// probe j, for the first M probes (empty when off).
     pub transfer: Vec<Vec<Seq>>,
+    /// How the logits are computed (shared prompt KV by default).
+    pub mode: EvalMode,
 }
 
 impl ProbeRunner {
@@ -77,6 +89,7 @@ impl ProbeRunner {
             probes,
             top_k,
             transfer: Vec::new(),
+            mode: EvalMode::default(),
         })
     }
 
@@ -106,62 +119,79 @@ impl ProbeRunner {
     }
 
     /// The transfer matrix at the model's current weights: [prompt i][answer j] summed
-    /// log-probs, one padded batch per prompt, no graph.
+    /// log-probs, one batch per prompt (prompts in parallel), no graph.
     pub fn transfer_matrix(&self, model: &Model) -> Result<Vec<Vec<f64>>> {
-        let mut out = Vec::with_capacity(self.transfer.len());
-        for row in &self.transfer {
-            let refs: Vec<&Seq> = row.iter().collect();
-            let batch = Batch::new(&refs, &model.device)?;
-            let logits = model.forward_eval(&batch.ids)?;
-            let (_, summed) = logprob::token_logps(&logits, &batch)?;
-            out.push(summed.to_dtype(candle_core::DType::F64)?.to_vec1()?);
-        }
-        Ok(out)
+        self.transfer
+            .par_iter()
+            .map(|row| {
+                let refs: Vec<&Seq> = row.iter().collect();
+                let batch = Batch::responses(&refs, &model.device)?;
+                let logits = logprob::response_logits(model, &refs, self.mode)?;
+                let (_, summed) = logprob::token_logps(&logits, &batch)?;
+                Ok(summed.to_dtype(candle_core::DType::F64)?.to_vec1()?)
+            })
+            .collect()
     }
 
-    /// Scores every family of every probe at the model's current weights (no graph).
+    /// Scores all responses of one probe: summed log-probs and diagnostics per sequence (the
+    /// probe's `seqs` order) and its trace.
+    fn score_probe(&self, model: &Model, p: &TokenizedProbe) -> Result<ProbeScores> {
+        let refs: Vec<&Seq> = p.seqs.iter().map(|(_, s)| s).collect();
+        let batch = Batch::responses(&refs, &model.device)?;
+        let logits = logprob::response_logits(model, &refs, self.mode)?;
+        let (_, summed) = logprob::token_logps(&logits, &batch)?;
+        let summed: Vec<f64> = summed.to_dtype(candle_core::DType::F64)?.to_vec1()?;
+        let diag = logprob::diagnostics(&logits, &batch)?;
+        let mut trace = ProbeTrace::default();
+        for (row, (f, seq)) in p.seqs.iter().enumerate() {
+            match f {
+                Family::Chosen => {
+                    let (tr, g) = logprob::trace_row(&logits, &batch, row, seq, self.top_k)?;
+                    trace.chosen = tr;
+                    trace.argmax = g;
+                }
+                Family::Rejected => {
+                    trace.rejected = logprob::trace_row(&logits, &batch, row, seq, self.top_k)?.0;
+                }
+                _ => {}
+            }
+        }
+        Ok(ProbeScores {
+            summed,
+            diag,
+            trace,
+        })
+    }
+
+    /// Scores every family of every probe at the model's current weights (no graph). Probes
+    /// run in parallel: at the demo's size one probe's matmuls are too small to keep two cores
+    /// busy.
     pub fn evaluate(&self, model: &Model, transfer: bool) -> Result<Evaluation> {
         let nf = self.families.len();
+        let scored: Vec<ProbeScores> = self
+            .probes
+            .par_iter()
+            .map(|p| self.score_probe(model, p))
+            .collect::<Result<_>>()?;
         let mut logps = vec![Vec::with_capacity(self.probes.len()); nf];
         let mut traces = Vec::with_capacity(self.probes.len());
         let mut diag = vec![Vec::with_capacity(self.probes.len()); nf];
-        for p in &self.probes {
-            let refs: Vec<&Seq> = p.seqs.iter().map(|(_, s)| s).collect();
-            let batch = Batch::new(&refs, &model.device)?;
-            let logits = model.forward_eval(&batch.ids)?;
-            let (_, summed) = logprob::token_logps(&logits, &batch)?;
-            let summed: Vec<f64> = summed.to_dtype(candle_core::DType::F64)?.to_vec1()?;
-            let d = logprob::diagnostics(&logits, &batch)?;
-            let mut trace = ProbeTrace::default();
-            for (row, (f, seq)) in p.seqs.iter().enumerate() {
-                match f {
-                    Family::Chosen => {
-                        let (tr, g) = logprob::trace_row(&logits, &batch, row, seq, self.top_k)?;
-                        trace.chosen = tr;
-                        trace.argmax = g;
-                    }
-                    Family::Rejected => {
-                        trace.rejected =
-                            logprob::trace_row(&logits, &batch, row, seq, self.top_k)?.0;
-                    }
-                    _ => {}
-                }
-            }
+        for (p, sc) in self.probes.iter().zip(scored) {
             for (fi, f) in self.families.iter().enumerate() {
                 if *f != Family::Argmax
                     && let Some(row) = p.seqs.iter().position(|(g, _)| g == f)
                 {
-                    diag[fi].push(d[row]);
+                    diag[fi].push(sc.diag[row]);
                 }
                 let v = if *f == Family::Argmax {
-                    trace.argmax.sum()
+                    sc.trace.argmax.sum()
                 } else {
                     let row = p.seqs.iter().position(|(g, _)| g == f).unwrap_or(0);
-                    summed[row]
+                    sc.summed[row]
                 };
                 logps[fi].push(v);
             }
-            traces.push(trace);
+            traces.push(sc.trace);
         }
         Ok(Evaluation {
             logps,

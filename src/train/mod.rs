@@ -11,4 +11,4 @@ pub mod trainer;
 
 pub use config::{Algo, Duration, OptimConfig, OptimKind, PhaseConfig, TrainConfig};
 pub use options::TrainOptions;
-pub use trainer::{Command, TrainerHandle, spawn};
+pub use trainer::{Command, Session, TrainerHandle, spawn};

@@ -92,7 +92,8 @@ pub struct Session {
     pub probe_set: ProbeSet,
     pub header: RunHeader,
     pairs: Vec<Pair>,
-    runner: ProbeRunner,
+    /// Scores the probe set (and the transfer matrix) at each evaluation.
+    pub runner: ProbeRunner,
 }
 
 /// Resolves the model argument ("default" = the embedded default model).
