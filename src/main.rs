@@ -442,6 +442,11 @@ struct PretrainArgs {
 }
 
 fn main() -> ExitCode {
+    if std::env::var_os(ldviz::perf::SPIN_ENV).is_none() {
+        // SAFETY: nothing else runs yet (no thread has been started), so no one reads the
+        // environment concurrently.
+        unsafe { std::env::set_var(ldviz::perf::SPIN_ENV, ldviz::perf::SPIN_DEFAULT) };
+    }
     ldviz::perf::init();
     let cli = Cli::parse();
     let result = match cli.cmd {

@@ -643,9 +643,35 @@ impl CustomOp2 for Linear {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = tensor_of(s1, l1, self.name())?;
-        let w = tensor_of(s2, l2, self.name())?;
-        storage_of(&x.matmul(&w.t()?)?)
+        let (n, k) = l1.shape().dims2()?;
+        let (out, k2) = l2.shape().dims2()?;
+        if k != k2 {
+            return Err(Error::Msg(format!(
+                "fused-linear: x has {k} features but the weight expects {k2}"
+            )));
+        }
+        let st = match (s1, s2) {
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(gemm_xwt(
+                slice::<f32>(s1, l1, self.name())?,
+                slice::<f32>(s2, l2, self.name())?,
+                n,
+                k,
+                out,
+            )),
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(gemm_xwt(
+                slice::<f64>(s1, l1, self.name())?,
+                slice::<f64>(s2, l2, self.name())?,
+                n,
+                k,
+                out,
+            )),
+            _ => {
+                return Err(Error::Msg(
+                    "fused-linear: x and W must both be f32 or f64".into(),
+                ));
+            }
+        };
+        Ok((st, Shape::from((n, out))))
     }
     fn bwd(
         &self,
@@ -659,6 +685,47 @@ impl CustomOp2 for Linear {
         let dw = g.t()?.matmul(&x)?;
         Ok((Some(dx), Some(dw)))
     }
+}
+
+/// y = x·Wᵀ straight from the storages (x [n, k], W [out, k], both contiguous), with the gemm
+/// crate on rayon's threads: no input copies.
+fn gemm_xwt<T: WithDType + 'static>(x: &[T], w: &[T], n: usize, k: usize, out: usize) -> Vec<T> {
+    let mut y = vec![T::zero(); n * out];
+    if n == 0 || out == 0 {
+        return y;
+    }
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 && n * out * k >= 1 << 16 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the pointers cover x (n·k), W (out·k) and y (n·out) with the strides given:
+    // y[i, j] at i·out + j, x[i, l] at i·k + l, and Wᵀ[l, j] = W[j, l] at j·k + l.
+    unsafe {
+        gemm::gemm(
+            n,
+            out,
+            k,
+            y.as_mut_ptr(),
+            1,
+            out as isize,
+            false,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            T::zero(),
+            T::one(),
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+    y
 }
 
 /// x [N, in] · W [out, in]ᵀ on the fused path.
