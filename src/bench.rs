@@ -8,7 +8,8 @@ use anyhow::{Result, anyhow};
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 
-use crate::model::config::{LlamaConfig, ModelConfig};
+use crate::device::Precision;
+use crate::model::config::{GptNeoxConfig, LlamaConfig, ModelConfig};
 use crate::model::{Model, Tok};
 use crate::train::config::{OptimConfig, OptimKind};
 use crate::train::optim::Optimizer;
@@ -61,27 +62,34 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 pub fn train_step(steps: usize) -> Result<BenchResult> {
+    train_step_on(steps, &Device::Cpu, Precision::F32)
+}
+
+/// [`train_step`] on any device and precision (timings synchronize the device).
+pub fn train_step_on(steps: usize, dev: &Device, prec: Precision) -> Result<BenchResult> {
     let c = bench_config();
     let (b, t) = (8usize, 64usize);
     let raw = serde_json::json!({"model_type": "llama"});
-    let model = Model::random(
+    let mut model = Model::random(
         ModelConfig::Llama(c.clone()),
         raw,
         placeholder_tok()?,
         0.02,
         0,
-        &Device::Cpu,
+        dev,
     )?;
+    model.set_precision(prec);
     let ids: Vec<u32> = (0..b * t)
         .map(|i| ((i * 7919 + 13) % c.vocab_size) as u32)
         .collect();
-    let ids = Tensor::from_vec(ids, (b, t), &Device::Cpu)?;
+    let ids = Tensor::from_vec(ids, (b, t), dev)?;
     let targets = ids.narrow(1, 1, t - 1)?.flatten_all()?;
     let mut opt = Optimizer::new(OptimConfig::new(OptimKind::Adamw, 1e-4), model.params.len());
     let (mut f, mut bw, mut o) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..steps + 3 {
+        dev.synchronize()?;
         let t0 = Instant::now();
-        let logits = model.forward(&ids)?;
+        let logits = model.forward(&ids)?.to_dtype(DType::F32)?;
         let v = logits.dim(2)?;
         let logits = logits.narrow(1, 0, t - 1)?.reshape(((t - 1) * b, v))?;
         let loss = crate::model::fused::target_logp(&logits, &targets)?
@@ -96,8 +104,10 @@ pub fn train_step(steps: usize) -> Result<BenchResult> {
             .iter()
             .map(|v| grads.get(v.as_tensor()).cloned())
             .collect();
+        dev.synchronize()?;
         let t2 = Instant::now();
         opt.step(model.params.vars(), &g, 1e-4)?;
+        dev.synchronize()?;
         let t3 = Instant::now();
         if i >= 3 {
             f.push((t1 - t0).as_secs_f64() * 1e3);
@@ -273,5 +283,257 @@ pub fn probe_eval(reps: usize) -> Result<ProbeReport> {
         transfer_shared_s: times[0].1,
         transfer_per_pair_s: times[2].1,
         max_abs_diff,
+    })
+}
+
+/// `ldviz bench --preset`: model shapes for GPU benchmarks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+pub enum Preset {
+    /// gpt_neox of Pythia-410M's shape: hidden 1024, 24 layers, 16 heads, intermediate 4096,
+    /// vocab 50304, rotary_pct 0.25, untied; DPO 4 pairs x 512 tokens, probe evaluation
+    /// 32 prompts x 13 responses x 384 tokens.
+    #[value(name = "pythia-410m")]
+    Pythia410m,
+    /// The same code path at toy size (hidden 64, 2 layers, vocab 512; DPO 2 pairs x 64
+    /// tokens, evaluation 2 prompts x 13 x 48 tokens): for tests and CPU smoke runs.
+    #[value(name = "pythia-tiny")]
+    PythiaTiny,
+}
+
+/// The workload of a preset.
+struct PresetShape {
+    config: GptNeoxConfig,
+    pairs: usize,
+    seq: usize,
+    prompts: usize,
+    responses: usize,
+    eval_seq: usize,
+}
+
+impl Preset {
+    fn shape(self) -> PresetShape {
+        let (hidden, layers, heads, inter, vocab) = match self {
+            Preset::Pythia410m => (1024, 24, 16, 4096, 50304),
+            Preset::PythiaTiny => (64, 2, 4, 256, 512),
+        };
+        let config = GptNeoxConfig {
+            vocab_size: vocab,
+            hidden_size: hidden,
+            intermediate_size: inter,
+            num_hidden_layers: layers,
+            num_attention_heads: heads,
+            rotary_pct: 0.25,
+            rotary_emb_base: 10000.0,
+            layer_norm_eps: 1e-5,
+            use_parallel_residual: true,
+            tie_word_embeddings: false,
+            hidden_act: "gelu".into(),
+            attention_bias: true,
+            max_position_embeddings: 2048,
+        };
+        match self {
+            Preset::Pythia410m => PresetShape {
+                config,
+                pairs: 4,
+                seq: 512,
+                prompts: 32,
+                responses: 13,
+                eval_seq: 384,
+            },
+            Preset::PythiaTiny => PresetShape {
+                config,
+                pairs: 2,
+                seq: 64,
+                prompts: 2,
+                responses: 13,
+                eval_seq: 48,
+            },
+        }
+    }
+}
+
+/// `ldviz bench --preset` figures; times are medians in milliseconds, synchronized.
+#[derive(Clone, Debug, Serialize)]
+pub struct PresetReport {
+    pub preset: Preset,
+    pub device: String,
+    pub dtype: String,
+    pub params: usize,
+    /// One DPO step: reference log-probs + policy forward/backward + AdamW.
+    pub dpo_step_ms: f64,
+    pub dpo_reference_ms: f64,
+    pub dpo_forward_backward_ms: f64,
+    pub dpo_optimizer_ms: f64,
+    /// One probe evaluation (summed log-probs of every response, no grad), prompt KV shared.
+    pub probe_eval_ms: f64,
+    /// The same as one padded batch per prompt (what the PyTorch script does).
+    pub probe_eval_padded_ms: f64,
+    /// Largest |Δ| between the two evaluations' summed log-probs.
+    pub probe_eval_max_abs_diff: f64,
+    pub dpo_tokens: usize,
+    pub eval_tokens: usize,
+}
+
+fn lcg_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((x >> 33) % vocab as u64) as u32
+        })
+        .collect()
+}
+
+/// Runs a preset: random-init model on `dev` in `prec`, then `reps` timed repetitions (after
+/// 2 warm-ups) of one DPO step and of one probe evaluation. Sequences: each pair shares a
+/// prompt of half the length; each evaluation prompt has `responses` responses, prompt a
+/// third of the length.
+pub fn preset(p: Preset, dev: &Device, prec: Precision, reps: usize) -> Result<PresetReport> {
+    use crate::probe::{Batch, EvalMode, Seq, logprob};
+    use crate::train::loss::{LossInputs, LossParams, compute};
+    let sh = p.shape();
+    let v = sh.config.vocab_size;
+    let raw = serde_json::json!({"model_type": "gpt_neox"});
+    let mut model = Model::random(
+        ModelConfig::GptNeox(sh.config.clone()),
+        raw,
+        placeholder_tok()?,
+        0.02,
+        0,
+        dev,
+    )?;
+    model.set_precision(prec);
+    let seq = |prompt: usize, resp: usize, seed: u64| Seq {
+        prompt: lcg_tokens(prompt, v, seed),
+        response: lcg_tokens(resp, v, seed + 1_000_003),
+    };
+    // DPO batch: chosen rows then rejected rows, same prompts.
+    let half = sh.seq / 2;
+    let mut rows = Vec::new();
+    for i in 0..sh.pairs {
+        rows.push(seq(half, sh.seq - half, 2 * i as u64));
+    }
+    for i in 0..sh.pairs {
+        let mut r = seq(half, sh.seq - half, 2 * i as u64 + 1);
+        r.prompt = rows[i].prompt.clone();
+        rows.push(r);
+    }
+    let refs: Vec<&Seq> = rows.iter().collect();
+    let batch = Batch::new(&refs, dev)?;
+    let lens = Tensor::from_vec(vec![(sh.seq - half) as f32; sh.pairs], sh.pairs, dev)?;
+    let mut opt = Optimizer::new(OptimConfig::new(OptimKind::Adamw, 1e-6), model.params.len());
+    let params = LossParams {
+        beta: 0.1,
+        gamma: 0.5,
+        label_smoothing: 0.0,
+    };
+    let (mut tr, mut tfb, mut to) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..reps.max(1) + 2 {
+        dev.synchronize()?;
+        let t0 = Instant::now();
+        let logits = model.forward_eval(&batch.ids)?;
+        let (_, r) = logprob::token_logps(&logits, &batch)?;
+        drop(logits);
+        let (rc, rr) = (r.narrow(0, 0, sh.pairs)?, r.narrow(0, sh.pairs, sh.pairs)?);
+        dev.synchronize()?;
+        let t1 = Instant::now();
+        let logits = model.forward(&batch.ids)?;
+        let (_, s) = logprob::token_logps(&logits, &batch)?;
+        let (pc, pr) = (s.narrow(0, 0, sh.pairs)?, s.narrow(0, sh.pairs, sh.pairs)?);
+        let (loss, _) = compute(
+            crate::train::Algo::Dpo,
+            params,
+            &LossInputs {
+                policy_chosen: &pc,
+                policy_rejected: Some(&pr),
+                ref_chosen: Some(&rc),
+                ref_rejected: Some(&rr),
+                len_chosen: &lens,
+                len_rejected: Some(&lens),
+            },
+        )?;
+        let grads = loss.backward()?;
+        let g: Vec<Option<Tensor>> = model
+            .params
+            .vars()
+            .iter()
+            .map(|v| grads.get(v.as_tensor()).cloned())
+            .collect();
+        drop(grads);
+        dev.synchronize()?;
+        let t2 = Instant::now();
+        opt.step(model.params.vars(), &g, 1e-6)?;
+        dev.synchronize()?;
+        let t3 = Instant::now();
+        if i >= 2 {
+            tr.push((t1 - t0).as_secs_f64() * 1e3);
+            tfb.push((t2 - t1).as_secs_f64() * 1e3);
+            to.push((t3 - t2).as_secs_f64() * 1e3);
+        }
+    }
+    let mut total: Vec<f64> = (0..tr.len()).map(|i| tr[i] + tfb[i] + to[i]).collect();
+    // Probe evaluation: `prompts` prompts x `responses` responses.
+    let ep = sh.eval_seq / 3;
+    let probes: Vec<Vec<Seq>> = (0..sh.prompts)
+        .map(|pi| {
+            let prompt = lcg_tokens(ep, v, 7_000 + pi as u64);
+            (0..sh.responses)
+                .map(|ri| Seq {
+                    prompt: prompt.clone(),
+                    response: lcg_tokens(sh.eval_seq - ep, v, 9_000 + (pi * 100 + ri) as u64),
+                })
+                .collect()
+        })
+        .collect();
+    let eval = |mode: EvalMode| -> Result<Vec<f64>> {
+        let mut out = Vec::new();
+        for p in &probes {
+            let refs: Vec<&Seq> = p.iter().collect();
+            let b = Batch::responses(&refs, dev)?;
+            let z = logprob::response_logits(&model, &refs, mode)?;
+            let (_, s) = logprob::token_logps(&z, &b)?;
+            out.extend(s.to_dtype(DType::F64)?.to_vec1::<f64>()?);
+        }
+        Ok(out)
+    };
+    let times = |mode: EvalMode| -> Result<(f64, Vec<f64>)> {
+        let mut t = Vec::new();
+        let mut last = Vec::new();
+        for i in 0..reps.max(1) + 2 {
+            dev.synchronize()?;
+            let t0 = Instant::now();
+            last = eval(mode)?;
+            dev.synchronize()?;
+            if i >= 2 {
+                t.push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        Ok((median(&mut t), last))
+    };
+    let (shared_ms, a) = times(EvalMode::SharedPrefix)?;
+    let (padded_ms, b) = times(EvalMode::Padded)?;
+    let diff = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f64, f64::max);
+    Ok(PresetReport {
+        preset: p,
+        device: format!("{dev:?}"),
+        dtype: prec.to_string(),
+        params: model.n_params(),
+        dpo_step_ms: median(&mut total),
+        dpo_reference_ms: median(&mut tr),
+        dpo_forward_backward_ms: median(&mut tfb),
+        dpo_optimizer_ms: median(&mut to),
+        probe_eval_ms: shared_ms,
+        probe_eval_padded_ms: padded_ms,
+        probe_eval_max_abs_diff: diff,
+        dpo_tokens: 2 * sh.pairs * sh.seq,
+        eval_tokens: sh.prompts * sh.responses * sh.eval_seq,
     })
 }

@@ -19,6 +19,7 @@ pub mod app;
 pub mod assets;
 pub mod bench;
 pub mod data;
+pub mod device;
 pub mod export;
 pub mod model;
 pub mod perf;

@@ -172,6 +172,12 @@ struct TrainArgs {
     /// Hugging Face model folder, or "default" for the embedded model.
     #[arg(long, default_value = "default")]
     model: String,
+    /// cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    device: ldviz::device::DeviceSpec,
+    /// Compute precision: f32, or bf16 (bf16 forward on f32 master weights; meant for GPUs).
+    #[arg(long, default_value = "f32")]
+    dtype: ldviz::device::Precision,
     /// Preference data file (.jsonl, .json, .jsonl.gz), or "default" for the demo dataset.
     #[arg(long, default_value = "default")]
     data: String,
@@ -356,6 +362,12 @@ enum QuantityArg {
 struct LogprobArgs {
     #[arg(long, default_value = "default")]
     model: String,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: ldviz::device::DeviceSpec,
+    /// f32 or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: ldviz::device::Precision,
     #[arg(long, default_value = "default")]
     data: String,
     #[arg(long, value_enum, default_value = "auto")]
@@ -374,6 +386,20 @@ struct BenchArgs {
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+    /// cpu, cuda or cuda:N (the training-step benchmark and --preset).
+    #[arg(long, default_value = "cpu")]
+    device: ldviz::device::DeviceSpec,
+    /// f32 or bf16 (the training-step benchmark and --preset).
+    #[arg(long, default_value = "f32")]
+    dtype: ldviz::device::Precision,
+    /// Instead: a GPU-sized model of this shape (random init): one DPO step (4 pairs x 512
+    /// tokens: reference log-probs, policy forward + backward, AdamW) and one probe evaluation
+    /// (32 prompts x 13 responses x 384 tokens, no grad), median of --reps after 2 warm-ups.
+    #[arg(long, value_enum)]
+    preset: Option<ldviz::bench::Preset>,
+    /// With --preset: timed repetitions.
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
     /// Timed steps (median reported).
     #[arg(long, default_value_t = 10)]
     steps: usize,
@@ -517,6 +543,8 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
                     .ok_or_else(|| anyhow::anyhow!("--influence-families: unknown family \"{k}\""))
             })
             .collect::<Result<Vec<_>>>()?,
+        device: a.device,
+        precision: a.dtype,
     };
     o.to_config()
 }
@@ -578,7 +606,8 @@ fn train(a: TrainArgs) -> Result<()> {
 fn logprob(a: LogprobArgs) -> Result<()> {
     use ldviz::probe::{Batch, Seq, logprob::token_logps};
     let dir = ldviz::train::trainer::resolve_model(&a.model)?;
-    let model = ldviz::model::Model::load(&dir, &candle_core::Device::Cpu)?;
+    let mut model = ldviz::model::Model::load(&dir, &ldviz::device::open(a.device, a.dtype)?)?;
+    model.set_precision(a.dtype);
     let chat =
         ldviz::data::ChatTemplate::from_tokenizer_config(&dir.join("tokenizer_config.json"))?;
     let ds = ldviz::data::load_dataset(
@@ -599,11 +628,11 @@ fn logprob(a: LogprobArgs) -> Result<()> {
         let batch = Batch::new(&[&c, &j], &model.device).with_context(ctx)?;
         let logits = model.forward_eval(&batch.ids)?;
         let (per_tok, summed) = token_logps(&logits, &batch)?;
-        let summed: Vec<f32> = summed.to_vec1()?;
+        let summed: Vec<f32> = summed.to_dtype(candle_core::DType::F32)?.to_vec1()?;
         let mut obj =
             serde_json::json!({"index": r.index, "chosen": summed[0], "rejected": summed[1]});
         if a.tokens {
-            let rows: Vec<Vec<f32>> = per_tok.to_vec2()?;
+            let rows: Vec<Vec<f32>> = per_tok.to_dtype(candle_core::DType::F32)?.to_vec2()?;
             let toks = |row: usize, s: &Seq| -> Vec<serde_json::Value> {
                 let (start, n) = batch.spans[row];
                 (0..n)
@@ -743,7 +772,33 @@ fn bench(a: BenchArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let r = ldviz::bench::train_step(a.steps.max(1))?;
+    if let Some(p) = a.preset {
+        let dev = ldviz::device::open(a.device, a.dtype)?;
+        let r = ldviz::bench::preset(p, &dev, a.dtype, a.reps)?;
+        if a.json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            println!(
+                "{:?} on {} ({}), {} params: DPO step {:.1} ms (reference {:.1}, forward+backward {:.1}, AdamW {:.1}; {} tokens); probe evaluation {:.1} ms with shared prompt KV, {:.1} ms padded ({} tokens; max |Δ| {:.1e})",
+                r.preset,
+                a.device,
+                r.dtype,
+                r.params,
+                r.dpo_step_ms,
+                r.dpo_reference_ms,
+                r.dpo_forward_backward_ms,
+                r.dpo_optimizer_ms,
+                r.dpo_tokens,
+                r.probe_eval_ms,
+                r.probe_eval_padded_ms,
+                r.eval_tokens,
+                r.probe_eval_max_abs_diff
+            );
+        }
+        return Ok(());
+    }
+    let dev = ldviz::device::open(a.device, a.dtype)?;
+    let r = ldviz::bench::train_step_on(a.steps.max(1), &dev, a.dtype)?;
     let peak = if a.peak {
         Some(ldviz::bench::matmul_peak()?)
     } else {

@@ -41,6 +41,8 @@ fn config(steps: usize) -> TrainConfig {
         influence_every: Some(0),
         influence_probes: 8,
         influence_families: ldviz::train::config::influence_families(),
+        device: Default::default(),
+        precision: Default::default(),
         top_k: 3,
     }
 }

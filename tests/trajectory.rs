@@ -44,6 +44,8 @@ fn config(algo: Algo, lr: f64, beta: f64) -> TrainConfig {
         influence_every: Some(0),
         influence_probes: 8,
         influence_families: ldviz::train::config::influence_families(),
+        device: Default::default(),
+        precision: Default::default(),
         top_k: 5,
     }
 }

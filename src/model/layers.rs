@@ -41,14 +41,27 @@ pub fn conv1d(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     y.reshape(out)
 }
 
-/// RMSNorm: x / sqrt(mean(x²) + eps) · w (fused on CPU, see fused.rs).
+/// The dtype reductions run in: f32 for bf16/f16 inputs, the input's own otherwise.
+fn wide(dtype: DType) -> DType {
+    match dtype {
+        DType::BF16 | DType::F16 => DType::F32,
+        d => d,
+    }
+}
+
+/// RMSNorm: x / sqrt(mean(x²) + eps) · w (fused on CPU, see fused.rs). bf16/f16 inputs are
+/// normalized in f32 and the result cast back (as transformers does).
 pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
     if super::fused::usable(x) {
         return super::fused::rms_norm(x, w, eps);
     }
-    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    let dt = x.dtype();
+    let xf = x.to_dtype(wide(dt))?;
+    let ms = xf.sqr()?.mean_keepdim(D::Minus1)?;
     let inv = (ms + eps)?.sqrt()?.recip()?;
-    x.broadcast_mul(&inv)?.broadcast_mul(w)
+    xf.broadcast_mul(&inv)?
+        .broadcast_mul(&w.to_dtype(wide(dt))?)?
+        .to_dtype(dt)
 }
 
 /// silu(a) · b (fused on CPU).
@@ -59,13 +72,19 @@ pub fn swiglu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     a.silu()? * b
 }
 
-/// LayerNorm: (x − mean) / sqrt(var + eps) · w + b (biased variance, as PyTorch).
+/// LayerNorm: (x − mean) / sqrt(var + eps) · w + b (biased variance, as PyTorch); in f32
+/// for bf16/f16 inputs, cast back.
 pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor, eps: f64) -> Result<Tensor> {
+    let dt = x.dtype();
+    let x = x.to_dtype(wide(dt))?;
     let mean = x.mean_keepdim(D::Minus1)?;
     let xc = x.broadcast_sub(&mean)?;
     let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
     let inv = (var + eps)?.sqrt()?.recip()?;
-    xc.broadcast_mul(&inv)?.broadcast_mul(w)?.broadcast_add(b)
+    xc.broadcast_mul(&inv)?
+        .broadcast_mul(&w.to_dtype(wide(dt))?)?
+        .broadcast_add(&b.to_dtype(wide(dt))?)?
+        .to_dtype(dt)
 }
 
 /// The additive causal mask [T, T]: 0 on and below the diagonal, −inf above.
@@ -231,8 +250,13 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor) -> Result<Te
     let y = if super::fused::usable(q) {
         super::fused::attention(q, k, v, scale)?
     } else {
-        let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
-        candle_nn::ops::softmax(&scores, D::Minus1)?.matmul(v)?
+        // scores, mask and softmax in f32 whatever the compute dtype
+        let wd = wide(q.dtype());
+        let scores =
+            (q.matmul(&k.t()?)?.to_dtype(wd)? * scale)?.broadcast_add(&mask.to_dtype(wd)?)?;
+        candle_nn::ops::softmax(&scores, D::Minus1)?
+            .to_dtype(q.dtype())?
+            .matmul(v)?
     };
     y.transpose(1, 2)?.reshape((b, t, h * dh))
 }

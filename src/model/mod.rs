@@ -26,10 +26,13 @@ pub use tokenizer::Tok;
 pub use weights::Params;
 
 /// Weight access for one forward pass: with `grad`, the Vars themselves (tracked); without,
-/// detached views (no graph).
+/// detached views (no graph). When the compute dtype differs from the weights' (bf16 compute
+/// on f32 master weights), each weight is cast; the cast is part of the graph, so gradients
+/// arrive at the f32 masters in f32.
 pub struct Weights<'a> {
     params: &'a Params,
     grad: bool,
+    compute: DType,
 }
 
 impl Weights<'_> {
@@ -38,11 +41,16 @@ impl Weights<'_> {
             .params
             .get(name)
             .ok_or_else(|| candle_core::Error::Msg(format!("weight \"{name}\" is missing")))?;
-        Ok(if self.grad {
+        let t = if self.grad {
             v.as_tensor().clone()
         } else {
             v.as_tensor().detach()
-        })
+        };
+        if t.dtype() == self.compute {
+            Ok(t)
+        } else {
+            t.to_dtype(self.compute)
+        }
     }
 }
 
@@ -58,10 +66,14 @@ pub struct Model {
     pub fingerprint: String,
     /// config.json as read (written back by [`Model::save`]).
     pub raw_config: serde_json::Value,
+    /// The dtype the forward pass computes in (the weights' own dtype unless
+    /// [`Model::set_precision`] chose bf16).
+    pub compute: DType,
 }
 
 impl Model {
-    /// Loads a Hugging Face model folder onto `device` in f32.
+    /// Loads a Hugging Face model folder onto `device` in f32 (bf16/f16 checkpoints are
+    /// upcast: the weights are the optimizer's f32 masters).
     pub fn load(dir: &Path, device: &Device) -> Result<Model> {
         if !dir.is_dir() {
             bail!(
@@ -113,6 +125,7 @@ impl Model {
             dir: Some(dir.to_path_buf()),
             fingerprint: String::new(),
             raw_config: raw,
+            compute: DType::F32,
         };
         model.fingerprint = model.compute_fingerprint()?;
         Ok(model)
@@ -155,9 +168,18 @@ impl Model {
             dir: None,
             fingerprint: String::new(),
             raw_config,
+            compute: DType::F32,
         };
         model.fingerprint = model.compute_fingerprint()?;
         Ok(model)
+    }
+
+    /// Computes in `p` from now on; the weights stay as they are (f32 masters for bf16).
+    pub fn set_precision(&mut self, p: crate::device::Precision) {
+        self.compute = match p {
+            crate::device::Precision::F32 => self.dtype(),
+            crate::device::Precision::Bf16 => DType::BF16,
+        };
     }
 
     pub fn arch(&self) -> Arch {
@@ -208,6 +230,7 @@ impl Model {
         let w = Weights {
             params: &self.params,
             grad: false,
+            compute: self.compute,
         };
         let head = self.lm_head(&w)?;
         let mut cache = KvCache::default();
@@ -257,6 +280,7 @@ impl Model {
         let w = Weights {
             params: &self.params,
             grad,
+            compute: self.compute,
         };
         let logits = match &self.config {
             ModelConfig::Llama(c) | ModelConfig::Qwen2(c) => llama::forward(c, &w, ids)?,
@@ -353,6 +377,7 @@ impl Model {
             dir: self.dir.clone(),
             fingerprint: self.fingerprint.clone(),
             raw_config: self.raw_config.clone(),
+            compute: dtype,
         })
     }
 

@@ -176,6 +176,9 @@ pub fn token_logps(logits: &Tensor, batch: &Batch) -> Result<(Tensor, Tensor)> {
 /// position's logits (f64 accumulation), rows in parallel; no graph.
 pub fn diagnostics(logits: &Tensor, batch: &Batch) -> Result<Vec<[f64; 3]>> {
     use rayon::prelude::*;
+    if !logits.device().is_cpu() {
+        return diagnostics_on_device(logits, batch);
+    }
     let logits = logits.to_dtype(DType::F32)?;
     let (b, t, v) = logits.dims3()?;
     let flat: Vec<f32> = logits.flatten_all()?.to_vec1()?;
@@ -302,6 +305,44 @@ fn pad_positions(z: &Tensor, l: usize) -> Result<Tensor> {
     Ok(Tensor::cat(&[z, &pad], 1)?)
 }
 
+/// [`diagnostics`] with tensor ops on the logits' device (GPUs), in f32: only [B, T] values
+/// come back to the host instead of the [B, T, V] logits.
+fn diagnostics_on_device(logits: &Tensor, batch: &Batch) -> Result<Vec<[f64; 3]>> {
+    use candle_core::D;
+    let z = logits.to_dtype(DType::F32)?;
+    let (_, _, v) = z.dims3()?;
+    let max = z.max_keepdim(D::Minus1)?;
+    let e = z.broadcast_sub(&max)?.exp()?;
+    let s1 = e.sum_keepdim(D::Minus1)?; // [B, T, 1]
+    let s2 = e.sqr()?.sum_keepdim(D::Minus1)?;
+    let ey = e.gather(&batch.targets.unsqueeze(2)?.contiguous()?, D::Minus1)?;
+    let py = (ey / &s1)?.squeeze(2)?;
+    let sq = (s2 / s1.sqr()?)?.squeeze(2)?;
+    let vf = v as f64;
+    let a = ((&sq * vf)? + (vf - 2.0))?.relu()?.sqrt()?;
+    let g = ((&sq - (&py * 2.0)?)? + 1.0)?.relu()?.sqrt()?;
+    let en = (py.neg()? + 1.0)?;
+    let mask = batch.mask.to_dtype(DType::F32)?;
+    let sums = Tensor::stack(
+        &[
+            (a * &mask)?.sum(1)?,
+            (g * &mask)?.sum(1)?,
+            (en * &mask)?.sum(1)?,
+        ],
+        1,
+    )?
+    .to_dtype(DType::F64)?
+    .to_vec2::<f64>()?;
+    Ok(sums
+        .iter()
+        .zip(&batch.spans)
+        .map(|(r, &(_, n))| {
+            let n = n.max(1) as f64;
+            [r[0] / n, r[1] / n, r[2] / n]
+        })
+        .collect())
+}
+
 /// Summed response log-probs of `seqs` under `model`, without a graph, in chunks of `chunk` rows.
 pub fn score(model: &Model, seqs: &[Seq], chunk: usize) -> Result<Vec<f64>> {
     let mut out = Vec::with_capacity(seqs.len());
@@ -417,6 +458,13 @@ mod tests {
             .collect();
         let logits = Tensor::from_vec(vals.clone(), (b, t, v), &Device::Cpu).unwrap();
         let got = diagnostics(&logits, &batch).unwrap();
+        // the tensor-op path GPUs take gives the same numbers
+        let dev = diagnostics_on_device(&logits, &batch).unwrap();
+        for (a, b) in got.iter().zip(&dev) {
+            for k in 0..3 {
+                assert!((a[k] - b[k]).abs() < 1e-5, "{a:?} vs {b:?}");
+            }
+        }
         for (r, s) in seqs.iter().enumerate() {
             let (start, n) = batch.spans[r];
             let mut acc = [0f64; 3];

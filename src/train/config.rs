@@ -228,6 +228,12 @@ pub struct TrainConfig {
     /// …on these families.
     #[serde(default = "influence_families")]
     pub influence_families: Vec<crate::data::Family>,
+    /// Where to train (`--device`; runs recorded before this field: cpu).
+    #[serde(default)]
+    pub device: crate::device::DeviceSpec,
+    /// Compute precision (`--dtype`; see `crate::device` for what stays f32).
+    #[serde(default)]
+    pub precision: crate::device::Precision,
 }
 
 fn eight() -> usize {

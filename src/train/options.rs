@@ -51,6 +51,10 @@ pub struct TrainOptions {
     pub influence_every: Option<usize>,
     pub influence_probes: usize,
     pub influence_families: Vec<crate::data::Family>,
+    #[serde(default)]
+    pub device: crate::device::DeviceSpec,
+    #[serde(default)]
+    pub precision: crate::device::Precision,
 }
 
 impl Default for TrainOptions {
@@ -92,6 +96,8 @@ impl Default for TrainOptions {
             influence_every: None,
             influence_probes: 8,
             influence_families: super::config::influence_families(),
+            device: Default::default(),
+            precision: Default::default(),
         }
     }
 }
@@ -234,6 +240,8 @@ impl TrainOptions {
             influence_every: self.influence_every,
             influence_probes: self.influence_probes,
             influence_families: self.influence_families.clone(),
+            device: self.device,
+            precision: self.precision,
         })
     }
 }

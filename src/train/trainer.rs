@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use rand::seq::SliceRandom;
 use rand::{SeedableRng, rngs::StdRng};
@@ -144,7 +144,9 @@ impl Session {
             bail!("--label-smoothing must be in [0, 0.5)");
         }
         let model_dir = resolve_model(&cfg.model)?;
-        let model = Model::load(&model_dir, &Device::Cpu)?;
+        let device = crate::device::open(cfg.device, cfg.precision)?;
+        let mut model = Model::load(&model_dir, &device)?;
+        model.set_precision(cfg.precision);
         let (ds, train, test) = load_records(cfg, &model_dir)?;
         let probe_set = data::build_probe_set(&train, &test, cfg.probes, cfg.seed)?;
         let lim = cfg.lengths;
