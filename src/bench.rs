@@ -293,10 +293,12 @@ pub enum Preset {
     /// vocab 50304, rotary_pct 0.25, untied; DPO 4 pairs x 512 tokens, probe evaluation
     /// 32 prompts x 13 responses x 384 tokens.
     #[value(name = "pythia-410m")]
+    #[serde(rename = "pythia-410m")]
     Pythia410m,
     /// The same code path at toy size (hidden 64, 2 layers, vocab 512; DPO 2 pairs x 64
     /// tokens, evaluation 2 prompts x 13 x 48 tokens): for tests and CPU smoke runs.
     #[value(name = "pythia-tiny")]
+    #[serde(rename = "pythia-tiny")]
     PythiaTiny,
 }
 

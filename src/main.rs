@@ -779,8 +779,8 @@ fn bench(a: BenchArgs) -> Result<()> {
             println!("{}", serde_json::to_string(&r)?);
         } else {
             println!(
-                "{:?} on {} ({}), {} params: DPO step {:.1} ms (reference {:.1}, forward+backward {:.1}, AdamW {:.1}; {} tokens); probe evaluation {:.1} ms with shared prompt KV, {:.1} ms padded ({} tokens; max |Δ| {:.1e})",
-                r.preset,
+                "{} on {} ({}), {} params: DPO step {:.1} ms (reference {:.1}, forward+backward {:.1}, AdamW {:.1}; {} tokens); probe evaluation {:.1} ms with shared prompt KV, {:.1} ms padded ({} tokens; max |Δ| {:.1e})",
+                serde_json::to_value(r.preset)?.as_str().unwrap_or("preset"),
                 a.device,
                 r.dtype,
                 r.params,

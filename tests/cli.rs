@@ -627,3 +627,55 @@ fn export_plots_a_diagnostic() {
     assert!(!text.contains("argmax (argmax)"));
     assert!(text.contains("rejected (rejected-like)"));
 }
+
+#[test]
+fn device_and_dtype_errors_are_specific() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run.jsonl");
+    // every command that runs the model takes --device / --dtype
+    for cmd in [
+        vec!["train", "--steps", "1", "--out", p(&out)],
+        vec!["logprob"],
+        vec!["bench", "--steps", "1"],
+    ] {
+        let mut a = cmd.clone();
+        a.extend(["--device", "tpu"]);
+        let o = ldviz(&a);
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success());
+        assert!(e.contains("expected cpu, cuda or cuda:N"), "{cmd:?}: {e}");
+        let mut a = cmd.clone();
+        a.extend(["--dtype", "bf16"]);
+        let e = fails(&a);
+        assert!(e.contains("bf16 runs on GPUs only"), "{cmd:?}: {e}");
+        if !ldviz::device::cuda_built() {
+            let mut a = cmd.clone();
+            a.extend(["--device", "cuda:1"]);
+            let e = fails(&a);
+            assert!(e.contains("built without CUDA support"), "{cmd:?}: {e}");
+        }
+    }
+    assert!(!out.exists() || std::fs::metadata(&out).unwrap().len() == 0);
+}
+
+#[test]
+fn bench_preset_runs_the_gpu_workload_at_toy_size() {
+    // pythia-tiny: the code path of --preset pythia-410m (gpt_neox, DPO step with reference
+    // log-probs, shared-KV probe evaluation vs padded) on the CPU.
+    let out = ok(&["bench", "--preset", "pythia-tiny", "--reps", "1", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["preset"], "pythia-tiny");
+    assert_eq!(v["dtype"], "f32");
+    for k in [
+        "dpo_step_ms",
+        "dpo_reference_ms",
+        "dpo_forward_backward_ms",
+        "probe_eval_ms",
+    ] {
+        assert!(v[k].as_f64().unwrap() > 0.0, "{k}: {v}");
+    }
+    assert_eq!(v["dpo_tokens"], 256);
+    assert_eq!(v["eval_tokens"], 2 * 13 * 48);
+    // both evaluations score the same sequences
+    assert!(v["probe_eval_max_abs_diff"].as_f64().unwrap() < 1e-3, "{v}");
+}

@@ -3,7 +3,10 @@
 # (the recipe of ../shared/GPU.md): CUDA 13.0 pip wheels as the toolkit, a link-time stub
 # libcuda, and CUDA_COMPUTE_CAP instead of nvidia-smi.
 #
-#   tools/build-cuda.sh [--compute-cap 90] [--out DIR] [-- extra cargo args]
+#   tools/build-cuda.sh [--compute-cap 90] [--out DIR] [--tests] [-- extra cargo args]
+#
+# --tests also builds tests/device.rs with the feature (GPU vs CPU log-probs, DPO trajectory,
+# bf16 tolerance) as DIR/device-tests, which tools/gpu_check.sh runs on the GPU machine.
 #
 # With a real CUDA toolkit installed, `cargo build --release --features cuda` is all you need.
 #
@@ -17,13 +20,15 @@ set -euo pipefail
 
 CAP=90
 OUT=gpu-bin
+TESTS=0
 EXTRA=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --compute-cap) CAP="$2"; shift 2 ;;
     --out) OUT="$2"; shift 2 ;;
+    --tests) TESTS=1; shift ;;
     --) shift; EXTRA=("$@"); break ;;
-    -h|--help) sed -n 2,16p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,19p "$0"; exit 0 ;;
     *) echo "build-cuda.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -68,4 +73,17 @@ CARGO_TARGET_DIR="$ROOT/target-cuda" cargo build --release --features cuda --bin
 mkdir -p "$OUT"
 cp "$ROOT/target-cuda/release/ldviz" "$OUT/ldviz"
 strip "$OUT/ldviz" 2>/dev/null || true
+if [ "$TESTS" = 1 ]; then
+  echo "== building tests/device.rs with the cuda feature"
+  BIN="$(CARGO_TARGET_DIR="$ROOT/target-cuda" cargo test --release --features cuda --test device \
+          --no-run --message-format=json 2>/dev/null \
+        | python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "device":
+        print(m["executable"])' | tail -1)"
+  [ -n "$BIN" ] || { echo "build-cuda.sh: the device test binary was not built" >&2; exit 1; }
+  cp "$BIN" "$OUT/device-tests"
+  strip "$OUT/device-tests" 2>/dev/null || true
+fi
 echo "== built $OUT/ldviz ($(du -h "$OUT/ldviz" | cut -f1)); needs CUDA 13 libraries and a driver on the GPU machine"

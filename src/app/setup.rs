@@ -105,6 +105,36 @@ impl SetupView {
     }
 }
 
+use crate::device as ldviz_device;
+
+/// Device and precision choices (builds with the `cuda` feature only). The devices are probed
+/// once per process.
+fn device_rows(ui: &mut egui::Ui, o: &mut TrainOptions) {
+    use ldviz_device::{DeviceSpec, Precision};
+    static FOUND: std::sync::OnceLock<Vec<DeviceSpec>> = std::sync::OnceLock::new();
+    let found = FOUND.get_or_init(DeviceSpec::available);
+    ui.label("Device");
+    egui::ComboBox::from_id_salt("device")
+        .selected_text(o.device.to_string())
+        .show_ui(ui, |ui| {
+            for d in found {
+                ui.selectable_value(&mut o.device, *d, d.to_string());
+            }
+        });
+    ui.end_row();
+    ui.label("Precision");
+    egui::ComboBox::from_id_salt("precision")
+        .selected_text(o.precision.to_string())
+        .show_ui(ui, |ui| {
+            for p in [Precision::F32, Precision::Bf16] {
+                ui.selectable_value(&mut o.precision, p, p.to_string());
+            }
+        })
+        .response
+        .on_hover_text("bf16: bf16 forward on f32 master weights (GPUs only)");
+    ui.end_row();
+}
+
 fn has_sft_phase(a: Algo) -> bool {
     matches!(a, Algo::Extended | Algo::SftThenDpo)
 }
@@ -189,6 +219,9 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui, actions: &mut Vec<Action>) {
                         }
                     });
                 ui.end_row();
+                if ldviz_device::cuda_built() {
+                    device_rows(ui, &mut s.options);
+                }
                 let dlr = format!("{:e}", s.options.default_lr());
                 ui.label("Learning rate");
                 ui.add(
