@@ -11,6 +11,9 @@ set -uo pipefail
 BIN=${BIN:-gpu-bin}
 REPS=${REPS:-5}
 status=0
+if [ ! -x "$BIN/ldviz" ] && [ -f "$BIN.tar.xz" ]; then
+  mkdir -p "$BIN" && xz -dc "$BIN.tar.xz" | tar -C "$BIN" -xf -
+fi
 echo "== GPU"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 echo "== correctness (tests/device.rs on the GPU)"

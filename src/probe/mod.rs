@@ -119,18 +119,20 @@ impl ProbeRunner {
     }
 
     /// The transfer matrix at the model's current weights: [prompt i][answer j] summed
-    /// log-probs, one batch per prompt (prompts in parallel), no graph.
+    /// log-probs, one batch per prompt (prompts in parallel on the CPU), no graph.
     pub fn transfer_matrix(&self, model: &Model) -> Result<Vec<Vec<f64>>> {
-        self.transfer
-            .par_iter()
-            .map(|row| {
-                let refs: Vec<&Seq> = row.iter().collect();
-                let batch = Batch::responses(&refs, &model.device)?;
-                let logits = logprob::response_logits(model, &refs, self.mode)?;
-                let (_, summed) = logprob::token_logps(&logits, &batch)?;
-                Ok(summed.to_dtype(candle_core::DType::F64)?.to_vec1()?)
-            })
-            .collect()
+        let row = |row: &Vec<Seq>| -> Result<Vec<f64>> {
+            let refs: Vec<&Seq> = row.iter().collect();
+            let batch = Batch::responses(&refs, &model.device)?;
+            let logits = logprob::response_logits(model, &refs, self.mode)?;
+            let (_, summed) = logprob::token_logps(&logits, &batch)?;
+            Ok(summed.to_dtype(candle_core::DType::F64)?.to_vec1()?)
+        };
+        if model.device.is_cpu() {
+            self.transfer.par_iter().map(row).collect()
+        } else {
+            self.transfer.iter().map(row).collect()
+        }
     }
 
     /// Scores all responses of one probe: summed log-probs and diagnostics per sequence (the
@@ -163,16 +165,24 @@ impl ProbeRunner {
         })
     }
 
-    /// Scores every family of every probe at the model's current weights (no graph). Probes
-    /// run in parallel: at the demo's size one probe's matmuls are too small to keep two cores
-    /// busy.
+    /// Scores every family of every probe at the model's current weights (no graph). On the
+    /// CPU probes run in parallel: at the demo's size one probe's matmuls are too small to keep
+    /// two cores busy.
     pub fn evaluate(&self, model: &Model, transfer: bool) -> Result<Evaluation> {
         let nf = self.families.len();
-        let scored: Vec<ProbeScores> = self
-            .probes
-            .par_iter()
-            .map(|p| self.score_probe(model, p))
-            .collect::<Result<_>>()?;
+        let scored: Vec<ProbeScores> = if model.device.is_cpu() {
+            self.probes
+                .par_iter()
+                .map(|p| self.score_probe(model, p))
+                .collect::<Result<_>>()?
+        } else {
+            // one probe at a time on a GPU: its kernels fill the device, and the logits of
+            // several probes at once would multiply peak memory
+            self.probes
+                .iter()
+                .map(|p| self.score_probe(model, p))
+                .collect::<Result<_>>()?
+        };
         let mut logps = vec![Vec::with_capacity(self.probes.len()); nf];
         let mut traces = Vec::with_capacity(self.probes.len());
         let mut diag = vec![Vec::with_capacity(self.probes.len()); nf];
