@@ -230,39 +230,38 @@ pub struct ProbeReport {
 
 /// Times one evaluation of the default demo's probe set (as `ldviz train` builds it) with the
 /// shared prompt KV, a padded batch per prompt, and one forward per pair: median of `reps`
-/// after one warm-up each.
+/// (the three interleaved) after one warm-up each.
 pub fn probe_eval(reps: usize) -> Result<ProbeReport> {
     use crate::probe::EvalMode;
     let cfg = crate::train::TrainOptions::default().to_config()?;
     let mut s = crate::train::Session::prepare(&cfg)?;
     let reps = reps.max(1);
+    let modes = [EvalMode::SharedPrefix, EvalMode::Padded, EvalMode::PerPair];
+    // warm-up and the results to compare
     let mut results = Vec::new();
-    let mut times = Vec::new();
-    for mode in [EvalMode::SharedPrefix, EvalMode::Padded, EvalMode::PerPair] {
+    for mode in modes {
         s.runner.mode = mode;
         let ev = s.runner.evaluate(&s.model, false)?;
-        let mut t = Vec::new();
-        for _ in 0..reps {
+        let tm = s.runner.transfer_matrix(&s.model)?;
+        results.push((ev, tm));
+    }
+    // modes interleaved in every repetition, so drifts of a shared machine hit all alike
+    let mut eval_t = vec![Vec::new(); 3];
+    let mut transfer_t = vec![Vec::new(); 3];
+    for _ in 0..reps {
+        for (k, mode) in modes.iter().enumerate() {
+            s.runner.mode = *mode;
             let t0 = Instant::now();
             s.runner.evaluate(&s.model, false)?;
-            t.push(t0.elapsed().as_secs_f64());
+            eval_t[k].push(t0.elapsed().as_secs_f64());
+            let t0 = Instant::now();
+            s.runner.transfer_matrix(&s.model)?;
+            transfer_t[k].push(t0.elapsed().as_secs_f64());
         }
-        let mut tt = Vec::new();
-        let mut tm = Vec::new();
-        if mode != EvalMode::Padded {
-            tm = s.runner.transfer_matrix(&s.model)?;
-            for _ in 0..reps {
-                let t0 = Instant::now();
-                s.runner.transfer_matrix(&s.model)?;
-                tt.push(t0.elapsed().as_secs_f64());
-            }
-        }
-        results.push((ev, tm));
-        times.push((
-            median(&mut t),
-            if tt.is_empty() { 0.0 } else { median(&mut tt) },
-        ));
     }
+    let times: Vec<(f64, f64)> = (0..3)
+        .map(|k| (median(&mut eval_t[k]), median(&mut transfer_t[k])))
+        .collect();
     let mut max_abs_diff = 0f64;
     let (a, b) = (&results[0], &results[2]);
     for (x, y) in a.0.logps.iter().flatten().zip(b.0.logps.iter().flatten()) {

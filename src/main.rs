@@ -419,7 +419,7 @@ struct BenchArgs {
     load: bool,
     /// Instead: time one probe evaluation of the default demo with the prompt's keys/values
     /// shared across its responses, against a padded batch per prompt and one forward per
-    /// (prompt, response) pair (median of --steps, default 10 → capped at 5).
+    /// (prompt, response) pair (median of --steps repetitions, the three ways interleaved).
     #[arg(long)]
     probes: bool,
 }
@@ -757,7 +757,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         return Ok(());
     }
     if a.probes {
-        let r = ldviz::bench::probe_eval(a.steps.clamp(1, 5))?;
+        let r = ldviz::bench::probe_eval(a.steps.clamp(1, 100))?;
         if a.json {
             println!("{}", serde_json::to_string(&r)?);
         } else {

@@ -172,23 +172,38 @@ pub fn token_logps(logits: &Tensor, batch: &Batch) -> Result<(Tensor, Tensor)> {
 
 /// The paper's cheap diagnostics per row (PAPER.md §5), means over response positions of
 /// ‖A‖_F = sqrt(V‖π‖² + V − 2), ‖π − e_y‖ = sqrt(‖π‖² − 2π_y + 1) and energy 1 − π_y, where π
-/// is the next-token distribution and y the response token. One pass over each response
-/// position's logits (f64 accumulation), rows in parallel; no graph.
+/// is the next-token distribution and y the response token. No graph.
 pub fn diagnostics(logits: &Tensor, batch: &Batch) -> Result<Vec<[f64; 3]>> {
+    Ok(scores_and_diagnostics(logits, batch)?.1)
+}
+
+/// The summed response log-prob of every row and its [`diagnostics`], from one pass over each
+/// response position's logits on the CPU (f32 exponentials, f64 accumulation, rows in
+/// parallel): log π_y = z_y − max − ln Σ exp(z − max) comes with the same sums. Elsewhere
+/// (GPUs) tensor ops on the device, so only per-row values reach the host. No graph.
+pub fn scores_and_diagnostics(logits: &Tensor, batch: &Batch) -> Result<(Vec<f64>, Vec<[f64; 3]>)> {
     use rayon::prelude::*;
     if !logits.device().is_cpu() {
-        return diagnostics_on_device(logits, batch);
+        let (_, summed) = token_logps(logits, batch)?;
+        let summed = summed.to_dtype(DType::F64)?.to_vec1::<f64>()?;
+        return Ok((summed, diagnostics_on_device(logits, batch)?));
     }
-    let logits = logits.to_dtype(DType::F32)?;
+    let logits = logits.to_dtype(DType::F32)?.contiguous()?;
     let (b, t, v) = logits.dims3()?;
-    let flat: Vec<f32> = logits.flatten_all()?.to_vec1()?;
+    let (st, l) = logits.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*st else {
+        bail!("scores_and_diagnostics: logits are not on the CPU");
+    };
+    let all = cpu.as_slice::<f32>()?;
+    let flat = &all[l.start_offset()..l.start_offset() + b * t * v];
     let targets: Vec<u32> = batch.targets.flatten_all()?.to_vec1()?;
     let vf = v as f64;
-    Ok((0..b)
+    let rows: Vec<(f64, [f64; 3])> = (0..b)
         .into_par_iter()
         .map(|r| {
             let (start, n) = batch.spans[r];
             let mut acc = [0f64; 3];
+            let mut sum_lp = 0f64;
             for p in start..start + n {
                 let z = &flat[(r * t + p) * v..(r * t + p + 1) * v];
                 let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -205,16 +220,19 @@ pub fn diagnostics(logits: &Tensor, batch: &Batch) -> Result<Vec<[f64; 3]>> {
                     s2 += f64::from(b);
                 }
                 let y = targets[r * t + p] as usize;
-                let py = f64::from(z.get(y).copied().unwrap_or(f32::NEG_INFINITY) - max).exp() / s1;
+                let zy = f64::from(z.get(y).copied().unwrap_or(f32::NEG_INFINITY) - max);
+                sum_lp += zy - s1.ln();
+                let py = zy.exp() / s1;
                 let sq = s2 / (s1 * s1);
                 acc[0] += (vf * sq + vf - 2.0).max(0.0).sqrt();
                 acc[1] += (sq - 2.0 * py + 1.0).max(0.0).sqrt();
                 acc[2] += 1.0 - py;
             }
             let n = n.max(1) as f64;
-            [acc[0] / n, acc[1] / n, acc[2] / n]
+            (sum_lp, [acc[0] / n, acc[1] / n, acc[2] / n])
         })
-        .collect())
+        .collect();
+    Ok(rows.into_iter().unzip())
 }
 
 /// How an evaluation computes the logits of (prompt, response) pairs; all three give the same
@@ -253,6 +271,11 @@ pub fn response_logits(model: &Model, seqs: &[&Seq], mode: EvalMode) -> Result<T
                     Some((_, ix)) => ix.push(i),
                     None => groups.push((&s.prompt, vec![i])),
                 }
+            }
+            if let [(prompt, _)] = groups.as_slice() {
+                // one prompt (a probe, a transfer row): rows are already in order
+                let conts: Vec<&[u32]> = seqs.iter().map(|s| s.response.as_slice()).collect();
+                return model.forward_eval_shared(prompt, &conts);
             }
             let mut rows: Vec<Option<Tensor>> = vec![None; seqs.len()];
             for (prompt, ix) in &groups {
@@ -458,6 +481,13 @@ mod tests {
             .collect();
         let logits = Tensor::from_vec(vals.clone(), (b, t, v), &Device::Cpu).unwrap();
         let got = diagnostics(&logits, &batch).unwrap();
+        // the summed log-probs of the same pass equal the fused target log-prob's
+        let (summed, _) = scores_and_diagnostics(&logits, &batch).unwrap();
+        let (_, want) = token_logps(&logits, &batch).unwrap();
+        let want: Vec<f32> = want.to_vec1().unwrap();
+        for (a, b) in summed.iter().zip(&want) {
+            assert!((a - f64::from(*b)).abs() < 1e-5, "{a} vs {b}");
+        }
         // the tensor-op path GPUs take gives the same numbers
         let dev = diagnostics_on_device(&logits, &batch).unwrap();
         for (a, b) in got.iter().zip(&dev) {

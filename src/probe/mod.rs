@@ -125,8 +125,7 @@ impl ProbeRunner {
             let refs: Vec<&Seq> = row.iter().collect();
             let batch = Batch::responses(&refs, &model.device)?;
             let logits = logprob::response_logits(model, &refs, self.mode)?;
-            let (_, summed) = logprob::token_logps(&logits, &batch)?;
-            Ok(summed.to_dtype(candle_core::DType::F64)?.to_vec1()?)
+            Ok(logprob::scores_and_diagnostics(&logits, &batch)?.0)
         };
         if model.device.is_cpu() {
             self.transfer.par_iter().map(row).collect()
@@ -141,9 +140,7 @@ impl ProbeRunner {
         let refs: Vec<&Seq> = p.seqs.iter().map(|(_, s)| s).collect();
         let batch = Batch::responses(&refs, &model.device)?;
         let logits = logprob::response_logits(model, &refs, self.mode)?;
-        let (_, summed) = logprob::token_logps(&logits, &batch)?;
-        let summed: Vec<f64> = summed.to_dtype(candle_core::DType::F64)?.to_vec1()?;
-        let diag = logprob::diagnostics(&logits, &batch)?;
+        let (summed, diag) = logprob::scores_and_diagnostics(&logits, &batch)?;
         let mut trace = ProbeTrace::default();
         for (row, (f, seq)) in p.seqs.iter().enumerate() {
             match f {
