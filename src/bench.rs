@@ -83,18 +83,22 @@ pub fn train_step_on(steps: usize, dev: &Device, prec: Precision) -> Result<Benc
         .map(|i| ((i * 7919 + 13) % c.vocab_size) as u32)
         .collect();
     let ids = Tensor::from_vec(ids, (b, t), dev)?;
-    let targets = ids.narrow(1, 1, t - 1)?.flatten_all()?;
+    // targets: the ids shifted left, the last position padded with 0 (and left out of the loss)
+    let targets = Tensor::cat(
+        &[
+            &ids.narrow(1, 1, t - 1)?,
+            &ids.narrow(1, 0, 1)?.zeros_like()?,
+        ],
+        1,
+    )?;
     let mut opt = Optimizer::new(OptimConfig::new(OptimKind::Adamw, 1e-4), model.params.len());
     let (mut f, mut bw, mut o) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..steps + 3 {
         dev.synchronize()?;
         let t0 = Instant::now();
-        let logits = model.forward(&ids)?.to_dtype(DType::F32)?;
-        let v = logits.dim(2)?;
-        let logits = logits.narrow(1, 0, t - 1)?.reshape(((t - 1) * b, v))?;
-        let loss = crate::model::fused::target_logp(&logits, &targets)?
-            .neg()?
-            .mean_all()?;
+        // next-token loss over the first T − 1 positions (the last target is padding, masked)
+        let lp = model.forward_logps(&ids, &targets)?;
+        let loss = (lp.narrow(1, 0, t - 1)?.sum_all()? / ((b * (t - 1)) as f64))?.neg()?;
         let _ = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
         let t1 = Instant::now();
         let grads = loss.backward()?;
@@ -442,8 +446,7 @@ pub fn preset(p: Preset, dev: &Device, prec: Precision, reps: usize) -> Result<P
         let (rc, rr) = (r.narrow(0, 0, sh.pairs)?, r.narrow(0, sh.pairs, sh.pairs)?);
         dev.synchronize()?;
         let t1 = Instant::now();
-        let logits = model.forward(&batch.ids)?;
-        let (_, s) = logprob::token_logps(&logits, &batch)?;
+        let (_, s) = logprob::policy_logps(&model, &batch)?;
         let (pc, pr) = (s.narrow(0, 0, sh.pairs)?, s.narrow(0, sh.pairs, sh.pairs)?);
         let (loss, _) = compute(
             crate::train::Algo::Dpo,

@@ -199,6 +199,33 @@ impl Model {
         self.run(ids, true)
     }
 
+    /// Per-position log-probs log π(targets[b, t] | ids[b, ..=t]) [B, T] with the backprop graph
+    /// (training). On the CPU in f32/f64 the LM head and the log-softmax are one fused node
+    /// (`fused::head_logp`), so the [B, T, V] logits never enter the graph; elsewhere the logits
+    /// are upcast to f32 and reduced there.
+    pub fn forward_logps(&self, ids: &Tensor, targets: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let w = Weights {
+            params: &self.params,
+            grad: true,
+            compute: self.compute,
+        };
+        let h = self.hidden(&w, ids, &mut layers::KvMode::Off)?;
+        let head = self.lm_head(&w)?;
+        let hs = h.dim(2)?;
+        let flat_t = targets.flatten_all()?;
+        if fused::usable(&h) {
+            return Ok(fused::head_logp(&h.reshape((b * t, hs))?, &head, &flat_t)?.reshape((b, t))?);
+        }
+        let logits = layers::linear(&h, &head, None)?;
+        let logits = match logits.dtype() {
+            DType::F32 | DType::F64 => logits,
+            _ => logits.to_dtype(DType::F32)?,
+        };
+        let v = logits.dim(2)?;
+        Ok(fused::target_logp(&logits.reshape((b * t, v))?, &flat_t)?.reshape((b, t))?)
+    }
+
     /// Logits [B, T, V] on detached weights: no backprop graph is built.
     pub fn forward_eval(&self, ids: &Tensor) -> Result<Tensor> {
         self.run(ids, false)

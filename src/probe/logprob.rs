@@ -170,6 +170,15 @@ pub fn token_logps(logits: &Tensor, batch: &Batch) -> Result<(Tensor, Tensor)> {
     Ok((per_tok, summed))
 }
 
+/// [`token_logps`] of the model's policy on `batch`, with the graph, through
+/// [`Model::forward_logps`] (the logits never enter the graph on the CPU).
+pub fn policy_logps(model: &Model, batch: &Batch) -> Result<(Tensor, Tensor)> {
+    let lp = model.forward_logps(&batch.ids, &batch.targets)?;
+    let per_tok = (&lp * batch.mask.to_dtype(lp.dtype())?)?;
+    let summed = per_tok.sum(1)?;
+    Ok((per_tok, summed))
+}
+
 /// The paper's cheap diagnostics per row (PAPER.md §5), means over response positions of
 /// ‖A‖_F = sqrt(V‖π‖² + V − 2), ‖π − e_y‖ = sqrt(‖π‖² − 2π_y + 1) and energy 1 − π_y, where π
 /// is the next-token distribution and y the response token. No graph.
@@ -209,12 +218,17 @@ pub fn scores_and_diagnostics(logits: &Tensor, batch: &Batch) -> Result<(Vec<f64
                 let max = z.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 // f32 exponentials (the hot loop), summed in f32 lanes per chunk, f64 overall.
                 let (mut s1, mut s2) = (0f64, 0f64);
+                let mut buf = [0f32; 256];
                 for ch in z.chunks(256) {
+                    let e = &mut buf[..ch.len()];
+                    for (o, &x) in e.iter_mut().zip(ch) {
+                        *o = (x - max).min(0.0);
+                    }
+                    crate::model::fused::exp_nonpos_f32(e);
                     let (mut a, mut b) = (0f32, 0f32);
-                    for &x in ch {
-                        let e = (x - max).exp();
-                        a += e;
-                        b += e * e;
+                    for &x in e.iter() {
+                        a += x;
+                        b += x * x;
                     }
                     s1 += f64::from(a);
                     s2 += f64::from(b);

@@ -774,8 +774,7 @@ impl Session {
             seqs.extend(idx.iter().map(|&i| &rejected[i]));
         }
         let batch = Batch::new(&seqs, dev)?;
-        let logits = self.model.forward(&batch.ids)?;
-        let (_, summed) = logprob::token_logps(&logits, &batch)?;
+        let (_, summed) = logprob::policy_logps(&self.model, &batch)?;
         let lens: Vec<f32> = batch.response_lens().iter().map(|&l| l as f32).collect();
         let pc = summed.narrow(0, 0, b)?;
         let lc = Tensor::from_vec(lens[..b].to_vec(), b, dev)?;
