@@ -667,32 +667,6 @@ pub fn rope(x: &Tensor, cos: Arc<Vec<f64>>, sin: Arc<Vec<f64>>, rot: usize) -> R
 
 // ---------------------------------------------------------------- matmul-based ops
 
-/// A tensor on the CPU holding a copy of a contiguous storage slice.
-fn tensor_of(s: &CpuStorage, l: &Layout, op: &str) -> Result<Tensor> {
-    let dims = l.shape().dims().to_vec();
-    match s {
-        CpuStorage::F32(_) => {
-            Tensor::from_slice(slice::<f32>(s, l, op)?, dims, &candle_core::Device::Cpu)
-        }
-        CpuStorage::F64(_) => {
-            Tensor::from_slice(slice::<f64>(s, l, op)?, dims, &candle_core::Device::Cpu)
-        }
-        _ => Err(Error::Msg(format!("{op}: only f32 and f64"))),
-    }
-}
-
-/// The storage of a (contiguous) CPU tensor result.
-fn storage_of(t: &Tensor) -> Result<(CpuStorage, Shape)> {
-    let shape = t.shape().clone();
-    let flat = t.flatten_all()?;
-    let st = match t.dtype() {
-        DType::F32 => CpuStorage::F32(flat.to_vec1()?),
-        DType::F64 => CpuStorage::F64(flat.to_vec1()?),
-        d => return Err(Error::Msg(format!("fused: unexpected dtype {d:?}"))),
-    };
-    Ok((st, shape))
-}
-
 /// y = x·Wᵀ for x [N, in] and W [out, in]. Its backward writes dW = gᵀ·x and dx = g·W as fresh
 /// contiguous tensors; candle's own matmul backward hands W a transposed view of its gradient,
 /// whose accumulation then crawls through a strided copy.
@@ -799,11 +773,189 @@ pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op2(&w.contiguous()?, Linear)
 }
 
-/// Causal attention softmax(scale·q·kᵀ)·v for q, k, v [B, H, T, Dh] (same H: repeat kv heads
-/// first), as one node: its backward computes dq, dk, dv from recomputed probabilities with
-/// contiguous matmuls only.
+/// C (m×n, row stride `c_rs`) = A·B on one thread, with A and B given by (row, column)
+/// strides: the per-head products of attention are far too small to split across threads.
+#[allow(clippy::too_many_arguments)]
+fn mm1<T: WithDType + 'static>(
+    m: usize,
+    n: usize,
+    k: usize,
+    c: &mut [T],
+    c_rs: usize,
+    a: &[T],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[T],
+    b_rs: usize,
+    b_cs: usize,
+) {
+    debug_assert!(c.len() >= (m - 1) * c_rs + n);
+    // SAFETY: the callers pass slices that cover (m−1)·rs + (cols−1)·cs + 1 elements of each
+    // operand with the strides given (one head's q, k, v, scores or gradients).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            c_rs as isize,
+            false,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            T::zero(),
+            T::one(),
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// Causal softmax(scale·s) of one head's scores [T, S] in place: query i sees keys
+/// j ≤ i + (S − T); the rest become 0.
+fn softmax_rows_causal<T: Real>(p: &mut [T], t: usize, s: usize, scale: f64) {
+    let sc = T::from_f64(scale);
+    for (i, row) in p.chunks_mut(s).take(t).enumerate() {
+        let n = (i + 1 + s - t).min(s);
+        let mut m = T::from_f64(f64::NEG_INFINITY);
+        for x in &mut row[..n] {
+            *x *= sc;
+            if *x > m {
+                m = *x;
+            }
+        }
+        for x in &mut row[..n] {
+            *x = (*x - m).min_(T::zero());
+        }
+        T::exp_nonpos(&mut row[..n]);
+        let sum: f64 = row[..n].iter().map(|e| e.to_f64()).sum();
+        let inv = T::from_f64(1.0 / sum);
+        for x in &mut row[..n] {
+            *x *= inv;
+        }
+        for x in &mut row[n..] {
+            *x = T::zero();
+        }
+    }
+}
+
+/// Per head (in parallel over B·H): p = causal softmax(scale·q·kᵀ), out = p·v.
+/// q [BH, T, D], k, v [BH, S, D] → [BH, T, D].
+fn attn_fwd<T: Real + 'static>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    bh: usize,
+    t: usize,
+    s: usize,
+    d: usize,
+    scale: f64,
+) -> Vec<T> {
+    let mut out = vec![T::zero(); bh * t * d];
+    out.par_chunks_mut(t * d).enumerate().for_each(|(h, o)| {
+        let (qh, kh, vh) = (
+            &q[h * t * d..(h + 1) * t * d],
+            &k[h * s * d..(h + 1) * s * d],
+            &v[h * s * d..(h + 1) * s * d],
+        );
+        let mut p = vec![T::zero(); t * s];
+        mm1(t, s, d, &mut p, s, qh, d, 1, kh, 1, d); // q·kᵀ
+        softmax_rows_causal(&mut p, t, s, scale);
+        mm1(t, d, s, o, d, &p, s, 1, vh, d, 1); // p·v
+    });
+    out
+}
+
+/// The backward of [`attn_fwd`] per head (heads in parallel): (dq [BH, T, D], dk [BH, S, D],
+/// dv [BH, S, D]).
+#[allow(clippy::too_many_arguments)]
+fn attn_bwd<T: Real + 'static>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    g: &[T],
+    bh: usize,
+    t: usize,
+    s: usize,
+    d: usize,
+    scale: f64,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let mut dq_all = vec![T::zero(); bh * t * d];
+    let mut dk_all = vec![T::zero(); bh * s * d];
+    let mut dv_all = vec![T::zero(); bh * s * d];
+    dq_all
+        .par_chunks_mut(t * d)
+        .zip(dk_all.par_chunks_mut(s * d))
+        .zip(dv_all.par_chunks_mut(s * d))
+        .enumerate()
+        .for_each(|(h, ((dq, dk), dv))| {
+            let (qh, kh, vh, gh) = (
+                &q[h * t * d..(h + 1) * t * d],
+                &k[h * s * d..(h + 1) * s * d],
+                &v[h * s * d..(h + 1) * s * d],
+                &g[h * t * d..(h + 1) * t * d],
+            );
+            let mut p = vec![T::zero(); t * s];
+            mm1(t, s, d, &mut p, s, qh, d, 1, kh, 1, d);
+            softmax_rows_causal(&mut p, t, s, scale);
+            mm1(s, d, t, dv, d, &p, 1, s, gh, d, 1); // dv = pᵀ·g
+            let mut dp = vec![T::zero(); t * s];
+            mm1(t, s, d, &mut dp, s, gh, d, 1, vh, 1, d); // dp = g·vᵀ
+            // ds = scale · p ⊙ (dp − rowsum(p ⊙ dp)), in dp
+            let sc = T::from_f64(scale);
+            for (pr, dr) in p.chunks(s).zip(dp.chunks_mut(s)) {
+                let dot: f64 = pr
+                    .iter()
+                    .zip(dr.iter())
+                    .map(|(a, b)| a.to_f64() * b.to_f64())
+                    .sum();
+                let dot = T::from_f64(dot);
+                for (x, &pj) in dr.iter_mut().zip(pr) {
+                    *x = sc * pj * (*x - dot);
+                }
+            }
+            mm1(t, d, s, dq, d, &dp, s, 1, kh, d, 1); // dq = ds·k
+            mm1(s, d, t, dk, d, &dp, 1, s, qh, d, 1); // dk = dsᵀ·q
+        });
+    (dq_all, dk_all, dv_all)
+}
+
+/// A contiguous CPU tensor's elements, borrowed for `f`.
+fn with_slice<T: WithDType, R>(x: &Tensor, f: impl FnOnce(&[T]) -> Result<R>) -> Result<R> {
+    let (st, l) = x.storage_and_layout();
+    let candle_core::Storage::Cpu(c) = &*st else {
+        return Err(Error::Msg("fused: expected a CPU tensor".into()));
+    };
+    f(slice::<T>(c, l, "fused")?)
+}
+
+/// Causal attention softmax(scale·q·kᵀ)·v for q [B, H, T, Dh] and k, v [B, H, S, Dh] (same H:
+/// repeat kv heads first; S ≥ T, the queries being the last T positions), as one node. Each
+/// head runs on one thread with direct gemm calls (the heads in parallel); the backward
+/// recomputes the probabilities.
 struct Attention {
     scale: f64,
+}
+
+impl Attention {
+    fn dims(&self, lq: &Layout, lk: &Layout) -> Result<(usize, usize, usize, usize)> {
+        let (b, h, t, d) = lq.shape().dims4()?;
+        let (b2, h2, s, d2) = lk.shape().dims4()?;
+        if (b, h, d) != (b2, h2, d2) || s < t {
+            return Err(Error::Msg(format!(
+                "fused-attention: q {:?} and k/v {:?} do not fit",
+                lq.shape(),
+                lk.shape()
+            )));
+        }
+        Ok((b * h, t, s, d))
+    }
 }
 
 impl CustomOp3 for Attention {
@@ -819,11 +971,18 @@ impl CustomOp3 for Attention {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let q = tensor_of(s1, l1, self.name())?;
-        let k = tensor_of(s2, l2, self.name())?;
-        let v = tensor_of(s3, l3, self.name())?;
-        let p = softmax_causal(&q.matmul(&k.t()?)?, self.scale, true)?;
-        storage_of(&p.matmul(&v)?)
+        let (bh, t, s, d) = self.dims(l1, l2)?;
+        let out = by_dtype!(
+            self.name(),
+            s1,
+            attn_fwd_r(s1, l1, s2, l2, s3, l3),
+            bh,
+            t,
+            s,
+            d,
+            self.scale
+        );
+        Ok((out, l1.shape().clone()))
     }
     fn bwd(
         &self,
@@ -833,18 +992,66 @@ impl CustomOp3 for Attention {
         _res: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (q, k, v, g) = (q.detach(), k.detach(), v.detach(), g.detach().contiguous()?);
-        let p = softmax_causal(&q.matmul(&k.t()?)?, self.scale, true)?;
-        let dv = p.t()?.matmul(&g)?;
-        let dp = g.matmul(&v.t()?)?;
-        let ds = p.apply_op2_no_bwd(&dp.contiguous()?, &SoftmaxGrad { scale: self.scale })?;
-        let dq = ds.matmul(&k)?;
-        let dk = ds.t()?.matmul(&q)?;
+        let (q, k, v, g) = (
+            q.contiguous()?,
+            k.contiguous()?,
+            v.contiguous()?,
+            g.contiguous()?,
+        );
+        let (b, h, t, d) = q.dims4()?;
+        let s = k.dim(2)?;
+        fn run<T: Real + 'static>(
+            q: &Tensor,
+            k: &Tensor,
+            v: &Tensor,
+            g: &Tensor,
+            (b, h, t, s, d): (usize, usize, usize, usize, usize),
+            scale: f64,
+        ) -> Result<(Tensor, Tensor, Tensor)> {
+            let (dq, dk, dv) = with_slice::<T, _>(q, |qs| {
+                with_slice::<T, _>(k, |ks| {
+                    with_slice::<T, _>(v, |vs| {
+                        with_slice::<T, _>(g, |gs| {
+                            Ok(attn_bwd(qs, ks, vs, gs, b * h, t, s, d, scale))
+                        })
+                    })
+                })
+            })?;
+            let dev = candle_core::Device::Cpu;
+            Ok((
+                Tensor::from_vec(dq, (b, h, t, d), &dev)?,
+                Tensor::from_vec(dk, (b, h, s, d), &dev)?,
+                Tensor::from_vec(dv, (b, h, s, d), &dev)?,
+            ))
+        }
+        let dims = (b, h, t, s, d);
+        let (dq, dk, dv) = match q.dtype() {
+            DType::F32 => run::<f32>(&q, &k, &v, &g, dims, self.scale)?,
+            DType::F64 => run::<f64>(&q, &k, &v, &g, dims, self.scale)?,
+            dt => {
+                return Err(Error::Msg(format!(
+                    "fused-attention: {dt:?} is not f32/f64"
+                )));
+            }
+        };
         Ok((Some(dq), Some(dk), Some(dv)))
     }
 }
 
-/// Causal scaled dot-product attention on the fused path; q, k, v [B, H, T, Dh].
+fn attn_fwd_r<T: Real + 'static>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    bh: usize,
+    t: usize,
+    s: usize,
+    d: usize,
+    scale: f64,
+) -> Result<Vec<T>> {
+    Ok(attn_fwd(q, k, v, bh, t, s, d, scale))
+}
+
+/// Causal scaled dot-product attention on the fused path; q [B, H, T, Dh], k, v [B, H, S, Dh].
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
     q.contiguous()?
         .apply_op3(&k.contiguous()?, &v.contiguous()?, Attention { scale })
@@ -1284,6 +1491,33 @@ mod tests {
             |t| attention(&t[0], &t[1], &t[2], 0.5).unwrap(),
             |t| {
                 let s = (t[0].matmul(&t[1].t().unwrap()).unwrap() * 0.5)
+                    .unwrap()
+                    .broadcast_add(&mask)
+                    .unwrap();
+                candle_nn::ops::softmax(&s, 3)
+                    .unwrap()
+                    .matmul(&t[2])
+                    .unwrap()
+            },
+        );
+        // 3 queries after 4 cached positions (S = 7 > T = 3): query i sees keys j ≤ i + 4
+        let (q, k, v) = (
+            var(&[2, 3, 3, 4], 4),
+            var(&[2, 3, 7, 4], 5),
+            var(&[2, 3, 7, 4], 6),
+        );
+        let mut m = vec![0f64; 21];
+        for i in 0..3 {
+            for j in (i + 5)..7 {
+                m[i * 7 + j] = f64::NEG_INFINITY;
+            }
+        }
+        let mask = Tensor::from_vec(m, (3, 7), &Device::Cpu).unwrap();
+        same(
+            &[&q, &k, &v],
+            |t| attention(&t[0], &t[1], &t[2], 0.7).unwrap(),
+            |t| {
+                let s = (t[0].matmul(&t[1].t().unwrap()).unwrap() * 0.7)
                     .unwrap()
                     .broadcast_add(&mask)
                     .unwrap();
