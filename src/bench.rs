@@ -102,12 +102,7 @@ pub fn train_step_on(steps: usize, dev: &Device, prec: Precision) -> Result<Benc
         let _ = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
         let t1 = Instant::now();
         let grads = loss.backward()?;
-        let g: Vec<Option<Tensor>> = model
-            .params
-            .vars()
-            .iter()
-            .map(|v| grads.get(v.as_tensor()).cloned())
-            .collect();
+        let g = model.params.grads(&grads);
         dev.synchronize()?;
         let t2 = Instant::now();
         opt.step(model.params.vars(), &g, 1e-4)?;
@@ -461,12 +456,7 @@ pub fn preset(p: Preset, dev: &Device, prec: Precision, reps: usize) -> Result<P
             },
         )?;
         let grads = loss.backward()?;
-        let g: Vec<Option<Tensor>> = model
-            .params
-            .vars()
-            .iter()
-            .map(|v| grads.get(v.as_tensor()).cloned())
-            .collect();
+        let g = model.params.grads(&grads);
         drop(grads);
         dev.synchronize()?;
         let t2 = Instant::now();

@@ -284,12 +284,7 @@ pub fn pretrain(
             bail!("pretraining loss became {last} at step {}", s + 1);
         }
         let grads = loss.backward()?;
-        let mut g: Vec<Option<Tensor>> = model
-            .params
-            .vars()
-            .iter()
-            .map(|v| grads.get(v.as_tensor()).cloned())
-            .collect();
+        let mut g = model.params.grads(&grads);
         let norm = optim::grad_norm(&g)?;
         optim::clip(&mut g, norm, 1.0)?;
         // linear warm-up, then cosine decay to 10% of the peak

@@ -141,7 +141,6 @@ fn tl_bwd<T: Real>(z: &[T], t: &[u32], gl: &[T], v: usize) -> Result<Vec<T>> {
             if gi == T::zero() {
                 return;
             }
-            let lse = T::from_f64(lse.to_f64());
             for (oj, &zj) in o.iter_mut().zip(row) {
                 *oj = (zj - lse).min_(T::zero());
             }
@@ -367,51 +366,62 @@ struct SoftmaxGrad {
     scale: f64,
 }
 
-fn softmax_fwd<T: Real>(x: &[T], t: usize, s: usize, scale: f64, causal: bool) -> Result<Vec<T>> {
-    let mut y = vec![T::zero(); x.len()];
+/// One row of softmax(scale · x) in place, over its first `n` entries (the rest become 0: keys
+/// a causal query does not see). Shared by the softmax node and the fused attention.
+fn softmax_row<T: Real>(row: &mut [T], n: usize, scale: f64) {
     let sc = T::from_f64(scale);
+    let mut m = T::from_f64(f64::NEG_INFINITY);
+    for x in &mut row[..n] {
+        *x *= sc;
+        if *x > m {
+            m = *x;
+        }
+    }
+    for x in &mut row[..n] {
+        *x = (*x - m).min_(T::zero());
+    }
+    T::exp_nonpos(&mut row[..n]);
+    let sum: f64 = row[..n].iter().map(|e| e.to_f64()).sum();
+    let inv = T::from_f64(1.0 / sum);
+    for x in &mut row[..n] {
+        *x *= inv;
+    }
+    for x in &mut row[n..] {
+        *x = T::zero();
+    }
+}
+
+/// The backward of [`softmax_row`] in place: g ← scale · p ⊙ (g − ⟨p, g⟩).
+fn softmax_grad_row<T: Real>(p: &[T], g: &mut [T], scale: f64) {
+    let dot: f64 = p
+        .iter()
+        .zip(g.iter())
+        .map(|(a, b)| a.to_f64() * b.to_f64())
+        .sum();
+    let (dot, sc) = (T::from_f64(dot), T::from_f64(scale));
+    for (x, &pj) in g.iter_mut().zip(p) {
+        *x = sc * pj * (*x - dot);
+    }
+}
+
+/// Causal (query i of T sees keys j ≤ i + (S − T)) or full softmax over rows of length `s`.
+fn softmax_n(i: usize, t: usize, s: usize, causal: bool) -> usize {
+    if causal { (i + 1 + s - t).min(s) } else { s }
+}
+
+fn softmax_fwd<T: Real>(x: &[T], t: usize, s: usize, scale: f64, causal: bool) -> Result<Vec<T>> {
+    let mut y = x.to_vec();
     y.par_chunks_mut(s)
-        .zip(x.par_chunks(s))
         .enumerate()
-        .for_each(|(row, (yr, xr))| {
-            let i = row % t;
-            let n = if causal { (i + 1 + s - t).min(s) } else { s };
-            let mut m = T::from_f64(f64::NEG_INFINITY);
-            for &v in &xr[..n] {
-                let v = v * sc;
-                if v > m {
-                    m = v;
-                }
-            }
-            for j in 0..n {
-                yr[j] = (xr[j] * sc - m).min_(T::zero());
-            }
-            T::exp_nonpos(&mut yr[..n]);
-            let sum: f64 = yr[..n].iter().map(|e| e.to_f64()).sum();
-            let inv = T::from_f64(1.0 / sum);
-            for v in &mut yr[..n] {
-                *v *= inv;
-            }
-        });
+        .for_each(|(row, yr)| softmax_row(yr, softmax_n(row % t, t, s, causal), scale));
     Ok(y)
 }
 
 fn softmax_bwd<T: Real>(y: &[T], g: &[T], s: usize, scale: f64) -> Result<Vec<T>> {
-    let mut dx = vec![T::zero(); y.len()];
-    let sc = T::from_f64(scale);
+    let mut dx = g.to_vec();
     dx.par_chunks_mut(s)
-        .zip(y.par_chunks(s).zip(g.par_chunks(s)))
-        .for_each(|(dr, (yr, gr))| {
-            let dot: f64 = yr
-                .iter()
-                .zip(gr)
-                .map(|(&a, &b)| a.to_f64() * b.to_f64())
-                .sum();
-            let dot = T::from_f64(dot);
-            for j in 0..s {
-                dr[j] = sc * yr[j] * (gr[j] - dot);
-            }
-        });
+        .zip(y.par_chunks(s))
+        .for_each(|(dr, yr)| softmax_grad_row(yr, dr, scale));
     Ok(dx)
 }
 
@@ -820,28 +830,8 @@ fn mm1<T: WithDType + 'static>(
 /// Causal softmax(scale·s) of one head's scores [T, S] in place: query i sees keys
 /// j ≤ i + (S − T); the rest become 0.
 fn softmax_rows_causal<T: Real>(p: &mut [T], t: usize, s: usize, scale: f64) {
-    let sc = T::from_f64(scale);
     for (i, row) in p.chunks_mut(s).take(t).enumerate() {
-        let n = (i + 1 + s - t).min(s);
-        let mut m = T::from_f64(f64::NEG_INFINITY);
-        for x in &mut row[..n] {
-            *x *= sc;
-            if *x > m {
-                m = *x;
-            }
-        }
-        for x in &mut row[..n] {
-            *x = (*x - m).min_(T::zero());
-        }
-        T::exp_nonpos(&mut row[..n]);
-        let sum: f64 = row[..n].iter().map(|e| e.to_f64()).sum();
-        let inv = T::from_f64(1.0 / sum);
-        for x in &mut row[..n] {
-            *x *= inv;
-        }
-        for x in &mut row[n..] {
-            *x = T::zero();
-        }
+        softmax_row(row, softmax_n(i, t, s, true), scale);
     }
 }
 
@@ -909,17 +899,8 @@ fn attn_bwd<T: Real + 'static>(
             let mut dp = vec![T::zero(); t * s];
             mm1(t, s, d, &mut dp, s, gh, d, 1, vh, 1, d); // dp = g·vᵀ
             // ds = scale · p ⊙ (dp − rowsum(p ⊙ dp)), in dp
-            let sc = T::from_f64(scale);
             for (pr, dr) in p.chunks(s).zip(dp.chunks_mut(s)) {
-                let dot: f64 = pr
-                    .iter()
-                    .zip(dr.iter())
-                    .map(|(a, b)| a.to_f64() * b.to_f64())
-                    .sum();
-                let dot = T::from_f64(dot);
-                for (x, &pj) in dr.iter_mut().zip(pr) {
-                    *x = sc * pj * (*x - dot);
-                }
+                softmax_grad_row(pr, dr, scale);
             }
             mm1(t, d, s, dq, d, &dp, s, 1, kh, d, 1); // dq = ds·k
             mm1(s, d, t, dk, d, &dp, 1, s, qh, d, 1); // dk = dsᵀ·q

@@ -30,6 +30,14 @@ impl Params {
     pub fn names(&self) -> &[String] {
         &self.names
     }
+    /// The gradient of every weight in `store`, in weight order (None where a weight got none).
+    pub fn grads(&self, store: &candle_core::backprop::GradStore) -> Vec<Option<Tensor>> {
+        self.vars()
+            .iter()
+            .map(|v| store.get(v.as_tensor()).cloned())
+            .collect()
+    }
+
     pub fn vars(&self) -> &[Var] {
         &self.vars
     }

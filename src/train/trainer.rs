@@ -832,10 +832,7 @@ impl Session {
         }
         let grads = loss.backward()?;
         let vars = self.model.params.vars();
-        let mut g: Vec<Option<Tensor>> = vars
-            .iter()
-            .map(|v| grads.get(v.as_tensor()).cloned())
-            .collect();
+        let mut g = self.model.params.grads(&grads);
         let norm = optim::grad_norm(&g)?;
         if !norm.is_finite() {
             bail!(
