@@ -97,12 +97,13 @@ pub fn train_step_on(steps: usize, dev: &Device, prec: Precision) -> Result<Benc
         dev.synchronize()?;
         let t0 = Instant::now();
         // next-token loss over the first T − 1 positions (the last target is padding, masked)
-        let lp = model.forward_logps(&ids, &targets)?;
+        let tl = model.train_logps(&ids, &targets)?;
+        let lp = tl.logps();
         let loss = (lp.narrow(1, 0, t - 1)?.sum_all()? / ((b * (t - 1)) as f64))?.neg()?;
         let _ = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
         let t1 = Instant::now();
         let grads = loss.backward()?;
-        let g = model.params.grads(&grads);
+        let g = tl.param_grads(&model, &grads)?;
         dev.synchronize()?;
         let t2 = Instant::now();
         opt.step(model.params.vars(), &g, 1e-4)?;
@@ -441,7 +442,8 @@ pub fn preset(p: Preset, dev: &Device, prec: Precision, reps: usize) -> Result<P
         let (rc, rr) = (r.narrow(0, 0, sh.pairs)?, r.narrow(0, sh.pairs, sh.pairs)?);
         dev.synchronize()?;
         let t1 = Instant::now();
-        let (_, s) = logprob::policy_logps(&model, &batch)?;
+        let tl = model.train_logps(&batch.ids, &batch.targets)?;
+        let s = logprob::masked_sums(tl.logps(), &batch)?;
         let (pc, pr) = (s.narrow(0, 0, sh.pairs)?, s.narrow(0, sh.pairs, sh.pairs)?);
         let (loss, _) = compute(
             crate::train::Algo::Dpo,
@@ -456,7 +458,7 @@ pub fn preset(p: Preset, dev: &Device, prec: Precision, reps: usize) -> Result<P
             },
         )?;
         let grads = loss.backward()?;
-        let g = model.params.grads(&grads);
+        let g = tl.param_grads(&model, &grads)?;
         drop(grads);
         dev.synchronize()?;
         let t2 = Instant::now();

@@ -278,13 +278,16 @@ pub fn pretrain(
             data.extend_from_slice(&train_ids[start..start + w]);
         }
         let ids = Tensor::from_vec(data, (c.batch_size, w), &device)?;
-        let (loss, _) = lm_loss(&model, &ids, true)?;
+        let inputs = ids.narrow(1, 0, w - 1)?;
+        let targets = ids.narrow(1, 1, w - 1)?.contiguous()?;
+        let tl = model.train_logps(&inputs, &targets)?;
+        let loss = tl.logps().mean_all()?.neg()?;
         last = f64::from(loss.to_scalar::<f32>()?);
         if !last.is_finite() {
             bail!("pretraining loss became {last} at step {}", s + 1);
         }
         let grads = loss.backward()?;
-        let mut g = model.params.grads(&grads);
+        let mut g = tl.param_grads(&model, &grads)?;
         let norm = optim::grad_norm(&g)?;
         optim::clip(&mut g, norm, 1.0)?;
         // linear warm-up, then cosine decay to 10% of the peak

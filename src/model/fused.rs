@@ -26,7 +26,7 @@ pub fn usable(x: &Tensor) -> bool {
 }
 
 /// Floats the kernels are written for.
-trait Real: WithDType + std::ops::Neg<Output = Self> {
+pub(super) trait Real: WithDType + std::ops::Neg<Output = Self> {
     fn abs_(self) -> Self;
     fn min_(self, o: Self) -> Self;
     /// exp of every element, in place, for arguments ≤ 0 (what softmax-like kernels need).
@@ -98,7 +98,7 @@ struct TargetLogp;
 struct TargetLogpGrad;
 
 /// logsumexp of a row: max and exponentials in T (in blocks of 512), their sum in f64.
-fn row_lse<T: Real>(z: &[T]) -> f64 {
+pub(super) fn row_lse<T: Real>(z: &[T]) -> f64 {
     let mut m = z[0];
     for &x in z {
         if x > m {
@@ -131,7 +131,7 @@ fn tl_fwd<T: Real>(z: &[T], t: &[u32], v: usize) -> Result<Vec<T>> {
 }
 
 /// `gl` holds (upstream gradient, logsumexp) per row: the normalizer needs no second pass.
-fn tl_bwd<T: Real>(z: &[T], t: &[u32], gl: &[T], v: usize) -> Result<Vec<T>> {
+pub(super) fn tl_bwd<T: Real>(z: &[T], t: &[u32], gl: &[T], v: usize) -> Result<Vec<T>> {
     let mut out = vec![T::zero(); z.len()];
     out.par_chunks_mut(v)
         .zip(z.par_chunks(v))
@@ -246,7 +246,7 @@ impl CustomOp3 for TargetLogpGrad {
 struct RmsNorm(f64);
 struct RmsNormGrad(f64);
 
-fn rms_fwd<T: Real>(x: &[T], w: &[T], eps: f64) -> Result<Vec<T>> {
+pub(super) fn rms_fwd<T: Real>(x: &[T], w: &[T], eps: f64) -> Result<Vec<T>> {
     let h = w.len();
     let mut y = vec![T::zero(); x.len()];
     y.par_chunks_mut(h)
@@ -262,7 +262,7 @@ fn rms_fwd<T: Real>(x: &[T], w: &[T], eps: f64) -> Result<Vec<T>> {
 }
 
 /// [dx (x.len()) ; dw (h)] in one buffer.
-fn rms_bwd<T: Real>(x: &[T], w: &[T], g: &[T], eps: f64) -> Result<Vec<T>> {
+pub(super) fn rms_bwd<T: Real>(x: &[T], w: &[T], g: &[T], eps: f64) -> Result<Vec<T>> {
     let h = w.len();
     let rows = x.len() / h;
     let mut out = vec![T::zero(); x.len() + h];
@@ -368,7 +368,7 @@ struct SoftmaxGrad {
 
 /// One row of softmax(scale · x) in place, over its first `n` entries (the rest become 0: keys
 /// a causal query does not see). Shared by the softmax node and the fused attention.
-fn softmax_row<T: Real>(row: &mut [T], n: usize, scale: f64) {
+pub(super) fn softmax_row<T: Real>(row: &mut [T], n: usize, scale: f64) {
     let sc = T::from_f64(scale);
     let mut m = T::from_f64(f64::NEG_INFINITY);
     for x in &mut row[..n] {
@@ -392,7 +392,7 @@ fn softmax_row<T: Real>(row: &mut [T], n: usize, scale: f64) {
 }
 
 /// The backward of [`softmax_row`] in place: g ← scale · p ⊙ (g − ⟨p, g⟩).
-fn softmax_grad_row<T: Real>(p: &[T], g: &mut [T], scale: f64) {
+pub(super) fn softmax_grad_row<T: Real>(p: &[T], g: &mut [T], scale: f64) {
     let dot: f64 = p
         .iter()
         .zip(g.iter())
@@ -405,7 +405,7 @@ fn softmax_grad_row<T: Real>(p: &[T], g: &mut [T], scale: f64) {
 }
 
 /// Causal (query i of T sees keys j ≤ i + (S − T)) or full softmax over rows of length `s`.
-fn softmax_n(i: usize, t: usize, s: usize, causal: bool) -> usize {
+pub(super) fn softmax_n(i: usize, t: usize, s: usize, causal: bool) -> usize {
     if causal { (i + 1 + s - t).min(s) } else { s }
 }
 
@@ -485,7 +485,7 @@ pub fn softmax_causal(x: &Tensor, scale: f64, causal: bool) -> Result<Tensor> {
 struct Swiglu;
 struct SwigluGrad;
 
-fn swiglu_fwd<T: Real>(a: &[T], b: &[T]) -> Result<Vec<T>> {
+pub(super) fn swiglu_fwd<T: Real>(a: &[T], b: &[T]) -> Result<Vec<T>> {
     let mut y = vec![T::zero(); a.len()];
     y.par_chunks_mut(4096)
         .zip(a.par_chunks(4096).zip(b.par_chunks(4096)))
@@ -514,7 +514,7 @@ fn sigmoid_from<T: Real>(a: T, e: T) -> T {
 }
 
 /// [da ; db] in one buffer.
-fn swiglu_bwd<T: Real>(a: &[T], b: &[T], g: &[T]) -> Result<Vec<T>> {
+pub(super) fn swiglu_bwd<T: Real>(a: &[T], b: &[T], g: &[T]) -> Result<Vec<T>> {
     let n = a.len();
     let mut out = vec![T::zero(); 2 * n];
     let (da, db) = out.split_at_mut(n);

@@ -12,6 +12,7 @@ pub mod gpt2;
 pub mod gpt_neox;
 pub mod layers;
 pub mod llama;
+pub mod manual;
 pub mod tokenizer;
 pub mod weights;
 
@@ -224,6 +225,13 @@ impl Model {
         };
         let v = logits.dim(2)?;
         Ok(fused::target_logp(&logits.reshape((b * t, v))?, &flat_t)?.reshape((b, t))?)
+    }
+
+    /// Per-position log-probs [B, T] for a training step, with the way back to the weights'
+    /// gradients: llama/qwen2 on the CPU run a hand-written backward ([`manual`]), the rest
+    /// candle's graph. Same values as [`Model::forward_logps`].
+    pub fn train_logps(&self, ids: &Tensor, targets: &Tensor) -> Result<manual::TrainLogps> {
+        manual::train_logps(self, ids, targets)
     }
 
     /// Logits [B, T, V] on detached weights: no backprop graph is built.

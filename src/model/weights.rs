@@ -41,6 +41,10 @@ impl Params {
     pub fn vars(&self) -> &[Var] {
         &self.vars
     }
+    /// The position of weight `name` in weight order.
+    pub fn position(&self, name: &str) -> Option<usize> {
+        self.index.get(name).copied()
+    }
     pub fn get(&self, name: &str) -> Option<&Var> {
         self.index.get(name).map(|&i| &self.vars[i])
     }

@@ -179,6 +179,11 @@ pub fn policy_logps(model: &Model, batch: &Batch) -> Result<(Tensor, Tensor)> {
     Ok((per_tok, summed))
 }
 
+/// Per-row sums [B] of per-position log-probs [B, T] over the batch's response positions.
+pub fn masked_sums(lp: &Tensor, batch: &Batch) -> Result<Tensor> {
+    Ok((lp * batch.mask.to_dtype(lp.dtype())?)?.sum(1)?)
+}
+
 /// The paper's cheap diagnostics per row (PAPER.md §5), means over response positions of
 /// ‖A‖_F = sqrt(V‖π‖² + V − 2), ‖π − e_y‖ = sqrt(‖π‖² − 2π_y + 1) and energy 1 − π_y, where π
 /// is the next-token distribution and y the response token. No graph.

@@ -21,9 +21,18 @@ use crate::probe::{Batch, Seq, logprob};
 
 /// Every var's gradient, flattened and concatenated in var order (zeros where a var has none).
 pub fn flat_grad(vars: &[Var], grads: &GradStore) -> Result<Vec<f32>> {
+    let per_var: Vec<Option<Tensor>> = vars
+        .iter()
+        .map(|v| grads.get(v.as_tensor()).cloned())
+        .collect();
+    flatten_grads(vars, &per_var)
+}
+
+/// Per-var gradients (None: zeros) flattened and concatenated in var order.
+pub fn flatten_grads(vars: &[Var], grads: &[Option<Tensor>]) -> Result<Vec<f32>> {
     let mut out = Vec::new();
-    for v in vars {
-        match grads.get(v.as_tensor()) {
+    for (v, g) in vars.iter().zip(grads) {
+        match g {
             Some(g) => out.extend(
                 g.flatten_all()?
                     .to_dtype(candle_core::DType::F32)?

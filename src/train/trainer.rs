@@ -20,6 +20,7 @@ use super::onpolicy;
 use super::optim::{self, Optimizer};
 use crate::data::{self, ChatTemplate, Family, PreferenceRecord, ProbeSet};
 use crate::model::Model;
+use crate::model::manual::TrainLogps;
 use crate::probe::{Batch, Evaluation, ProbeRunner, Seq, logprob};
 use crate::run::Writer;
 use crate::run::event::{
@@ -650,7 +651,9 @@ impl Session {
         lr: f64,
         step: usize,
     ) -> Result<(BTreeMap<String, f64>, InfluenceRecord)> {
-        use super::influence::{flat_params, grad_of, multi_dot, norm, observed_logp, same_len};
+        use super::influence::{
+            flat_params, flatten_grads, grad_of, multi_dot, norm, observed_logp, same_len,
+        };
         let t0 = Instant::now();
         let m = &self.model;
         let vars = m.params.vars();
@@ -660,8 +663,9 @@ impl Session {
         let mut g_loss = Vec::with_capacity(idx.len());
         let mut g_fu = Vec::with_capacity(idx.len());
         for &i in idx {
-            let (l, _) = self.batch_loss(phase.algo, &[i], rejected, reference, lp)?;
-            g_loss.push(grad_of(m, &l)?);
+            let (l, _, tl) = self.batch_loss(phase.algo, &[i], rejected, reference, lp)?;
+            let g = tl.param_grads(m, &l.backward()?)?;
+            g_loss.push(flatten_grads(vars, &g)?);
             let f = observed_logp(m, &self.pairs[i].chosen, false, true)?;
             g_fu.push(grad_of(m, &f)?);
         }
@@ -757,7 +761,8 @@ impl Session {
         Ok((metrics, rec))
     }
 
-    /// The batch loss (with a graph) and its TRL metrics, for the records `idx`.
+    /// The batch loss (with a graph) and its TRL metrics, for the records `idx`, with the
+    /// policy log-probs it was built on (their `param_grads` gives the weights' gradients).
     fn batch_loss(
         &self,
         algo: Algo,
@@ -765,7 +770,7 @@ impl Session {
         rejected: &[Seq],
         reference: Option<&[(f64, f64)]>,
         lp: LossParams,
-    ) -> Result<(Tensor, BTreeMap<String, f64>)> {
+    ) -> Result<(Tensor, BTreeMap<String, f64>, TrainLogps)> {
         let b = idx.len();
         let dev = &self.model.device;
         let with_rejected = algo != Algo::Sft;
@@ -774,7 +779,8 @@ impl Session {
             seqs.extend(idx.iter().map(|&i| &rejected[i]));
         }
         let batch = Batch::new(&seqs, dev)?;
-        let (_, summed) = logprob::policy_logps(&self.model, &batch)?;
+        let tl = self.model.train_logps(&batch.ids, &batch.targets)?;
+        let summed = logprob::masked_sums(tl.logps(), &batch)?;
         let lens: Vec<f32> = batch.response_lens().iter().map(|&l| l as f32).collect();
         let pc = summed.narrow(0, 0, b)?;
         let lc = Tensor::from_vec(lens[..b].to_vec(), b, dev)?;
@@ -797,7 +803,7 @@ impl Session {
             }
             None => (None, None),
         };
-        loss::compute(
+        let (loss, metrics) = loss::compute(
             algo,
             lp,
             &LossInputs {
@@ -808,7 +814,8 @@ impl Session {
                 len_chosen: &lc,
                 len_rejected: lrj.as_ref(),
             },
-        )
+        )?;
+        Ok((loss, metrics, tl))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -823,7 +830,7 @@ impl Session {
         lr: f64,
         step: usize,
     ) -> Result<BTreeMap<String, f64>> {
-        let (loss, mut metrics) = self.batch_loss(algo, idx, rejected, reference, lp)?;
+        let (loss, mut metrics, tl) = self.batch_loss(algo, idx, rejected, reference, lp)?;
         let lv = metrics.get("loss").copied().unwrap_or(f64::NAN);
         if !lv.is_finite() {
             bail!(
@@ -832,7 +839,8 @@ impl Session {
         }
         let grads = loss.backward()?;
         let vars = self.model.params.vars();
-        let mut g = self.model.params.grads(&grads);
+        let mut g = tl.param_grads(&self.model, &grads)?;
+        drop(grads);
         let norm = optim::grad_norm(&g)?;
         if !norm.is_finite() {
             bail!(

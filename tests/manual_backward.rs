@@ -1,0 +1,181 @@
+//! The hand-written training pass (`model::manual`) against candle's graph
+//! (`Model::forward_logps` + `backward`, itself checked against f64 finite differences in
+//! tests/gradients.rs and against transformers in tests/reference.rs): the log-probs and every
+//! weight's gradient, for llama, tied llama, qwen2 (q/k/v biases) and grouped-query attention,
+//! in f64 (to rounding) and in f32.
+
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use ldviz::bench::{bench_config, placeholder_tok};
+use ldviz::model::Model;
+use ldviz::model::config::ModelConfig;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// A deterministic pseudo-random stream in [0, 1).
+fn lcg(seed: u64) -> impl FnMut() -> f64 {
+    let mut s = seed;
+    move || {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (s >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// ids, targets [B, T] and per-position loss weights (a quarter of them 0, like padding).
+fn batch(vocab: usize, b: usize, t: usize, seed: u64) -> (Tensor, Tensor, Vec<f64>) {
+    let mut r = lcg(seed);
+    let ids: Vec<u32> = (0..b * t).map(|_| (r() * vocab as f64) as u32).collect();
+    let tg: Vec<u32> = (0..b * t).map(|_| (r() * vocab as f64) as u32).collect();
+    let c: Vec<f64> = (0..b * t)
+        .map(|_| if r() < 0.25 { 0.0 } else { r() - 0.3 })
+        .collect();
+    let d = Device::Cpu;
+    (
+        Tensor::from_vec(ids, (b, t), &d).unwrap(),
+        Tensor::from_vec(tg, (b, t), &d).unwrap(),
+        c,
+    )
+}
+
+/// (max |Δ log-prob|, worst over weights of max |Δ grad| / max |grad|) between the two paths.
+fn compare(model: &Model, b: usize, t: usize, seed: u64) -> (f64, f64) {
+    let (ids, tg, c) = batch(model.vocab_size(), b, t, seed);
+    let dt = model.compute;
+    let coef = Tensor::from_vec(c, (b, t), &Device::Cpu)
+        .unwrap()
+        .to_dtype(dt)
+        .unwrap();
+    // candle's graph
+    let lp = model.forward_logps(&ids, &tg).unwrap();
+    let loss = (&lp * &coef).unwrap().sum_all().unwrap();
+    let want = model.params.grads(&loss.backward().unwrap());
+    // hand-written
+    let tl = model.train_logps(&ids, &tg).unwrap();
+    assert!(tl.is_manual());
+    let lp2 = tl.logps().clone();
+    let loss2 = (&lp2 * &coef).unwrap().sum_all().unwrap();
+    let got = tl.param_grads(model, &loss2.backward().unwrap()).unwrap();
+
+    let v = |x: &Tensor| -> Vec<f64> {
+        x.to_dtype(DType::F64)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let dlp = v(&lp)
+        .iter()
+        .zip(v(&lp2))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f64, f64::max);
+    let mut worst = 0f64;
+    for ((name, w), g) in model.params.names().iter().zip(&want).zip(&got) {
+        let (w, g) = match (w, g) {
+            (Some(w), Some(g)) => (v(w), v(g)),
+            (None, None) => continue,
+            _ => panic!("{name}: one path has a gradient and the other none"),
+        };
+        assert_eq!(w.len(), g.len(), "{name}");
+        let scale = w.iter().fold(0f64, |m, x| m.max(x.abs()));
+        assert!(scale > 0.0, "{name}: zero gradient");
+        let d = w
+            .iter()
+            .zip(&g)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f64, f64::max);
+        worst = worst.max(d / scale);
+    }
+    (dlp, worst)
+}
+
+fn fixture(name: &str) -> Model {
+    Model::load(&fixtures().join(name), &Device::Cpu).unwrap()
+}
+
+/// llama with grouped-query attention (4 query heads on 2 key/value heads) and q/k/v biases.
+fn gqa_model() -> Model {
+    let mut c = bench_config();
+    c.vocab_size = 101;
+    c.hidden_size = 32;
+    c.intermediate_size = 48;
+    c.num_hidden_layers = 2;
+    c.num_attention_heads = 4;
+    c.num_key_value_heads = 2;
+    c.head_dim = 8;
+    c.attention_bias = true;
+    Model::random(
+        ModelConfig::Qwen2(c),
+        serde_json::json!({"model_type": "qwen2"}),
+        placeholder_tok().unwrap(),
+        0.2,
+        3,
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
+#[test]
+fn matches_candles_graph_in_f64() {
+    let mut models: Vec<(&str, Model)> = ["llama", "llama_tied", "qwen2"]
+        .into_iter()
+        .map(|n| (n, fixture(n)))
+        .collect();
+    models.push(("gqa+bias", gqa_model()));
+    for (name, m) in models {
+        let m = m.to_dtype(DType::F64).unwrap();
+        let (dlp, dg) = compare(&m, 3, 9, 7);
+        eprintln!("{name} f64: |Δ logp| {dlp:.2e}, grad {dg:.2e}");
+        assert!(dlp < 1e-11, "{name}: log-probs differ by {dlp}");
+        assert!(dg < 1e-10, "{name}: gradients differ by {dg} (relative)");
+    }
+}
+
+#[test]
+fn matches_candles_graph_in_f32() {
+    for (name, m) in [("llama", fixture("llama")), ("gqa+bias", gqa_model())] {
+        let (dlp, dg) = compare(&m, 4, 16, 11);
+        eprintln!("{name} f32: |Δ logp| {dlp:.2e}, grad {dg:.2e}");
+        assert!(dlp < 1e-4, "{name}: log-probs differ by {dlp}");
+        assert!(dg < 1e-4, "{name}: gradients differ by {dg} (relative)");
+    }
+}
+
+/// Other architectures keep candle's graph behind the same interface.
+#[test]
+fn other_architectures_take_the_graph() {
+    let m = fixture("gpt2");
+    let (ids, tg, c) = batch(m.vocab_size(), 2, 5, 1);
+    let tl = m.train_logps(&ids, &tg).unwrap();
+    assert!(!tl.is_manual());
+    let coef = Tensor::from_vec(c, (2, 5), &Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    let loss = (tl.logps() * &coef).unwrap().sum_all().unwrap();
+    let store = loss.backward().unwrap();
+    let g = tl.param_grads(&m, &store).unwrap();
+    assert!(g.iter().all(|g| g.is_some()));
+}
+
+/// A loss that does not use the log-probs gives no gradients; a target outside the vocabulary
+/// is refused with its value named.
+#[test]
+fn edge_cases() {
+    let m = fixture("llama");
+    let (ids, tg, _) = batch(m.vocab_size(), 2, 5, 2);
+    let tl = m.train_logps(&ids, &tg).unwrap();
+    let other = candle_core::Var::new(&[1f32, 2.0], &Device::Cpu).unwrap();
+    let store = other.as_tensor().sum_all().unwrap().backward().unwrap();
+    let g = tl.param_grads(&m, &store).unwrap();
+    assert!(g.iter().all(|g| g.is_none()));
+
+    let bad = Tensor::new(&[[1u32, 2, m.vocab_size() as u32 + 5]], &Device::Cpu).unwrap();
+    let err = m.train_logps(&bad.clone(), &bad).err().unwrap().to_string();
+    assert!(err.contains(&format!("{}", m.vocab_size() + 5)), "{err}");
+}
