@@ -170,89 +170,170 @@ impl Optimizer {
 }
 
 impl Optimizer {
-    /// The same update rules, fused into one parallel pass over each tensor's f32 values (the
-    /// tensor-op path makes ~12 full-size temporaries per tensor per step). The arithmetic
-    /// follows PyTorch's single-tensor implementations in f32 (Adam's first moment by lerp).
+    /// The same update rules, fused into one parallel pass over each tensor's f32 values,
+    /// written in place into the var's storage (the tensor-op path makes ~12 full-size
+    /// temporaries per tensor per step; copying θ and g out and back costs 3 more passes). The
+    /// arithmetic follows PyTorch's single-tensor implementations in f32 (Adam's first moment
+    /// by lerp).
     fn step_fused_cpu(&mut self, vars: &[Var], grads: &[Option<Tensor>], lr: f64) -> Result<()> {
-        const CH: usize = 1 << 14;
-        let c = self.cfg.clone();
+        let c = &self.cfg;
         let t = self.t as i32;
         let (b1, b2) = c.adam_betas;
-        let step_size = (lr / (1.0 - b1.powi(t))) as f32;
-        let bc2_sqrt = (1.0 - b2.powi(t)).sqrt() as f32;
-        let (b1, b2) = (b1 as f32, b2 as f32);
-        let (lr, wd, mom, eps, alpha) = (
-            lr as f32,
-            c.weight_decay as f32,
-            c.momentum as f32,
-            c.eps as f32,
-            c.rms_alpha as f32,
-        );
+        let rule = Rule {
+            kind: c.kind,
+            step_size: (lr / (1.0 - b1.powi(t))) as f32,
+            bc2_sqrt: (1.0 - b2.powi(t)).sqrt() as f32,
+            b1: b1 as f32,
+            b2: b2 as f32,
+            lr: lr as f32,
+            wd: c.weight_decay as f32,
+            mom: c.momentum as f32,
+            eps: c.eps as f32,
+            alpha: c.rms_alpha as f32,
+        };
         for (i, (var, g)) in vars.iter().zip(grads).enumerate() {
             let Some(g) = g else { continue };
-            let mut theta: Vec<f32> = var.as_tensor().flatten_all()?.to_vec1()?;
-            let g: Vec<f32> = g.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
-            let n = theta.len();
+            let n = var.elem_count();
+            if g.elem_count() != n {
+                bail!(
+                    "optimizer: var {i} has {n} values but its gradient {}",
+                    g.elem_count()
+                );
+            }
+            let g = g.to_dtype(DType::F32)?.contiguous()?;
             let (s1, s2) = &mut self.host[i];
             let fresh1 = s1.len() != n;
-            let need1 = matches!(c.kind, OptimKind::Adamw) || mom != 0.0;
-            let need2 = matches!(c.kind, OptimKind::Adamw | OptimKind::Rmsprop);
+            let need1 = matches!(rule.kind, OptimKind::Adamw) || rule.mom != 0.0;
+            let need2 = matches!(rule.kind, OptimKind::Adamw | OptimKind::Rmsprop);
             if need1 && fresh1 {
                 *s1 = vec![0.0; n];
             }
             if need2 && s2.len() != n {
                 *s2 = vec![0.0; n];
             }
-            // Zero-length stand-ins keep one zipped loop for every optimizer.
-            let mut none1 = vec![0f32; if need1 { 0 } else { n }];
-            let mut none2 = vec![0f32; if need2 { 0 } else { n }];
-            let m_all: &mut [f32] = if need1 { s1 } else { &mut none1 };
-            let v_all: &mut [f32] = if need2 { s2 } else { &mut none2 };
-            let kind = c.kind;
-            theta
-                .par_chunks_mut(CH)
-                .zip(m_all.par_chunks_mut(CH))
-                .zip(v_all.par_chunks_mut(CH))
-                .zip(g.par_chunks(CH))
-                .for_each(|(((th, m), v), gg)| match kind {
-                    OptimKind::Sgd => {
-                        for j in 0..th.len() {
-                            let d = gg[j] + wd * th[j];
-                            let d = if mom != 0.0 {
-                                m[j] = if fresh1 { d } else { mom * m[j] + d };
-                                m[j]
-                            } else {
-                                d
-                            };
-                            th[j] -= lr * d;
-                        }
-                    }
-                    OptimKind::Adamw => {
-                        for j in 0..th.len() {
-                            th[j] *= 1.0 - lr * wd;
-                            m[j] += (gg[j] - m[j]) * (1.0 - b1);
-                            v[j] = v[j] * b2 + (1.0 - b2) * gg[j] * gg[j];
-                            let denom = v[j].sqrt() / bc2_sqrt + eps;
-                            th[j] -= step_size * m[j] / denom;
-                        }
-                    }
-                    OptimKind::Rmsprop => {
-                        for j in 0..th.len() {
-                            let d = gg[j] + wd * th[j];
-                            v[j] = v[j] * alpha + (1.0 - alpha) * d * d;
-                            let step = d / (v[j].sqrt() + eps);
-                            let step = if mom != 0.0 {
-                                m[j] = mom * m[j] + step;
-                                m[j]
-                            } else {
-                                step
-                            };
-                            th[j] -= lr * step;
-                        }
-                    }
-                });
-            var.set(&Tensor::from_vec(theta, var.shape(), var.device())?)?;
+            let op = InPlace {
+                rule: &rule,
+                fresh1,
+                state: std::sync::Mutex::new((s1, s2)),
+            };
+            var.as_tensor().inplace_op2(&g, &op)?;
         }
+        Ok(())
+    }
+}
+
+/// One step's constants.
+struct Rule {
+    kind: OptimKind,
+    step_size: f32,
+    bc2_sqrt: f32,
+    b1: f32,
+    b2: f32,
+    lr: f32,
+    wd: f32,
+    mom: f32,
+    eps: f32,
+    alpha: f32,
+}
+
+/// The update of one var, in place on its storage, with its (first, second) moment buffers.
+struct InPlace<'a> {
+    rule: &'a Rule,
+    fresh1: bool,
+    state: std::sync::Mutex<(&'a mut Vec<f32>, &'a mut Vec<f32>)>,
+}
+
+impl candle_core::InplaceOp2 for InPlace<'_> {
+    fn name(&self) -> &'static str {
+        "optimizer-step"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &mut candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        use candle_core::{CpuStorage, Error};
+        let (CpuStorage::F32(theta), CpuStorage::F32(g)) = (s1, s2) else {
+            return Err(Error::Msg(
+                "optimizer-step: f32 weights and gradients only".into(),
+            ));
+        };
+        let ((a1, b1), (a2, b2)) = match (l1.contiguous_offsets(), l2.contiguous_offsets()) {
+            (Some(x), Some(y)) if x.1 - x.0 == y.1 - y.0 => (x, y),
+            _ => {
+                return Err(Error::Msg(
+                    "optimizer-step: non-contiguous or mismatched".into(),
+                ));
+            }
+        };
+        let (th, g) = (&mut theta[a1..b1], &g[a2..b2]);
+        let n = th.len();
+        let mut st = self
+            .state
+            .lock()
+            .map_err(|_| Error::Msg("optimizer-step: state lock poisoned".into()))?;
+        let (m_all, v_all) = &mut *st;
+        // Zero-length stand-ins keep one zipped loop for every optimizer.
+        let mut none1 = Vec::new();
+        let mut none2 = Vec::new();
+        let m_all: &mut [f32] = if m_all.len() == n {
+            m_all
+        } else {
+            none1.resize(n, 0.0);
+            &mut none1
+        };
+        let v_all: &mut [f32] = if v_all.len() == n {
+            v_all
+        } else {
+            none2.resize(n, 0.0);
+            &mut none2
+        };
+        let r = self.rule;
+        let fresh1 = self.fresh1;
+        const CH: usize = 1 << 14;
+        th.par_chunks_mut(CH)
+            .zip(m_all.par_chunks_mut(CH))
+            .zip(v_all.par_chunks_mut(CH))
+            .zip(g.par_chunks(CH))
+            .for_each(|(((th, m), v), gg)| match r.kind {
+                OptimKind::Sgd => {
+                    for j in 0..th.len() {
+                        let d = gg[j] + r.wd * th[j];
+                        let d = if r.mom != 0.0 {
+                            m[j] = if fresh1 { d } else { r.mom * m[j] + d };
+                            m[j]
+                        } else {
+                            d
+                        };
+                        th[j] -= r.lr * d;
+                    }
+                }
+                OptimKind::Adamw => {
+                    for j in 0..th.len() {
+                        th[j] *= 1.0 - r.lr * r.wd;
+                        m[j] += (gg[j] - m[j]) * (1.0 - r.b1);
+                        v[j] = v[j] * r.b2 + (1.0 - r.b2) * gg[j] * gg[j];
+                        let denom = v[j].sqrt() / r.bc2_sqrt + r.eps;
+                        th[j] -= r.step_size * m[j] / denom;
+                    }
+                }
+                OptimKind::Rmsprop => {
+                    for j in 0..th.len() {
+                        let d = gg[j] + r.wd * th[j];
+                        v[j] = v[j] * r.alpha + (1.0 - r.alpha) * d * d;
+                        let step = d / (v[j].sqrt() + r.eps);
+                        let step = if r.mom != 0.0 {
+                            m[j] = r.mom * m[j] + step;
+                            m[j]
+                        } else {
+                            step
+                        };
+                        th[j] -= r.lr * step;
+                    }
+                }
+            });
         Ok(())
     }
 }
@@ -261,9 +342,33 @@ impl Optimizer {
 pub fn grad_norm(grads: &[Option<Tensor>]) -> Result<f64> {
     let mut s = 0f64;
     for g in grads.iter().flatten() {
-        s += f64::from(g.sqr()?.sum_all()?.to_scalar::<f32>()?);
+        s += match cpu_sum_sq(g) {
+            Some(x) => x,
+            None => f64::from(
+                g.sqr()?
+                    .sum_all()?
+                    .to_dtype(DType::F32)?
+                    .to_scalar::<f32>()?,
+            ),
+        };
     }
     Ok(s.sqrt())
+}
+
+/// Σ x² of a contiguous f32 CPU tensor straight from its storage (f64 sums, in parallel);
+/// None for other tensors.
+fn cpu_sum_sq(g: &Tensor) -> Option<f64> {
+    let (st, l) = g.storage_and_layout();
+    let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) = &*st else {
+        return None;
+    };
+    let (a, b) = l.contiguous_offsets()?;
+    Some(
+        v[a..b]
+            .par_chunks(1 << 14)
+            .map(|c| c.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>())
+            .sum(),
+    )
 }
 
 /// Scales gradients so their global norm is at most `max` (PyTorch's clip_grad_norm_).
