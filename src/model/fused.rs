@@ -98,7 +98,7 @@ struct TargetLogp;
 struct TargetLogpGrad;
 
 /// logsumexp of a row: max and exponentials in T (in blocks of 512), their sum in f64.
-pub(super) fn row_lse<T: Real>(z: &[T]) -> f64 {
+fn row_lse<T: Real>(z: &[T]) -> f64 {
     let mut m = z[0];
     for &x in z {
         if x > m {
@@ -131,7 +131,7 @@ fn tl_fwd<T: Real>(z: &[T], t: &[u32], v: usize) -> Result<Vec<T>> {
 }
 
 /// `gl` holds (upstream gradient, logsumexp) per row: the normalizer needs no second pass.
-pub(super) fn tl_bwd<T: Real>(z: &[T], t: &[u32], gl: &[T], v: usize) -> Result<Vec<T>> {
+fn tl_bwd<T: Real>(z: &[T], t: &[u32], gl: &[T], v: usize) -> Result<Vec<T>> {
     let mut out = vec![T::zero(); z.len()];
     out.par_chunks_mut(v)
         .zip(z.par_chunks(v))

@@ -23,9 +23,7 @@ use candle_core::{DType, Tensor, Var, WithDType};
 use rayon::prelude::*;
 
 use super::config::{LlamaConfig, ModelConfig};
-use super::fused::{
-    Real, rms_bwd, rms_fwd, row_lse, softmax_grad_row, softmax_row, swiglu_bwd, swiglu_fwd, tl_bwd,
-};
+use super::fused::{Real, rms_bwd, rms_fwd, softmax_grad_row, softmax_row, swiglu_bwd, swiglu_fwd};
 use super::{Model, Params};
 
 /// Log-probs for a training step, and how to turn the loss's gradient into the weights'.
@@ -311,6 +309,48 @@ fn mm<T: WithDType + 'static>(
     Ok(())
 }
 
+/// A fresh C [m×n] = op(A)·op(B) (operands as for [`mm`]): gemm writes every element, so the
+/// buffer is not zero-filled first.
+fn mm_new<T: WithDType + 'static>(
+    a: &[T],
+    ta: bool,
+    b: &[T],
+    tb: bool,
+    (m, n, k): (usize, usize, usize),
+) -> Result<Vec<T>> {
+    if a.len() != m * k || b.len() != k * n {
+        bail!(
+            "matmul of [{m}×{k}]·[{k}×{n}]: buffers of {} and {} elements",
+            a.len(),
+            b.len()
+        );
+    }
+    if k == 0 {
+        return Ok(vec![T::zero(); m * n]);
+    }
+    let la = if ta { cols(m) } else { rows(k) };
+    let lb = if tb { cols(k) } else { rows(n) };
+    let mut c: Vec<T> = Vec::with_capacity(m * n);
+    // SAFETY: the lengths were checked against the dense layouts; c's allocation holds m·n
+    // elements, which gemm (read_dst = false, k > 0) all writes through the raw pointer
+    // before the length is set.
+    unsafe {
+        gemm_raw(
+            (m, n, k),
+            c.as_mut_ptr(),
+            n,
+            false,
+            a.as_ptr(),
+            la,
+            b.as_ptr(),
+            lb,
+            true,
+        );
+        c.set_len(m * n);
+    }
+    Ok(c)
+}
+
 /// y [n×out] = x [n×in] · W [out×in]ᵀ.
 fn linear<T: WithDType + 'static>(
     x: &[T],
@@ -319,9 +359,7 @@ fn linear<T: WithDType + 'static>(
     din: usize,
     dout: usize,
 ) -> Result<Vec<T>> {
-    let mut y = vec![T::zero(); n * dout];
-    mm(&mut y, x, false, w, true, (n, dout, din), false)?;
-    Ok(y)
+    mm_new(x, false, w, true, (n, dout, din))
 }
 
 /// A raw pointer handed to rayon's threads, each writing its own disjoint elements.
@@ -617,9 +655,9 @@ struct Tape<T> {
     /// residual stream before the final norm, and after it
     xl: Vec<T>,
     hf: Vec<T>,
-    /// logits [N, V] and their log-sum-exp per row
-    z: Vec<T>,
-    lse: Vec<T>,
+    /// exp(z − max z) of the logits' rows [N, V], and 1 / the sum of each row
+    e: Vec<T>,
+    inv_sum: Vec<T>,
 }
 
 fn heads(c: &LlamaConfig, b: usize, t: usize) -> Result<Heads> {
@@ -705,20 +743,8 @@ fn forward<T: Real + 'static>(
         }
         let hf = rms_fwd(&x, w[ix.norm], eps)?;
         let head = w[ix.head.unwrap_or(ix.embed)];
-        let z = linear(&hf, head, n, h, vocab)?;
-        let (lp, lse): (Vec<T>, Vec<T>) =
-            z.par_chunks(vocab)
-                .zip(targets.par_iter())
-                .map(|(row, &ti)| {
-                    let zt = row.get(ti as usize).copied().with_context(|| {
-                        format!("target {ti} is outside the vocabulary of {vocab}")
-                    })?;
-                    let lse = row_lse(row);
-                    Ok((T::from_f64(zt.to_f64() - lse), T::from_f64(lse)))
-                })
-                .collect::<Result<Vec<_>>>()?
-                .into_iter()
-                .unzip();
+        let mut z = linear(&hf, head, n, h, vocab)?;
+        let (lp, inv_sum) = log_softmax_rows(&mut z, &targets, vocab)?;
         Ok((
             lp,
             Tape {
@@ -730,8 +756,8 @@ fn forward<T: Real + 'static>(
                 layers,
                 xl: x,
                 hf,
-                z,
-                lse,
+                e: z,
+                inv_sum,
             },
         ))
     })
@@ -784,38 +810,42 @@ impl<T: Real + 'static> Tape<T> {
         let tab = RopeTab::new(c, t);
         let mut out: Vec<Option<Vec<T>>> = vec![None; w.len()];
 
-        // LM head and log-softmax: dz = g ⊙ (onehot − softmax)
-        let gl: Vec<T> = dlp
-            .iter()
-            .zip(&self.lse)
-            .flat_map(|(&g, &l)| [g, l])
-            .collect();
-        let dz = tl_bwd(&self.z, &self.targets, &gl, vocab)?;
-        drop(self.z);
+        // LM head and log-softmax: dz = g ⊙ (onehot − softmax), in place over the exponentials
+        let mut dz = self.e;
+        dz.par_chunks_mut(vocab)
+            .zip(dlp.par_iter().zip(&self.inv_sum))
+            .zip(&self.targets)
+            .for_each(|((row, (&g, &inv)), &ti)| {
+                if g == T::zero() {
+                    row.fill(T::zero());
+                    return;
+                }
+                let c = -g * inv;
+                for x in row.iter_mut() {
+                    *x *= c;
+                }
+                if let Some(x) = row.get_mut(ti as usize) {
+                    *x += g;
+                }
+            });
         let head = w[ix.head.unwrap_or(ix.embed)];
-        let mut dhf = vec![T::zero(); n * h];
-        mm(&mut dhf, &dz, false, head, false, (n, h, vocab), false)?;
-        let mut dhead = vec![T::zero(); vocab * h];
-        mm(&mut dhead, &dz, true, &self.hf, false, (vocab, h, n), false)?;
+        let dhf = mm_new(&dz, false, head, false, (n, h, vocab))?;
+        let dhead = mm_new(&dz, true, &self.hf, false, (vocab, h, n))?;
         drop(dz);
         let (mut dx, dnorm) = split_rms(rms_bwd(&self.xl, w[ix.norm], &dhf, eps)?, n * h);
         out[ix.norm] = Some(dnorm);
 
         for (l, a) in ix.layers.iter().zip(self.layers).rev() {
             // MLP: x' = xm + down(silu(gate)·up)
-            let mut dm = vec![T::zero(); n * inter];
-            mm(&mut dm, &dx, false, w[l.down], false, (n, inter, h), false)?;
-            let mut dwd = vec![T::zero(); h * inter];
-            mm(&mut dwd, &dx, true, &a.m, false, (h, inter, n), false)?;
+            let dm = mm_new(&dx, false, w[l.down], false, (n, inter, h))?;
+            let dwd = mm_new(&dx, true, &a.m, false, (h, inter, n))?;
             out[l.down] = Some(dwd);
             drop(a.m);
             let sg = swiglu_bwd(&a.gate, &a.up, &dm)?;
             drop(dm);
             let (dgate, dup) = sg.split_at(n * inter);
-            let mut dwg = vec![T::zero(); inter * h];
-            mm(&mut dwg, dgate, true, &a.hn2, false, (inter, h, n), false)?;
-            let mut dwu = vec![T::zero(); inter * h];
-            mm(&mut dwu, dup, true, &a.hn2, false, (inter, h, n), false)?;
+            let dwg = mm_new(dgate, true, &a.hn2, false, (inter, h, n))?;
+            let dwu = mm_new(dup, true, &a.hn2, false, (inter, h, n))?;
             out[l.gate] = Some(dwg);
             out[l.up] = Some(dwu);
             let mut dhn2 = vec![T::zero(); n * h];
@@ -835,11 +865,9 @@ impl<T: Real + 'static> Tape<T> {
             out[l.post_norm] = Some(dpost);
 
             // attention: xm = x + o_proj(attn(rope(q), rope(k), v))
-            let mut dwo = vec![T::zero(); h * qd];
-            mm(&mut dwo, &dxm, true, &a.a, false, (h, qd, n), false)?;
+            let dwo = mm_new(&dxm, true, &a.a, false, (h, qd, n))?;
             out[l.o] = Some(dwo);
-            let mut da = vec![T::zero(); n * qd];
-            mm(&mut da, &dxm, false, w[l.o], false, (n, qd, h), false)?;
+            let da = mm_new(&dxm, false, w[l.o], false, (n, qd, h))?;
             let (mut dq, mut dk, dv) = attn_backward(hd, &a.q, &a.k, &a.v, &da);
             drop(da);
             rope_rows(&mut dq, hd.nh, hd.d, t, &tab, -1.0);
@@ -855,8 +883,7 @@ impl<T: Real + 'static> Tape<T> {
                 (&dk, l.k, kd, false),
                 (&dv, l.v, kd, false),
             ] {
-                let mut dwi = vec![T::zero(); width * h];
-                mm(&mut dwi, g, true, &a.hn1, false, (width, h, n), false)?;
+                let dwi = mm_new(g, true, &a.hn1, false, (width, h, n))?;
                 out[wi] = Some(dwi);
                 mm(&mut dhn1, g, false, w[wi], false, (n, h, width), !first)?;
             }
@@ -883,6 +910,38 @@ impl<T: Real + 'static> Tape<T> {
         out[ix.embed] = Some(demb);
         Ok(out)
     }
+}
+
+/// log softmax(z)[target] of each row of logits z [N, V], leaving exp(z − max) in z for the
+/// backward; returns the log-probs and 1 / Σ exp(z − max) per row (exponentials in T, their
+/// sum in f64).
+fn log_softmax_rows<T: Real>(
+    z: &mut [T],
+    targets: &[u32],
+    vocab: usize,
+) -> Result<(Vec<T>, Vec<T>)> {
+    let rows: Vec<(T, T)> = z
+        .par_chunks_mut(vocab)
+        .zip(targets.par_iter())
+        .map(|(row, &ti)| {
+            let zt = row
+                .get(ti as usize)
+                .copied()
+                .with_context(|| format!("target {ti} is outside the vocabulary of {vocab}"))?;
+            let m = row
+                .iter()
+                .copied()
+                .fold(row[0], |a, x| if x > a { x } else { a });
+            for x in row.iter_mut() {
+                *x = (*x - m).min_(T::zero());
+            }
+            T::exp_nonpos(row);
+            let sum: f64 = row.iter().map(|x| x.to_f64()).sum();
+            let lp = (zt - m).to_f64() - sum.ln();
+            Ok((T::from_f64(lp), T::from_f64(1.0 / sum)))
+        })
+        .collect::<Result<_>>()?;
+    Ok(rows.into_iter().unzip())
 }
 
 /// rms_bwd's [dx ; dw] buffer split into its two parts.
