@@ -25,12 +25,51 @@ pub fn usable(x: &Tensor) -> bool {
     x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
 }
 
-/// Floats the kernels are written for.
+/// Floats the kernels are written for. The f32 versions of the row kernels run eight lanes at
+/// a time (`wide`): written as scalar loops, a float max or sum is one long dependency chain
+/// that the compiler may not reorder, and SwiGLU's branch keeps it scalar too (~2 ns per
+/// element).
 pub(super) trait Real: WithDType + std::ops::Neg<Output = Self> {
     fn abs_(self) -> Self;
     fn min_(self, o: Self) -> Self;
     /// exp of every element, in place, for arguments ≤ 0 (what softmax-like kernels need).
     fn exp_nonpos(xs: &mut [Self]);
+    /// The largest element (−∞ for none; NaNs are skipped).
+    fn max_of(xs: &[Self]) -> Self {
+        xs.iter().copied().fold(
+            Self::from_f64(f64::NEG_INFINITY),
+            |m, x| if x > m { x } else { m },
+        )
+    }
+    /// Σ xs in f64.
+    fn sum_f64(xs: &[Self]) -> f64 {
+        xs.iter().map(|x| x.to_f64()).sum()
+    }
+    /// y = silu(a)·b element-wise.
+    fn swiglu(a: &[Self], b: &[Self], y: &mut [Self]) {
+        for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+            let e = (-a.abs_()).to_f64().exp();
+            let s = Self::from_f64(if a >= Self::zero() {
+                1.0 / (1.0 + e)
+            } else {
+                e / (1.0 + e)
+            });
+            *y = a * s * b;
+        }
+    }
+    /// The backward of [`Real::swiglu`]: da = g·b·σ(a)·(1 + a·(1 − σ(a))), db = g·silu(a).
+    fn swiglu_grad(a: &[Self], b: &[Self], g: &[Self], da: &mut [Self], db: &mut [Self]) {
+        for j in 0..a.len() {
+            let e = (-a[j].abs_()).to_f64().exp();
+            let s = Self::from_f64(if a[j] >= Self::zero() {
+                1.0 / (1.0 + e)
+            } else {
+                e / (1.0 + e)
+            });
+            da[j] = g[j] * b[j] * s * (Self::one() + a[j] * (Self::one() - s));
+            db[j] = g[j] * a[j] * s;
+        }
+    }
 }
 impl Real for f32 {
     fn abs_(self) -> Self {
@@ -41,6 +80,66 @@ impl Real for f32 {
     }
     fn exp_nonpos(xs: &mut [f32]) {
         exp_nonpos_f32(xs);
+    }
+    fn max_of(xs: &[f32]) -> f32 {
+        let mut ch = xs.chunks_exact(8);
+        let mut m = f32x8::splat(f32::NEG_INFINITY);
+        for c in &mut ch {
+            m = m.max(lanes(c));
+        }
+        let m = m.to_array().into_iter().fold(f32::NEG_INFINITY, f32::max);
+        ch.remainder().iter().copied().fold(m, f32::max)
+    }
+    fn sum_f64(xs: &[f32]) -> f64 {
+        // eight f32 lanes over blocks of 256 (32 values per lane), blocks summed in f64
+        let mut total = 0f64;
+        for block in xs.chunks(256) {
+            let mut acc = f32x8::ZERO;
+            let mut ch = block.chunks_exact(8);
+            for c in &mut ch {
+                acc += lanes(c);
+            }
+            total += acc.to_array().iter().map(|&x| f64::from(x)).sum::<f64>()
+                + ch.remainder().iter().map(|&x| f64::from(x)).sum::<f64>();
+        }
+        total
+    }
+    fn swiglu(a: &[f32], b: &[f32], y: &mut [f32]) {
+        let n8 = a.len() / 8 * 8;
+        for ((yc, ac), bc) in y[..n8]
+            .chunks_exact_mut(8)
+            .zip(a[..n8].chunks_exact(8))
+            .zip(b[..n8].chunks_exact(8))
+        {
+            let a = lanes(ac);
+            let s = sigmoid8(a);
+            yc.copy_from_slice(&(a * s * lanes(bc)).to_array());
+        }
+        for j in n8..a.len() {
+            let e = (-a[j].abs()).exp();
+            y[j] = a[j] * sigmoid_from(a[j], e) * b[j];
+        }
+    }
+    fn swiglu_grad(a: &[f32], b: &[f32], g: &[f32], da: &mut [f32], db: &mut [f32]) {
+        let n8 = a.len() / 8 * 8;
+        let one = f32x8::splat(1.0);
+        for (((dac, dbc), (ac, bc)), gc) in da[..n8]
+            .chunks_exact_mut(8)
+            .zip(db[..n8].chunks_exact_mut(8))
+            .zip(a[..n8].chunks_exact(8).zip(b[..n8].chunks_exact(8)))
+            .zip(g[..n8].chunks_exact(8))
+        {
+            let (a, b, g) = (lanes(ac), lanes(bc), lanes(gc));
+            let s = sigmoid8(a);
+            dac.copy_from_slice(&(g * b * s * (one + a * (one - s))).to_array());
+            dbc.copy_from_slice(&(g * a * s).to_array());
+        }
+        for j in n8..a.len() {
+            let e = (-a[j].abs()).exp();
+            let s = sigmoid_from(a[j], e);
+            da[j] = g[j] * b[j] * s * (1.0 + a[j] * (1.0 - s));
+            db[j] = g[j] * a[j] * s;
+        }
     }
 }
 impl Real for f64 {
@@ -55,6 +154,25 @@ impl Real for f64 {
             *x = x.exp();
         }
     }
+}
+
+use wide::{CmpGe, f32x8};
+
+/// Eight consecutive f32s (the caller passes chunks of exactly 8).
+#[inline]
+fn lanes(c: &[f32]) -> f32x8 {
+    let mut a = [0f32; 8];
+    a.copy_from_slice(c);
+    f32x8::from(a)
+}
+
+/// σ(a) per lane from e = exp(−|a|): 1/(1+e) for a ≥ 0, e/(1+e) below (stable at ±∞).
+#[inline]
+fn sigmoid8(a: f32x8) -> f32x8 {
+    let one = f32x8::splat(1.0);
+    let e = (-a.abs()).exp();
+    let inv = one / (one + e);
+    a.cmp_ge(f32x8::ZERO).blend(inv, e * inv)
 }
 
 /// exp(x) in place for x ≤ 0 (−∞ gives 0), eight lanes at a time with `wide`'s polynomial
@@ -99,12 +217,7 @@ struct TargetLogpGrad;
 
 /// logsumexp of a row: max and exponentials in T (in blocks of 512), their sum in f64.
 fn row_lse<T: Real>(z: &[T]) -> f64 {
-    let mut m = z[0];
-    for &x in z {
-        if x > m {
-            m = x;
-        }
-    }
+    let m = T::max_of(z);
     let mut buf = [T::zero(); 512];
     let mut s = 0f64;
     for ch in z.chunks(512) {
@@ -113,7 +226,7 @@ fn row_lse<T: Real>(z: &[T]) -> f64 {
             *o = x - m;
         }
         T::exp_nonpos(b);
-        s += b.iter().map(|x| x.to_f64()).sum::<f64>();
+        s += T::sum_f64(b);
     }
     m.to_f64() + s.ln()
 }
@@ -370,18 +483,15 @@ struct SoftmaxGrad {
 /// a causal query does not see). Shared by the softmax node and the fused attention.
 pub(super) fn softmax_row<T: Real>(row: &mut [T], n: usize, scale: f64) {
     let sc = T::from_f64(scale);
-    let mut m = T::from_f64(f64::NEG_INFINITY);
     for x in &mut row[..n] {
         *x *= sc;
-        if *x > m {
-            m = *x;
-        }
     }
+    let m = T::max_of(&row[..n]);
     for x in &mut row[..n] {
         *x = (*x - m).min_(T::zero());
     }
     T::exp_nonpos(&mut row[..n]);
-    let sum: f64 = row[..n].iter().map(|e| e.to_f64()).sum();
+    let sum = T::sum_f64(&row[..n]);
     let inv = T::from_f64(1.0 / sum);
     for x in &mut row[..n] {
         *x *= inv;
@@ -489,17 +599,7 @@ pub(super) fn swiglu_fwd<T: Real>(a: &[T], b: &[T]) -> Result<Vec<T>> {
     let mut y = vec![T::zero(); a.len()];
     y.par_chunks_mut(4096)
         .zip(a.par_chunks(4096).zip(b.par_chunks(4096)))
-        .for_each(|(yc, (ac, bc))| {
-            // e = exp(−|a|) ∈ (0, 1]; σ(a) = 1/(1+e) for a ≥ 0, e/(1+e) below
-            for j in 0..yc.len() {
-                yc[j] = -ac[j].abs_();
-            }
-            T::exp_nonpos(yc);
-            for j in 0..yc.len() {
-                let s = sigmoid_from(ac[j], yc[j]);
-                yc[j] = ac[j] * s * bc[j];
-            }
-        });
+        .for_each(|(yc, (ac, bc))| T::swiglu(ac, bc, yc));
     Ok(y)
 }
 
@@ -525,18 +625,7 @@ pub(super) fn swiglu_bwd<T: Real>(a: &[T], b: &[T], g: &[T]) -> Result<Vec<T>> {
                 .zip(b.par_chunks(4096))
                 .zip(g.par_chunks(4096)),
         )
-        .for_each(|((dac, dbc), ((ac, bc), gc))| {
-            for j in 0..dac.len() {
-                dac[j] = -ac[j].abs_();
-            }
-            T::exp_nonpos(dac);
-            for j in 0..dac.len() {
-                let s = sigmoid_from(ac[j], dac[j]);
-                let silu = ac[j] * s;
-                dac[j] = gc[j] * bc[j] * s * (T::one() + ac[j] * (T::one() - s));
-                dbc[j] = gc[j] * silu;
-            }
-        });
+        .for_each(|((dac, dbc), ((ac, bc), gc))| T::swiglu_grad(ac, bc, gc, dac, dbc));
     Ok(out)
 }
 
@@ -1285,6 +1374,72 @@ mod tests {
         assert!(inf.iter().all(|&e| e == 0.0));
     }
 
+    /// The eight-lane f32 row kernels (max, f64 sum, SwiGLU and its gradient) against the
+    /// scalar f64 definitions, on lengths that are and are not multiples of 8, with extremes.
+    #[test]
+    fn f32_lane_kernels_match_f64_scalar() {
+        let mut r = 0x2545f4914f6cdd1du64;
+        let mut rnd = || {
+            r ^= r << 13;
+            r ^= r >> 7;
+            r ^= r << 17;
+            (r >> 11) as f64 / (1u64 << 53) as f64
+        };
+        for n in [1usize, 7, 8, 9, 255, 256, 257, 1000] {
+            let a: Vec<f32> = (0..n)
+                .map(|i| match i % 97 {
+                    0 => 120.0,
+                    1 => -120.0,
+                    _ => ((rnd() - 0.5) * 16.0) as f32,
+                })
+                .collect();
+            let b: Vec<f32> = (0..n).map(|_| (rnd() - 0.5) as f32 * 4.0).collect();
+            let g: Vec<f32> = (0..n).map(|_| (rnd() - 0.5) as f32).collect();
+            let a64: Vec<f64> = a.iter().map(|&x| f64::from(x)).collect();
+            let b64: Vec<f64> = b.iter().map(|&x| f64::from(x)).collect();
+            let g64: Vec<f64> = g.iter().map(|&x| f64::from(x)).collect();
+
+            assert_eq!(
+                f64::from(f32::max_of(&a)),
+                f64::max_of(&a64),
+                "max, n = {n}"
+            );
+            let pos: Vec<f32> = b.iter().map(|x| x.abs()).collect();
+            let (s32, s64) = (
+                f32::sum_f64(&pos),
+                f64::sum_f64(&pos.iter().map(|&x| f64::from(x)).collect::<Vec<_>>()),
+            );
+            assert!(
+                (s32 - s64).abs() <= 1e-6 * s64,
+                "sum {s32} vs {s64}, n = {n}"
+            );
+
+            let mut y = vec![0f32; n];
+            let mut y64 = vec![0f64; n];
+            f32::swiglu(&a, &b, &mut y);
+            f64::swiglu(&a64, &b64, &mut y64);
+            let (mut da, mut db) = (vec![0f32; n], vec![0f32; n]);
+            let (mut da64, mut db64) = (vec![0f64; n], vec![0f64; n]);
+            f32::swiglu_grad(&a, &b, &g, &mut da, &mut db);
+            f64::swiglu_grad(&a64, &b64, &g64, &mut da64, &mut db64);
+            for j in 0..n {
+                for (got, want, what) in [
+                    (y[j], y64[j], "silu(a)·b"),
+                    (da[j], da64[j], "da"),
+                    (db[j], db64[j], "db"),
+                ] {
+                    assert!(got.is_finite(), "{what} at a = {}", a[j]);
+                    let tol = 1e-6 * (1.0 + want.abs() + f64::from(a[j]).abs() * 1e-1);
+                    assert!(
+                        (f64::from(got) - want).abs() <= tol,
+                        "{what}: {got} vs {want} at a = {}, n = {n}",
+                        a[j]
+                    );
+                }
+            }
+        }
+        assert_eq!(f32::max_of(&[]), f32::NEG_INFINITY);
+    }
     #[test]
     fn swiglu_is_stable_at_extremes_in_f32() {
         let a = Tensor::new(

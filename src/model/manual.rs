@@ -928,15 +928,13 @@ fn log_softmax_rows<T: Real>(
                 .get(ti as usize)
                 .copied()
                 .with_context(|| format!("target {ti} is outside the vocabulary of {vocab}"))?;
-            let m = row
-                .iter()
-                .copied()
-                .fold(row[0], |a, x| if x > a { x } else { a });
+            let m = T::max_of(row);
+            // x − max ≤ 0 (NaN logits stay NaN and surface as a NaN loss)
             for x in row.iter_mut() {
-                *x = (*x - m).min_(T::zero());
+                *x -= m;
             }
             T::exp_nonpos(row);
-            let sum: f64 = row.iter().map(|x| x.to_f64()).sum();
+            let sum = T::sum_f64(row);
             let lp = (zt - m).to_f64() - sum.ln();
             Ok((T::from_f64(lp), T::from_f64(1.0 / sum)))
         })
