@@ -57,6 +57,18 @@ pub(super) trait Real: WithDType + std::ops::Neg<Output = Self> {
             *y = a * s * b;
         }
     }
+    /// y = silu(a)·b and s = σ(a) element-wise.
+    fn swiglu_sig(a: &[Self], b: &[Self], y: &mut [Self], s: &mut [Self]) {
+        for j in 0..a.len() {
+            let e = (-a[j].abs_()).to_f64().exp();
+            s[j] = Self::from_f64(if a[j] >= Self::zero() {
+                1.0 / (1.0 + e)
+            } else {
+                e / (1.0 + e)
+            });
+            y[j] = a[j] * s[j] * b[j];
+        }
+    }
     /// The backward of [`Real::swiglu`]: da = g·b·σ(a)·(1 + a·(1 − σ(a))), db = g·silu(a).
     fn swiglu_grad(a: &[Self], b: &[Self], g: &[Self], da: &mut [Self], db: &mut [Self]) {
         for j in 0..a.len() {
@@ -118,6 +130,25 @@ impl Real for f32 {
         for j in n8..a.len() {
             let e = (-a[j].abs()).exp();
             y[j] = a[j] * sigmoid_from(a[j], e) * b[j];
+        }
+    }
+    fn swiglu_sig(a: &[f32], b: &[f32], y: &mut [f32], s: &mut [f32]) {
+        let n8 = a.len() / 8 * 8;
+        for (((yc, sc), ac), bc) in y[..n8]
+            .chunks_exact_mut(8)
+            .zip(s[..n8].chunks_exact_mut(8))
+            .zip(a[..n8].chunks_exact(8))
+            .zip(b[..n8].chunks_exact(8))
+        {
+            let a = lanes(ac);
+            let sg = sigmoid8(a);
+            sc.copy_from_slice(&sg.to_array());
+            yc.copy_from_slice(&(a * sg * lanes(bc)).to_array());
+        }
+        for j in n8..a.len() {
+            let e = (-a[j].abs()).exp();
+            s[j] = sigmoid_from(a[j], e);
+            y[j] = a[j] * s[j] * b[j];
         }
     }
     fn swiglu_grad(a: &[f32], b: &[f32], g: &[f32], da: &mut [f32], db: &mut [f32]) {
@@ -595,7 +626,7 @@ pub fn softmax_causal(x: &Tensor, scale: f64, causal: bool) -> Result<Tensor> {
 struct Swiglu;
 struct SwigluGrad;
 
-pub(super) fn swiglu_fwd<T: Real>(a: &[T], b: &[T]) -> Result<Vec<T>> {
+fn swiglu_fwd<T: Real>(a: &[T], b: &[T]) -> Result<Vec<T>> {
     let mut y = vec![T::zero(); a.len()];
     y.par_chunks_mut(4096)
         .zip(a.par_chunks(4096).zip(b.par_chunks(4096)))
@@ -614,7 +645,7 @@ fn sigmoid_from<T: Real>(a: T, e: T) -> T {
 }
 
 /// [da ; db] in one buffer.
-pub(super) fn swiglu_bwd<T: Real>(a: &[T], b: &[T], g: &[T]) -> Result<Vec<T>> {
+fn swiglu_bwd<T: Real>(a: &[T], b: &[T], g: &[T]) -> Result<Vec<T>> {
     let n = a.len();
     let mut out = vec![T::zero(); 2 * n];
     let (da, db) = out.split_at_mut(n);

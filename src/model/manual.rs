@@ -23,7 +23,7 @@ use candle_core::{DType, Tensor, Var, WithDType};
 use rayon::prelude::*;
 
 use super::config::{LlamaConfig, ModelConfig};
-use super::fused::{Real, rms_bwd, rms_fwd, softmax_grad_row, softmax_row, swiglu_bwd, swiglu_fwd};
+use super::fused::{Real, rms_bwd, rms_fwd, softmax_grad_row, softmax_row};
 use super::{Model, Params};
 
 /// Log-probs for a training step, and how to turn the loss's gradient into the weights'.
@@ -449,15 +449,34 @@ fn head_probs<T: Real + 'static>(hd: &Heads, q: &[T], k: &[T], bi: usize, h: usi
 }
 
 /// out = causal softmax(scale·q·kᵀ)·v per head, heads in parallel (one thread each).
-fn attn_forward<T: Real + 'static>(hd: Heads, q: &[T], k: &[T], v: &[T]) -> Vec<T> {
+fn attn_forward<T: Real + 'static>(
+    hd: Heads,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+) -> (Vec<T>, Option<Vec<T>>) {
     let (t, d, qs, ks) = (hd.t, hd.d, hd.qs(), hd.ks());
     let mut out = vec![T::zero(); hd.b * t * qs];
     let o = Shared(out.as_mut_ptr());
+    let keep = hd.b * hd.nh * t * t <= KEEP_PROBS;
+    let mut probs = if keep {
+        vec![T::zero(); hd.b * hd.nh * t * t]
+    } else {
+        Vec::new()
+    };
+    let pp = Shared(probs.as_mut_ptr());
     (0..hd.b * hd.nh).into_par_iter().for_each(|bh| {
         let (bi, h) = (bh / hd.nh, bh % hd.nh);
         let g = h / (hd.nh / hd.nkv);
-        let mut p = vec![T::zero(); t * t];
-        head_probs(&hd, q, k, bi, h, &mut p);
+        let mut local = Vec::new();
+        let p: &mut [T] = if keep {
+            // SAFETY: task bh alone uses probs[bh·T² .. (bh+1)·T²].
+            unsafe { std::slice::from_raw_parts_mut(pp.at(bh * t * t), t * t) }
+        } else {
+            local.resize(t * t, T::zero());
+            &mut local
+        };
+        head_probs(&hd, q, k, bi, h, p);
         // SAFETY: each task writes only head h of batch row bi of `out` (disjoint across
         // tasks); v's head g lies inside v.
         unsafe {
@@ -474,8 +493,12 @@ fn attn_forward<T: Real + 'static>(hd: Heads, q: &[T], k: &[T], v: &[T]) -> Vec<
             )
         };
     });
-    out
+    (out, keep.then_some(probs))
 }
+
+/// Attention probabilities are kept from the forward for the backward when a layer's
+/// B·heads·T² is at most this many (16 MiB in f32); above, the backward recomputes them.
+const KEEP_PROBS: usize = 1 << 22;
 
 /// The backward of [`attn_forward`] given dout: (dq, dk, dv) in the layouts of q, k, v. Tasks
 /// are (batch row, key/value head): the query heads sharing a key/value head accumulate into
@@ -486,6 +509,7 @@ fn attn_backward<T: Real + 'static>(
     k: &[T],
     v: &[T],
     dout: &[T],
+    kept: Option<&[T]>,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
     let (t, d, qs, ks) = (hd.t, hd.d, hd.qs(), hd.ks());
     let grp = hd.nh / hd.nkv;
@@ -504,7 +528,10 @@ fn attn_backward<T: Real + 'static>(
         let (ko, qo) = (hd.off(bi, g, ks), |h| hd.off(bi, h, qs));
         for j in 0..grp {
             let h = g * grp + j;
-            head_probs(&hd, q, k, bi, h, &mut p);
+            match kept {
+                Some(all) => p.copy_from_slice(&all[(bi * hd.nh + h) * t * t..][..t * t]),
+                None => head_probs(&hd, q, k, bi, h, &mut p),
+            }
             // SAFETY: this task alone writes dq's head h and dk's/dv's head g of batch row bi;
             // every read operand is one head of q, k, v, dout (inside them) or a local buffer.
             unsafe {
@@ -657,13 +684,16 @@ struct LayerActs<T> {
     q: Vec<T>,
     k: Vec<T>,
     v: Vec<T>,
-    /// attention output (before o_proj)
+    /// attention output (before o_proj), and its probabilities when kept (see [`KEEP_PROBS`])
     a: Vec<T>,
+    probs: Option<Vec<T>>,
     /// residual stream after attention, its RMSNorm
     xm: Vec<T>,
     hn2: Vec<T>,
     gate: Vec<T>,
     up: Vec<T>,
+    /// σ(gate)
+    sig: Vec<T>,
     /// silu(gate)·up
     m: Vec<T>,
 }
@@ -740,7 +770,7 @@ fn forward<T: Real + 'static>(
             }
             rope_rows(&mut q, hd.nh, hd.d, t, &tab, 1.0);
             rope_rows(&mut k, hd.nkv, hd.d, t, &tab, 1.0);
-            let a = attn_forward(hd, &q, &k, &v);
+            let (a, probs) = attn_forward(hd, &q, &k, &v);
             let mut xm = linear(&a, w[l.o], n, qd, h)?;
             add_into(&mut xm, &x);
             let hn2 = rms_fwd(&xm, w[l.post_norm], eps)?;
@@ -748,7 +778,7 @@ fn forward<T: Real + 'static>(
                 (&hn2, false, w[l.gate], true, (n, inter, h)),
                 (&hn2, false, w[l.up], true, (n, inter, h)),
             )?;
-            let m = swiglu_fwd(&gate, &up)?;
+            let (m, sig) = swiglu_keep(&gate, &up);
             let mut next = linear(&m, w[l.down], n, inter, h)?;
             add_into(&mut next, &xm);
             let prev = std::mem::replace(&mut x, next);
@@ -759,10 +789,12 @@ fn forward<T: Real + 'static>(
                 k,
                 v,
                 a,
+                probs,
                 xm,
                 hn2,
                 gate,
                 up,
+                sig,
                 m,
             });
         }
@@ -870,9 +902,11 @@ impl<T: Real + 'static> Tape<T> {
             )?;
             out[l.down] = Some(dwd);
             drop(a.m);
-            let sg = swiglu_bwd(&a.gate, &a.up, &dm)?;
+            let (mut dgate, mut dup) = (a.gate, a.up);
+            swiglu_grad_in_place(&mut dgate, &mut dup, &a.sig, &dm);
             drop(dm);
-            let (dgate, dup) = sg.split_at(n * inter);
+            drop(a.sig);
+            let (dgate, dup) = (&dgate[..], &dup[..]);
             let (dwg, dwu) = mm_pair(
                 (dgate, true, &a.hn2, false, (inter, h, n)),
                 (dup, true, &a.hn2, false, (inter, h, n)),
@@ -890,7 +924,6 @@ impl<T: Real + 'static> Tape<T> {
                 false,
             )?;
             mm(&mut dhn2, dup, false, w[l.up], false, (n, h, inter), true)?;
-            drop(sg);
             let (mut dxm, dpost) = split_rms(rms_bwd(&a.xm, w[l.post_norm], &dhn2, eps)?, n * h);
             add_into(&mut dxm, &dx);
             out[l.post_norm] = Some(dpost);
@@ -901,7 +934,7 @@ impl<T: Real + 'static> Tape<T> {
                 (&dxm, false, w[l.o], false, (n, qd, h)),
             )?;
             out[l.o] = Some(dwo);
-            let (mut dq, mut dk, dv) = attn_backward(hd, &a.q, &a.k, &a.v, &da);
+            let (mut dq, mut dk, dv) = attn_backward(hd, &a.q, &a.k, &a.v, &da, a.probs.as_deref());
             drop(da);
             rope_rows(&mut dq, hd.nh, hd.d, t, &tab, -1.0);
             rope_rows(&mut dk, hd.nkv, hd.d, t, &tab, -1.0);
@@ -975,8 +1008,77 @@ fn log_softmax_rows<T: Real>(
     Ok(rows.into_iter().unzip())
 }
 
+/// silu(a)·b and σ(a) (kept for the backward), element-wise, in parallel.
+fn swiglu_keep<T: Real>(a: &[T], b: &[T]) -> (Vec<T>, Vec<T>) {
+    let mut y = vec![T::zero(); a.len()];
+    let mut s = vec![T::zero(); a.len()];
+    y.par_chunks_mut(4096)
+        .zip(s.par_chunks_mut(4096))
+        .zip(a.par_chunks(4096).zip(b.par_chunks(4096)))
+        .for_each(|((yc, sc), (ac, bc))| T::swiglu_sig(ac, bc, yc, sc));
+    (y, s)
+}
+
+/// The backward of silu(a)·b from σ(a), in place: a becomes da = g·b·σ·(1 + a·(1 − σ)) and b
+/// becomes db = g·a·σ.
+fn swiglu_grad_in_place<T: Real>(a: &mut [T], b: &mut [T], sig: &[T], g: &[T]) {
+    a.par_chunks_mut(4096)
+        .zip(b.par_chunks_mut(4096))
+        .zip(sig.par_chunks(4096).zip(g.par_chunks(4096)))
+        .for_each(|((ac, bc), (sc, gc))| {
+            for j in 0..ac.len() {
+                let (x, y, s, gj) = (ac[j], bc[j], sc[j], gc[j]);
+                ac[j] = gj * y * s * (T::one() + x * (T::one() - s));
+                bc[j] = gj * x * s;
+            }
+        });
+}
+
 /// rms_bwd's [dx ; dw] buffer split into its two parts.
 fn split_rms<T>(mut v: Vec<T>, nx: usize) -> (Vec<T>, Vec<T>) {
     let dw = v.split_off(nx);
     (v, dw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The attention backward from kept probabilities equals the one that recomputes them
+    /// (both paths; the model-level tests run shapes small enough to keep them), with grouped
+    /// query heads.
+    #[test]
+    fn kept_and_recomputed_attention_probabilities_agree() {
+        let hd = Heads {
+            b: 2,
+            t: 5,
+            nh: 4,
+            nkv: 2,
+            d: 3,
+            scale: 0.6,
+        };
+        let n = hd.b * hd.t;
+        let wave = |len: usize, f: f64| -> Vec<f64> {
+            (0..len).map(|i| ((i as f64) * f).sin()).collect()
+        };
+        let (q, k, v) = (
+            wave(n * hd.qs(), 0.37),
+            wave(n * hd.ks(), 0.71),
+            wave(n * hd.ks(), 1.13),
+        );
+        let g = wave(n * hd.qs(), 0.53);
+        let (out, probs) = attn_forward(hd, &q, &k, &v);
+        let probs = probs.expect("small enough to keep");
+        assert_eq!(out.len(), n * hd.qs());
+        // every causal row sums to 1, and keys after the query get 0
+        for (r, row) in probs.chunks(hd.t).enumerate() {
+            let i = r % hd.t;
+            assert!((row.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+            assert!(row[i + 1..].iter().all(|&p| p == 0.0));
+        }
+        let kept = attn_backward(hd, &q, &k, &v, &g, Some(&probs));
+        let again = attn_backward(hd, &q, &k, &v, &g, None);
+        assert_eq!(kept, again);
+        assert!(kept.0.iter().any(|&x| x != 0.0));
+    }
 }
