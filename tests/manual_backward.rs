@@ -179,3 +179,76 @@ fn edge_cases() {
     let err = m.train_logps(&bad.clone(), &bad).err().unwrap().to_string();
     assert!(err.contains(&format!("{}", m.vocab_size() + 5)), "{err}");
 }
+
+/// Central finite differences in f64 on the hand-written pass alone (its own forward), for
+/// elements of every kind of weight of a GQA model with q/k/v biases.
+#[test]
+fn matches_finite_differences_in_f64() {
+    let m = gqa_model().to_dtype(DType::F64).unwrap();
+    let (b, t) = (2, 6);
+    let (ids, tg, c) = batch(m.vocab_size(), b, t, 5);
+    let coef = Tensor::from_vec(c, (b, t), &Device::Cpu).unwrap();
+    let loss = |m: &Model| -> f64 {
+        let tl = m.train_logps(&ids, &tg).unwrap();
+        (tl.logps() * &coef)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    let tl = m.train_logps(&ids, &tg).unwrap();
+    let l = (tl.logps() * &coef).unwrap().sum_all().unwrap();
+    let grads = tl.param_grads(&m, &l.backward().unwrap()).unwrap();
+    let first_id = ids.flatten_all().unwrap().to_vec1::<u32>().unwrap()[0] as usize;
+    let h = 32;
+    let (mut checked, mut nonzero) = (0, 0);
+    for (name, elems) in [
+        ("model.embed_tokens.weight", vec![first_id * h, first_id * h + 7]),
+        ("model.layers.0.input_layernorm.weight", vec![3]),
+        ("model.layers.0.self_attn.q_proj.weight", vec![0, 100]),
+        ("model.layers.0.self_attn.k_proj.bias", vec![5]),
+        ("model.layers.1.self_attn.v_proj.weight", vec![17]),
+        ("model.layers.1.self_attn.o_proj.weight", vec![40]),
+        ("model.layers.1.post_attention_layernorm.weight", vec![9]),
+        ("model.layers.0.mlp.gate_proj.weight", vec![33]),
+        ("model.layers.1.mlp.up_proj.weight", vec![250]),
+        ("model.layers.1.mlp.down_proj.weight", vec![61]),
+        ("model.norm.weight", vec![2]),
+        ("lm_head.weight", vec![12, 2000]),
+    ] {
+        let i = m.params.position(name).unwrap();
+        let var = &m.params.vars()[i];
+        let g: Vec<f64> = grads[i]
+            .as_ref()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let orig = var.as_tensor().copy().unwrap();
+        let flat: Vec<f64> = orig.flatten_all().unwrap().to_vec1().unwrap();
+        for e in elems {
+            let eps = 1e-5;
+            let mut at = |delta: f64| -> f64 {
+                let mut v = flat.clone();
+                v[e] += delta;
+                var.set(&Tensor::from_vec(v, orig.shape(), &Device::Cpu).unwrap())
+                    .unwrap();
+                loss(&m)
+            };
+            let fd = (at(eps) - at(-eps)) / (2.0 * eps);
+            var.set(&orig).unwrap();
+            let tol = 1e-7 + 1e-6 * fd.abs();
+            assert!(
+                (fd - g[e]).abs() <= tol,
+                "{name}[{e}]: finite difference {fd}, hand-written {}",
+                g[e]
+            );
+            checked += 1;
+            nonzero += usize::from(fd.abs() > 1e-4);
+        }
+    }
+    assert_eq!(checked, 15);
+    assert!(nonzero >= 13, "only {nonzero} of 15 checked gradients are non-zero");
+}
