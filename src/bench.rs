@@ -91,15 +91,22 @@ pub fn train_step_on(steps: usize, dev: &Device, prec: Precision) -> Result<Benc
         ],
         1,
     )?;
+    // the loss uses the first T − 1 positions of each row
+    let mask = Tensor::cat(
+        &[
+            &Tensor::ones((b, t - 1), DType::F32, dev)?,
+            &Tensor::zeros((b, 1), DType::F32, dev)?,
+        ],
+        1,
+    )?;
     let mut opt = Optimizer::new(OptimConfig::new(OptimKind::Adamw, 1e-4), model.params.len());
     let (mut f, mut bw, mut o) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..steps + 3 {
         dev.synchronize()?;
         let t0 = Instant::now();
         // next-token loss over the first T − 1 positions (the last target is padding, masked)
-        let tl = model.train_logps(&ids, &targets)?;
-        let lp = tl.logps();
-        let loss = (lp.narrow(1, 0, t - 1)?.sum_all()? / ((b * (t - 1)) as f64))?.neg()?;
+        let tl = model.train_logps_masked(&ids, &targets, &mask)?;
+        let loss = (tl.logps().sum_all()? / ((b * (t - 1)) as f64))?.neg()?;
         let _ = loss.to_dtype(DType::F32)?.to_scalar::<f32>()?;
         let t1 = Instant::now();
         let grads = loss.backward()?;
@@ -442,7 +449,7 @@ pub fn preset(p: Preset, dev: &Device, prec: Precision, reps: usize) -> Result<P
         let (rc, rr) = (r.narrow(0, 0, sh.pairs)?, r.narrow(0, sh.pairs, sh.pairs)?);
         dev.synchronize()?;
         let t1 = Instant::now();
-        let tl = model.train_logps(&batch.ids, &batch.targets)?;
+        let tl = model.train_logps_masked(&batch.ids, &batch.targets, &batch.mask)?;
         let s = logprob::masked_sums(tl.logps(), &batch)?;
         let (pc, pr) = (s.narrow(0, 0, sh.pairs)?, s.narrow(0, sh.pairs, sh.pairs)?);
         let (loss, _) = compute(

@@ -204,7 +204,10 @@ fn matches_finite_differences_in_f64() {
     let h = 32;
     let (mut checked, mut nonzero) = (0, 0);
     for (name, elems) in [
-        ("model.embed_tokens.weight", vec![first_id * h, first_id * h + 7]),
+        (
+            "model.embed_tokens.weight",
+            vec![first_id * h, first_id * h + 7],
+        ),
         ("model.layers.0.input_layernorm.weight", vec![3]),
         ("model.layers.0.self_attn.q_proj.weight", vec![0, 100]),
         ("model.layers.0.self_attn.k_proj.bias", vec![5]),
@@ -230,7 +233,7 @@ fn matches_finite_differences_in_f64() {
         let flat: Vec<f64> = orig.flatten_all().unwrap().to_vec1().unwrap();
         for e in elems {
             let eps = 1e-5;
-            let mut at = |delta: f64| -> f64 {
+            let at = |delta: f64| -> f64 {
                 let mut v = flat.clone();
                 v[e] += delta;
                 var.set(&Tensor::from_vec(v, orig.shape(), &Device::Cpu).unwrap())
@@ -250,5 +253,54 @@ fn matches_finite_differences_in_f64() {
         }
     }
     assert_eq!(checked, 15);
-    assert!(nonzero >= 13, "only {nonzero} of 15 checked gradients are non-zero");
+    assert!(
+        nonzero >= 13,
+        "only {nonzero} of 15 checked gradients are non-zero"
+    );
+}
+
+/// With a loss mask, the hand-written pass runs the LM head on the masked-in positions only:
+/// log-probs are those of the unmasked pass times the mask, and the gradients of a masked loss
+/// are the same (f64); candle's graph takes the mask the same way.
+#[test]
+fn masked_positions_skip_the_head_with_the_same_gradients() {
+    for (name, m) in [("gqa+bias", gqa_model()), ("gpt2", fixture("gpt2"))] {
+        let m = m.to_dtype(DType::F64).unwrap();
+        let (b, t) = (3, 7);
+        let (ids, tg, c) = batch(m.vocab_size(), b, t, 9);
+        let mask_v: Vec<f64> = (0..b * t).map(|i| f64::from(i % 3 != 0)).collect();
+        let mask = Tensor::from_vec(mask_v.clone(), (b, t), &Device::Cpu).unwrap();
+        let coef = (Tensor::from_vec(c, (b, t), &Device::Cpu).unwrap() * &mask).unwrap();
+        let run = |masked: bool| -> (Vec<f64>, Vec<Option<Tensor>>) {
+            let tl = if masked {
+                m.train_logps_masked(&ids, &tg, &mask).unwrap()
+            } else {
+                m.train_logps(&ids, &tg).unwrap()
+            };
+            let lp = tl.logps().clone();
+            let l = (&lp * &coef).unwrap().sum_all().unwrap();
+            let g = tl.param_grads(&m, &l.backward().unwrap()).unwrap();
+            (lp.flatten_all().unwrap().to_vec1().unwrap(), g)
+        };
+        let (lp_full, g_full) = run(false);
+        let (lp_mask, g_mask) = run(true);
+        for i in 0..b * t {
+            assert!(
+                (lp_mask[i] - lp_full[i] * mask_v[i]).abs() < 1e-12,
+                "{name}: position {i}"
+            );
+        }
+        for (w, (a, bb)) in m.params.names().iter().zip(g_full.iter().zip(&g_mask)) {
+            let (a, bb) = (a.as_ref().unwrap(), bb.as_ref().unwrap());
+            let d = (a - bb)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap();
+            assert!(d < 1e-12, "{name}: {w} differs by {d}");
+        }
+    }
 }

@@ -67,15 +67,24 @@ enum AnyTape {
 
 /// Per-position log-probs for training ([`Model::forward_logps`]'s values). llama/qwen2 on the
 /// CPU in f32/f64 take the hand-written pass; everything else candle's graph.
-pub fn train_logps(model: &Model, ids: &Tensor, targets: &Tensor) -> Result<TrainLogps> {
+///
+/// With `mask` [B, T] (non-zero: the position's log-prob is used), positions outside it get
+/// log-prob 0 and no gradient, and the hand-written pass runs the LM head only on the positions
+/// inside (a preference pair's prompt and padding never reach it).
+pub fn train_logps(
+    model: &Model,
+    ids: &Tensor,
+    targets: &Tensor,
+    mask: Option<&Tensor>,
+) -> Result<TrainLogps> {
     let c = match &model.config {
         ModelConfig::Llama(c) | ModelConfig::Qwen2(c) => c,
-        _ => return graph(model, ids, targets),
+        _ => return graph(model, ids, targets, mask),
     };
     let dt = model.compute;
     let same_dtype = model.params.vars().iter().all(|v| v.dtype() == dt);
     if !model.device.is_cpu() || !same_dtype || !matches!(dt, DType::F32 | DType::F64) {
-        return graph(model, ids, targets);
+        return graph(model, ids, targets, mask);
     }
     let (b, t) = ids.dims2()?;
     if targets.dims2()? != (b, t) {
@@ -87,17 +96,31 @@ pub fn train_logps(model: &Model, ids: &Tensor, targets: &Tensor) -> Result<Trai
     }
     let ids_v: Vec<u32> = ids.flatten_all()?.to_vec1()?;
     let tg_v: Vec<u32> = targets.flatten_all()?.to_vec1()?;
+    let rows = match mask {
+        None => None,
+        Some(m) => {
+            if m.dims2()? != (b, t) {
+                bail!(
+                    "the loss mask {:?} does not match the ids {:?}",
+                    m.dims(),
+                    ids.dims()
+                );
+            }
+            let m: Vec<f64> = m.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
+            Some((0..b * t).filter(|&r| m[r] != 0.0).collect())
+        }
+    };
     let ix = Index::new(c, &model.params)?;
     let (lp, tape) = match dt {
         DType::F32 => {
-            let (lp, tape) = forward::<f32>(c, &ix, &model.params, ids_v, tg_v, b, t)?;
+            let (lp, tape) = forward::<f32>(c, &ix, &model.params, ids_v, tg_v, rows, b, t)?;
             (
                 Var::from_vec(lp, (b, t), &model.device)?,
                 AnyTape::F32(tape),
             )
         }
         _ => {
-            let (lp, tape) = forward::<f64>(c, &ix, &model.params, ids_v, tg_v, b, t)?;
+            let (lp, tape) = forward::<f64>(c, &ix, &model.params, ids_v, tg_v, rows, b, t)?;
             (
                 Var::from_vec(lp, (b, t), &model.device)?,
                 AnyTape::F64(tape),
@@ -110,11 +133,18 @@ pub fn train_logps(model: &Model, ids: &Tensor, targets: &Tensor) -> Result<Trai
     })
 }
 
-fn graph(model: &Model, ids: &Tensor, targets: &Tensor) -> Result<TrainLogps> {
-    Ok(TrainLogps {
-        logps: model.forward_logps(ids, targets)?,
-        tape: None,
-    })
+fn graph(
+    model: &Model,
+    ids: &Tensor,
+    targets: &Tensor,
+    mask: Option<&Tensor>,
+) -> Result<TrainLogps> {
+    let lp = model.forward_logps(ids, targets)?;
+    let logps = match mask {
+        Some(m) => (&lp * m.to_dtype(lp.dtype())?)?,
+        None => lp,
+    };
+    Ok(TrainLogps { logps, tape: None })
 }
 
 // ---------------------------------------------------------------- weights
@@ -703,6 +733,9 @@ struct Tape<T> {
     b: usize,
     t: usize,
     ids: Vec<u32>,
+    /// The positions that reach the LM head (None: all); `targets`, `hf`, `e` and `inv_sum`
+    /// hold those rows only.
+    rows: Option<Vec<usize>>,
     targets: Vec<u32>,
     layers: Vec<LayerActs<T>>,
     /// residual stream before the final norm, and after it
@@ -728,12 +761,14 @@ fn heads(c: &LlamaConfig, b: usize, t: usize) -> Result<Heads> {
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn forward<T: Real + 'static>(
     c: &LlamaConfig,
     ix: &Index,
     p: &Params,
     ids: Vec<u32>,
     targets: Vec<u32>,
+    rows: Option<Vec<usize>>,
     b: usize,
     t: usize,
 ) -> Result<(Vec<T>, Tape<T>)> {
@@ -798,10 +833,20 @@ fn forward<T: Real + 'static>(
                 m,
             });
         }
-        let hf = rms_fwd(&x, w[ix.norm], eps)?;
+        let mut hf = rms_fwd(&x, w[ix.norm], eps)?;
+        let mut targets = targets;
+        if let Some(r) = &rows {
+            hf = gather_rows(&hf, r, h);
+            targets = r.iter().map(|&i| targets[i]).collect();
+        }
+        let ns = targets.len();
         let head = w[ix.head.unwrap_or(ix.embed)];
-        let mut z = linear(&hf, head, n, h, vocab)?;
-        let (lp, inv_sum) = log_softmax_rows(&mut z, &targets, vocab)?;
+        let mut z = linear(&hf, head, ns, h, vocab)?;
+        let (lp_sel, inv_sum) = log_softmax_rows(&mut z, &targets, vocab)?;
+        let lp = match &rows {
+            None => lp_sel,
+            Some(r) => scatter_rows(&lp_sel, r, 1, n),
+        };
         Ok((
             lp,
             Tape {
@@ -809,6 +854,7 @@ fn forward<T: Real + 'static>(
                 b,
                 t,
                 ids,
+                rows,
                 targets,
                 layers,
                 xl: x,
@@ -868,9 +914,14 @@ impl<T: Real + 'static> Tape<T> {
         let mut out: Vec<Option<Vec<T>>> = vec![None; w.len()];
 
         // LM head and log-softmax: dz = g ⊙ (onehot − softmax), in place over the exponentials
+        let dlp_sel: Vec<T> = match &self.rows {
+            None => dlp.to_vec(),
+            Some(r) => r.iter().map(|&i| dlp[i]).collect(),
+        };
+        let ns = dlp_sel.len();
         let mut dz = self.e;
         dz.par_chunks_mut(vocab)
-            .zip(dlp.par_iter().zip(&self.inv_sum))
+            .zip(dlp_sel.par_iter().zip(&self.inv_sum))
             .zip(&self.targets)
             .for_each(|((row, (&g, &inv)), &ti)| {
                 if g == T::zero() {
@@ -887,10 +938,14 @@ impl<T: Real + 'static> Tape<T> {
             });
         let head = w[ix.head.unwrap_or(ix.embed)];
         let (dhf, dhead) = mm_pair(
-            (&dz, false, head, false, (n, h, vocab)),
-            (&dz, true, &self.hf, false, (vocab, h, n)),
+            (&dz, false, head, false, (ns, h, vocab)),
+            (&dz, true, &self.hf, false, (vocab, h, ns)),
         )?;
         drop(dz);
+        let dhf = match &self.rows {
+            None => dhf,
+            Some(r) => scatter_rows(&dhf, r, h, n),
+        };
         let (mut dx, dnorm) = split_rms(rms_bwd(&self.xl, w[ix.norm], &dhf, eps)?, n * h);
         out[ix.norm] = Some(dnorm);
 
@@ -1034,6 +1089,24 @@ fn swiglu_grad_in_place<T: Real>(a: &mut [T], b: &mut [T], sig: &[T], g: &[T]) {
         });
 }
 
+/// The rows `r` of a row-major [_, w] buffer.
+fn gather_rows<T: Copy>(x: &[T], r: &[usize], w: usize) -> Vec<T> {
+    let mut out = Vec::with_capacity(r.len() * w);
+    for &i in r {
+        out.extend_from_slice(&x[i * w..(i + 1) * w]);
+    }
+    out
+}
+
+/// [n, w] zeros with row j of `x` at row r[j].
+fn scatter_rows<T: WithDType>(x: &[T], r: &[usize], w: usize, n: usize) -> Vec<T> {
+    let mut out = vec![T::zero(); n * w];
+    for (j, &i) in r.iter().enumerate() {
+        out[i * w..(i + 1) * w].copy_from_slice(&x[j * w..(j + 1) * w]);
+    }
+    out
+}
+
 /// rms_bwd's [dx ; dw] buffer split into its two parts.
 fn split_rms<T>(mut v: Vec<T>, nx: usize) -> (Vec<T>, Vec<T>) {
     let dw = v.split_off(nx);
@@ -1058,9 +1131,8 @@ mod tests {
             scale: 0.6,
         };
         let n = hd.b * hd.t;
-        let wave = |len: usize, f: f64| -> Vec<f64> {
-            (0..len).map(|i| ((i as f64) * f).sin()).collect()
-        };
+        let wave =
+            |len: usize, f: f64| -> Vec<f64> { (0..len).map(|i| ((i as f64) * f).sin()).collect() };
         let (q, k, v) = (
             wave(n * hd.qs(), 0.37),
             wave(n * hd.ks(), 0.71),

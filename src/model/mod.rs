@@ -231,7 +231,19 @@ impl Model {
     /// gradients: llama/qwen2 on the CPU run a hand-written backward ([`manual`]), the rest
     /// candle's graph. Same values as [`Model::forward_logps`].
     pub fn train_logps(&self, ids: &Tensor, targets: &Tensor) -> Result<manual::TrainLogps> {
-        manual::train_logps(self, ids, targets)
+        manual::train_logps(self, ids, targets, None)
+    }
+
+    /// [`Model::train_logps`] for a loss that uses only the positions where `mask` [B, T] is
+    /// non-zero: the others get log-prob 0 and no gradient, and skip the LM head where the
+    /// hand-written pass runs.
+    pub fn train_logps_masked(
+        &self,
+        ids: &Tensor,
+        targets: &Tensor,
+        mask: &Tensor,
+    ) -> Result<manual::TrainLogps> {
+        manual::train_logps(self, ids, targets, Some(mask))
     }
 
     /// Logits [B, T, V] on detached weights: no backprop graph is built.

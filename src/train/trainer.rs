@@ -779,7 +779,9 @@ impl Session {
             seqs.extend(idx.iter().map(|&i| &rejected[i]));
         }
         let batch = Batch::new(&seqs, dev)?;
-        let tl = self.model.train_logps(&batch.ids, &batch.targets)?;
+        let tl = self
+            .model
+            .train_logps_masked(&batch.ids, &batch.targets, &batch.mask)?;
         let summed = logprob::masked_sums(tl.logps(), &batch)?;
         let lens: Vec<f32> = batch.response_lens().iter().map(|&l| l as f32).collect();
         let pc = summed.narrow(0, 0, b)?;
