@@ -15,7 +15,8 @@
 //! same interface. The weights must not change between the forward and the backward.
 //!
 //! Checked against candle's graph (itself checked against f64 finite differences and
-//! transformers) in value and every weight's gradient: tests/manual_backward.rs.
+//! transformers) in value and every weight's gradient, and against f64 finite differences on its
+//! own: tests/manual_backward.rs.
 
 use anyhow::{Context, Result, bail};
 use candle_core::backprop::GradStore;
