@@ -170,16 +170,13 @@ fn stream(tok: &Tok, docs: &[String]) -> Result<Vec<u32>> {
     Ok(s)
 }
 
-/// Mean next-token cross-entropy over all positions of `ids` [B, T+1].
-pub fn lm_loss(model: &Model, ids: &Tensor, grad: bool) -> Result<(Tensor, Tensor)> {
+/// Mean next-token cross-entropy over all positions of `ids` [B, T+1], and the logits, without
+/// a graph (evaluation; training goes through `Model::train_logps`).
+pub fn lm_loss(model: &Model, ids: &Tensor) -> Result<(Tensor, Tensor)> {
     let (_, t1) = ids.dims2()?;
     let inputs = ids.narrow(1, 0, t1 - 1)?;
     let targets = ids.narrow(1, 1, t1 - 1)?.contiguous()?;
-    let logits = if grad {
-        model.forward(&inputs)?
-    } else {
-        model.forward_eval(&inputs)?
-    };
+    let logits = model.forward_eval(&inputs)?;
     let (b, t, v) = logits.dims3()?;
     let lp =
         crate::model::fused::target_logp(&logits.reshape((b * t, v))?, &targets.flatten_all()?)?;
@@ -205,7 +202,7 @@ pub fn evaluate(
             .flat_map(|&i| ids[i * w..(i + 1) * w].iter().copied())
             .collect();
         let t = Tensor::from_vec(data, (chunk.len(), w), &model.device)?;
-        let (loss, logits) = lm_loss(model, &t, false)?;
+        let (loss, logits) = lm_loss(model, &t)?;
         let k = chunk.len() * seq_len;
         nll += f64::from(loss.to_scalar::<f32>()?) * k as f64;
         let lse = logits.log_sum_exp(D::Minus1)?;

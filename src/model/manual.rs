@@ -731,8 +731,9 @@ struct LayerActs<T> {
 
 struct Tape<T> {
     c: LlamaConfig,
-    b: usize,
-    t: usize,
+    /// the attention shapes (B, T, heads) and RoPE tables of the forward, reused backward
+    hd: Heads,
+    tab: RopeTab,
     ids: Vec<u32>,
     /// The positions that reach the LM head (None: all); `targets`, `hf`, `e` and `inv_sum`
     /// hold those rows only.
@@ -852,8 +853,8 @@ fn forward<T: Real + 'static>(
             lp,
             Tape {
                 c: c.clone(),
-                b,
-                t,
+                hd,
+                tab,
                 ids,
                 rows,
                 targets,
@@ -895,8 +896,8 @@ impl<T: Real + 'static> Tape<T> {
 
     fn run_backward(self, ix: &Index, w: &[&[T]], dlp: &[T]) -> Result<Vec<Option<Vec<T>>>> {
         let c = &self.c;
-        let (b, t) = (self.b, self.t);
-        let n = b * t;
+        let (hd, t) = (self.hd, self.hd.t);
+        let n = hd.b * t;
         if dlp.len() != n {
             bail!(
                 "the log-probs' gradient has {} values for {n} positions",
@@ -909,9 +910,8 @@ impl<T: Real + 'static> Tape<T> {
             c.vocab_size,
             c.rms_norm_eps,
         );
-        let hd = heads(c, b, t)?;
         let (qd, kd) = (hd.qs(), hd.ks());
-        let tab = RopeTab::new(c, t);
+        let tab = &self.tab;
         let mut out: Vec<Option<Vec<T>>> = vec![None; w.len()];
 
         // LM head and log-softmax: dz = g ⊙ (onehot − softmax), in place over the exponentials
@@ -992,8 +992,8 @@ impl<T: Real + 'static> Tape<T> {
             out[l.o] = Some(dwo);
             let (mut dq, mut dk, dv) = attn_backward(hd, &a.q, &a.k, &a.v, &da, a.probs.as_deref());
             drop(da);
-            rope_rows(&mut dq, hd.nh, hd.d, t, &tab, -1.0);
-            rope_rows(&mut dk, hd.nkv, hd.d, t, &tab, -1.0);
+            rope_rows(&mut dq, hd.nh, hd.d, t, tab, -1.0);
+            rope_rows(&mut dk, hd.nkv, hd.d, t, tab, -1.0);
             if let Some([bq, bk, bv]) = l.bias {
                 out[bq] = Some(col_sums(&dq, qd));
                 out[bk] = Some(col_sums(&dk, kd));

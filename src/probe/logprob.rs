@@ -170,16 +170,8 @@ pub fn token_logps(logits: &Tensor, batch: &Batch) -> Result<(Tensor, Tensor)> {
     Ok((per_tok, summed))
 }
 
-/// [`token_logps`] of the model's policy on `batch`, with the graph, through
-/// [`Model::forward_logps`] (the logits never enter the graph on the CPU).
-pub fn policy_logps(model: &Model, batch: &Batch) -> Result<(Tensor, Tensor)> {
-    let lp = model.forward_logps(&batch.ids, &batch.targets)?;
-    let per_tok = (&lp * batch.mask.to_dtype(lp.dtype())?)?;
-    let summed = per_tok.sum(1)?;
-    Ok((per_tok, summed))
-}
-
-/// Per-row sums [B] of per-position log-probs [B, T] over the batch's response positions.
+/// Per-row sums [B] of per-position log-probs [B, T] over the batch's response positions (the
+/// policy's, from `Model::train_logps_masked`, in training).
 pub fn masked_sums(lp: &Tensor, batch: &Batch) -> Result<Tensor> {
     Ok((lp * batch.mask.to_dtype(lp.dtype())?)?.sum(1)?)
 }
