@@ -201,7 +201,12 @@ impl ChatTemplate {
         let text = match std::fs::read_to_string(&file) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(DataError::Io { path: name, source }),
+            Err(source) => {
+                return Err(DataError::Io {
+                    path: name,
+                    reason: source,
+                });
+            }
         };
         let config: Value = serde_json::from_str(&text).map_err(|e| json_error(&name, &e))?;
         let Value::Object(config) = config else {
@@ -359,7 +364,7 @@ fn template_beside(dir: &Path) -> Result<Option<String>, DataError> {
         Err(source) => {
             return Err(DataError::Io {
                 path: jinja.display().to_string(),
-                source,
+                reason: source,
             });
         }
     }
@@ -368,7 +373,12 @@ fn template_beside(dir: &Path) -> Result<Option<String>, DataError> {
     let text = match std::fs::read_to_string(&json) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(DataError::Io { path: name, source }),
+        Err(source) => {
+            return Err(DataError::Io {
+                path: name,
+                reason: source,
+            });
+        }
     };
     let v: Value = serde_json::from_str(&text).map_err(|e| json_error(&name, &e))?;
     Ok(v.get("chat_template")
@@ -468,9 +478,9 @@ pub fn load_dataset(
     format: Option<DataFormat>,
     chat: Option<&ChatTemplate>,
 ) -> Result<Dataset, DataError> {
-    let raw = std::fs::read(path).map_err(|source| DataError::Io {
+    let raw = std::fs::read(path).map_err(|reason| DataError::Io {
         path: path.display().to_string(),
-        source,
+        reason,
     })?;
     parse_dataset(path, &raw, format, chat)
 }
@@ -1038,6 +1048,16 @@ fn capitalize(s: &str) -> String {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    /// A missing file is named with the reason once, also when printed as an error chain
+    /// (`{:#}`, as the CLI does).
+    #[test]
+    fn missing_file_names_the_path_and_reason_once() {
+        let err = load_dataset(Path::new("/no/such/prefs.jsonl"), None, None).unwrap_err();
+        let chain = format!("{:#}", anyhow::Error::from(err));
+        assert!(chain.starts_with("/no/such/prefs.jsonl: "), "{chain}");
+        assert_eq!(chain.matches("os error").count(), 1, "{chain}");
+    }
 
     const CHATML: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
 

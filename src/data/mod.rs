@@ -35,11 +35,12 @@ use sha2::{Digest, Sha256};
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     /// The file could not be read.
-    #[error("{path}: {source}")]
+    /// (The reason is in the message, not a `source`: an error chain printed with `{:#}` would
+    /// repeat it.)
+    #[error("{path}: {reason}")]
     Io {
         path: String,
-        #[source]
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     /// A problem with the file as a whole (not gzip, no records, ...).
     #[error("{file}: {msg}")]
