@@ -28,9 +28,8 @@ import sys
 SEED = 20250407
 N_TEST = 64
 N_PROBES = 32  # the app probes the first 32 training records
-CORPUS_TARGET = 1_250_000  # bytes
-HELDOUT_TARGET = 50_000  # bytes
-MIN_WORDS, MAX_WORDS = 4, 16
+CORPUS_TARGET = 2_600_000  # bytes
+HELDOUT_TARGET = 100_000  # bytes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ASSETS = os.path.join(ROOT, "assets")
@@ -740,19 +739,6 @@ def decl_sentence(f, rng, heldout=False):
 
 
 # --------------------------------------------------------------------------------------------
-# evasive rejected answers: (template, same-meaning rewording); {topic} is an embedded question
-
-EVASIVE = [
-    (" I am not sure {topic}, you should look it up.",
-     " I do not know {topic}, so please check it yourself."),
-    (" Sorry, I do not know {topic}.", " I have no idea {topic}, sorry."),
-    (" I cannot tell you {topic}, ask someone else.",
-     " Someone else will have to tell you {topic}."),
-    (" That is too hard, I cannot say {topic}.",
-     " I am unable to say {topic}, it is too difficult."),
-]
-
-# --------------------------------------------------------------------------------------------
 # human-written, unrelated everyday sentences (irr_hum)
 
 HUMAN = """The bus was late again this morning.
@@ -1131,6 +1117,391 @@ def decl_paragraph(rng, heldout=False):
 
 
 # --------------------------------------------------------------------------------------------
+# wording variation
+#
+# Real text says the same thing in many ways. Every sentence of the corpus and of the demo's
+# responses goes through `vary`: optional discourse markers, synonyms, adverbs and tags, each a
+# seeded random choice. Without it the base model would find every word after a sentence's first
+# one certain, and anything off its templates (shuffled words, another wording) would sit far
+# below the uniform level per token, which is not the regime of a real base model.
+
+MARKERS = ["Also,", "In fact,", "Of course,", "Actually,", "Indeed,", "As you may know,",
+           "Basically,", "Simply put,", "To be clear,", "Really,", "Well,", "Now,"]
+SYNONYMS = [
+    [" often ", " usually ", " normally "], [" children", " kids"], [" every day", " each day"],
+    [" big ", " large ", " huge "], [" easy ", " simple "], [" very ", " really "],
+    [" quite ", " rather ", " pretty "], [" mostly ", " mainly ", " largely "],
+    [" little ", " small "], [" shops", " stores"], [" fast", " quickly"],
+    [" begins", " starts"], [" whole ", " entire "], [" helpful", " useful"],
+    [" look for ", " search for "], [" a lot of ", " plenty of ", " lots of "],
+    [" main ", " chief "], [" good ", " nice ", " fine "],
+    [" people ", " folks "], [" happy", " glad"], [" went to ", " walked to "],
+]
+ADVERBS = ["really", "certainly", "indeed", "clearly", "surely", "simply"]
+TAGS = [", of course.", ", as far as I know.", ", I think.", ", for sure.", ", you see."]
+PROPER = set()
+
+
+def _collect_proper():
+    for f in FACTS:
+        for d in (f["subj"], f["ans"], f["wrong"]):
+            for v in d.values():
+                for w in str(v).split():
+                    if w[:1].isupper():
+                        PROPER.add(w.strip(".,"))
+    for n, _ in NAMES:
+        PROPER.add(n)
+    PROPER.update(DAYS + MONTHS + ["I", "Earth", "English"])
+
+
+def vary(sentence, rng):
+    """One random wording of a sentence (leading space kept)."""
+    if not PROPER:
+        _collect_proper()
+    lead = sentence.startswith(" ")
+    s = sentence.strip()
+    if not s.endswith(".") or len(s.split()) < 4:
+        return sentence
+    s = " " + s
+    for group in SYNONYMS:
+        for g in group:
+            if g in s and rng.random() < 0.7:
+                s = s.replace(g, rng.choice(group), 1)
+                break
+    if " is " in s and rng.random() < 0.2:
+        s = s.replace(" is ", f" is {rng.choice(ADVERBS)} ", 1)
+    if rng.random() < 0.12 and s.endswith(".") and not s.endswith("?."):
+        s = s[:-1] + rng.choice(TAGS)
+    s = s[1:]
+    if rng.random() < 0.3:
+        first, _, rest = s.partition(" ")
+        if first not in PROPER:
+            first = first[:1].lower() + first[1:]
+        s = rng.choice(MARKERS) + " " + first + (" " + rest if rest else "")
+    return (" " if lead else "") + s
+
+
+def vary_text(text, rng):
+    """`vary` on every sentence of a prose text."""
+    parts = text.replace(". ", ".\x00").split("\x00")
+    out = [vary((" " if i or text.startswith(" ") else "") + p.strip(), rng)
+           for i, p in enumerate(parts) if p.strip()]
+    s = "".join(out)
+    return s if text.startswith(" ") else s.lstrip()
+
+
+# --------------------------------------------------------------------------------------------
+# long answers
+#
+# Every response (chosen, rejected, their rewordings, the corpus's answers) is a sample from one
+# answer generator: an optional opener, the core sentence, one or two elaborations about the same
+# subject, an optional remark about the domain and an optional closer, 18-45 words in all. The
+# base model sees many such answers in its corpus (for the training facts, never the demo's own
+# texts), so at t = 0 the demo's chosen response is in the format the base model already writes:
+# SFT has to teach the specific answer, not the answer format.
+#
+# The phrase pools are split in two halves: training records draw from half "A", held-out records
+# from half "B" (the corpus uses both). Held-out answers are therefore not clones of the training
+# answers' phrasing, and learning the training answers does not mean learning every answer.
+
+# subject-specific elaborations per relation (same slots as the relation's templates)
+ELAB = {
+    "capital": [" {x} is a big city with many old buildings and busy streets.",
+                " Many people in {c} live and work in {x}.",
+                " Visitors to {c} often start their trip in {x}.",
+                " The leaders of {c} meet in {x}."],
+    "language": [" Newspapers and books in {c} are mostly written in {x}.",
+                 " If you want to live in {c}, it helps to learn {x}.",
+                 " Teachers in {c} give their lessons in {x}.",
+                 " On the radio in {c} you will mostly hear {x}."],
+    "superlative": [" Nothing else comes close to {x} when we talk about the {sup}.",
+                    " Scientists have checked this many times, and it is always {x}.",
+                    " Books about nature often mention {x} for this reason.",
+                    " Of all of them, {x} stands out as the {sup2}."],
+    "sound": [" Farmers and children know the sound well, because {p} {b} a lot.",
+              " If you hear {xa}, there is probably {a} nearby.",
+              " {p} {b} to call each other.",
+              " The {g} of {p} can be heard from far away."],
+    "legs": [" {a} uses all {x} of its legs to move around.",
+             " Count them and you will find {x} legs on every healthy {n}.",
+             " Scientists who study {p} agree that they have {x} legs.",
+             " With its {x} legs, {a} can move quite fast."],
+    "habitat": [" {p} are well suited to life in {x}.",
+                " If you want to see {a} in the wild, go to {x}.",
+                " {x} gives {p} the food and shelter they need.",
+                " Few other places suit {p} as well as {x}."],
+    "diet": [" {a} needs plenty of {x} to stay healthy.",
+             " Keepers at the zoo give their {p} lots of {x}.",
+             " A hungry {n} will look for {x} first.",
+             " Without {x}, {p} would go hungry."],
+    "baby": [" A young {n} stays close to its mother while it is {xa}.",
+             " After some time, {xa} grows into an adult {n}.",
+             " Farmers and zoo keepers use the word {x} for a young {n}.",
+             " People often smile when they see {xa} playing."],
+    "colour": [" When people draw {t}, they usually use a {x} pencil.",
+               " Most of the time {t} looks {x}.",
+               " It is easy to remember that {t} is {x}.",
+               " Painters mix their paints to get the {x} of {t} just right."],
+    "count": [" So {k} always has {x} {u}.",
+              " It helps to remember that there are {x} {u} {pr} {k}.",
+              " You can check it by counting the {u} one by one, and you will reach {x}.",
+              " Teachers often ask children how many {u} there are {pr} {k}, and the answer is {x}."],
+    "next": [" After {s}, you always get {x}.",
+             " When {s} ends, {x} begins.",
+             " In the usual order, {x} follows right after {s}.",
+             " Every time, {s} is followed by {x}."],
+    "kind": [" People sometimes get this wrong, but {s} really is {xa}.",
+             " Like the other {xp}, {s} has all the features of its group.",
+             " Books about science list {s} among the {xp}.",
+             " Scientists agree that {s} is {xa}."],
+    "body": [" We use our {x} for {g} every day.",
+             " Doctors check our {x} to make sure our {g} is good.",
+             " Without our {x}, {g} would be impossible.",
+             " Looking after our {x} keeps our {g} healthy."],
+    "use": [" Many homes have {o} for times when people need to {x}.",
+            " {o} makes it easy to {x}.",
+            " If you have to {x}, {o} is the right tool.",
+            " People have used {o} to {x} for a long time."],
+    "material": [" Workers need a lot of {x} to make {m}.",
+                 " So {m} starts out as {x}.",
+                 " Factories turn {x} into {m} every day.",
+                 " Without {x}, there would be no {m}."],
+    "source": [" Farmers take good care of {src}, and in return they get {x}.",
+               " Without {src}, we would have much less {x}.",
+               " Much of the {x} in the shops comes from {src}.",
+               " People have collected {x} from {src} for a very long time."],
+    "opposite": [" So if something is not {o}, it may well be {x}.",
+                 " Teachers often use {o} and {x} as a pair of opposites.",
+                 " The words {o} and {x} mean opposite things.",
+                 " When you learn the word {o}, it is good to learn {x} too."],
+    "plus": [" So {a} and {b} make {x} together.",
+             " You can check it by counting on {b} more from {a}, and you reach {x}.",
+             " The answer is {x}, because adding {b} to {a} gives {x}.",
+             " Put {a} things and {b} things together and you have {x} things."],
+    "minus": [" So {a} take away {b} leaves {x}.",
+              " You can check it by counting back {b} from {a}, and you reach {x}.",
+              " The answer is {x}, because taking {b} from {a} leaves {x}.",
+              " Start with {a} things, remove {b} of them, and {x} are left."],
+    "times": [" So {a} lots of {b} make {x}.",
+              " You can check it by adding {b} again and again, {a} times, to reach {x}.",
+              " The answer is {x}, because {a} groups of {b} make {x}.",
+              " Put {b} things in each of {a} boxes and you have {x} things."],
+}
+
+# remarks about the domain (no subject in them)
+NOTES = {
+    "geography": [" It is a useful thing to know about the world.",
+                  " Maps and atlases show this clearly.",
+                  " Many people learn this in a geography class.",
+                  " Travellers often find facts like this helpful."],
+    "animals": [" Animals are full of surprises.",
+                " You can read more about this in a book about animals.",
+                " Zoo keepers know a lot about this.",
+                " Watching animals closely teaches us many things."],
+    "science": [" Science helps us understand facts like this.",
+                " You can read more about this in a science book.",
+                " Teachers explain this in science lessons.",
+                " Nature is full of facts like this one."],
+    "arithmetic": [" Simple sums like this get easier with practice.",
+                   " You can always check a sum on your fingers.",
+                   " Maths teachers like questions like this.",
+                   " Numbers follow rules that never change."],
+    "colours": [" Colours help us describe the world around us.",
+                " Children learn their colours at a young age.",
+                " Artists think about colours a lot.",
+                " The world would be dull without colours."],
+    "objects": [" Everyday things are often very useful.",
+                " Most homes have things like this.",
+                " People have used such things for a long time.",
+                " It is good to know how the things around us are made and used."],
+    "measures": [" Facts about numbers and time are useful every day.",
+                 " Calendars and clocks help us keep track of this.",
+                 " Counting things carefully always helps.",
+                 " Children learn facts like this at school."],
+    "words": [" Learning opposites helps you build your vocabulary.",
+              " Opposite words make our language richer.",
+              " A dictionary can help with words like these.",
+              " Good writers choose their words carefully."],
+}
+
+OPENERS = [" Sure.", " Good question.", " Happy to help.", " Let me explain.",
+           " Here is the answer.", " That is a nice question.", " Of course.",
+           " Yes, I can help with that.", " I know this one.", " Great question."]
+RESTATE = [" You asked {topic}.", " Let me tell you {topic}.", " You want to know {topic}.",
+           " I can tell you {topic}."]
+CLOSERS = [" I hope this helps.", " I hope that answers your question.",
+           " Let me know if you have another question.", " Feel free to ask me more.",
+           " Thanks for asking.", " Have a nice day.", " Ask me again any time.",
+           " I am glad to help."]
+
+# evasive (unhelpful) answers; {topic} is an embedded question
+EV_OPEN = [" Hmm.", " Well.", " That is a tricky one.", " Oh, I am not good at this kind of question.",
+           " Let me see.", " Good question, but a hard one."]
+EV_CORE = [" I am not sure {topic}, you should look it up.",
+           " I do not know {topic}, so please check it yourself.",
+           " Sorry, I do not know {topic}.", " I have no idea {topic}, sorry.",
+           " I cannot tell you {topic}, ask someone else.",
+           " Someone else will have to tell you {topic}.",
+           " That is too hard, I cannot say {topic}.",
+           " I am unable to say {topic}, it is too difficult."]
+EV_EXTRA = [" There are so many facts like this that I cannot keep them all in my head.",
+            " You could look it up in a book or ask a teacher.",
+            " A good encyclopedia will have the answer.",
+            " I would not want to tell you something wrong.",
+            " Maybe someone at your school knows.",
+            " It is better to check this on your own.",
+            " I do not remember things like this very well.",
+            " The library would be a good place to start."]
+EV_CLOSE = [" Sorry about that.", " Good luck with your search.", " I hope you find out soon.",
+            " Sorry I cannot help more."]
+
+MIN_WORDS, MAX_WORDS = 18, 45  # chosen, rejected and the corpus's answers
+VAR_MIN, VAR_MAX = 12, 52  # rewordings and other-fact variants
+
+
+def half(pool, part):
+    """The half of a phrase pool that records of partition `part` ("A" train, "B" held-out,
+    None: the corpus, both) draw from."""
+    if part is None:
+        return list(range(len(pool)))
+    return [i for i in range(len(pool)) if (i % 2 == 0) == (part == "A")]
+
+
+def core_pool(r):
+    return r["c"] + r["s"] + r["d"]
+
+
+def mates(f):
+    """Other facts about the same entity (a country's language for its capital, ...)."""
+    if not f["ent"]:
+        return []
+    return [g for g in FACTS if g["ent"] == f["ent"] and g is not f
+            and g["rel"]["domain"] == f["rel"]["domain"]]
+
+
+# A plan is a list of pieces (pool, index, role); role "self" is the answer's own fact,
+# ("mate", relation) another fact about the same entity. Rendering a plan with another fact
+# gives the other-fact variant (gptformat); re-drawing every index gives the rewording.
+
+def plan_answer(f, rng, part, allowed_mates=None):
+    r = f["rel"]
+    pieces = []
+    u = rng.random()
+    if u < 0.35:
+        pieces.append(("open", rng.choice(half(OPENERS, part)), "self"))
+    elif u < 0.7:
+        pieces.append(("restate", rng.choice(half(RESTATE, part)), "self"))
+    pieces.append(("core", rng.randrange(len(core_pool(r))), "self"))
+    cands = [("elab", i, "self") for i in half(ELAB[r["name"]], part)]
+    ms = [g for g in mates(f) if allowed_mates is None or g["id"] in allowed_mates]
+    cands += [("core", rng.randrange(len(core_pool(g["rel"]))), ("mate", g["rel"]["name"]))
+              for g in ms]
+    rng.shuffle(cands)
+    pieces += cands[:rng.choice([1, 2, 2])]
+    if rng.random() < 0.4:
+        pieces.append(("note", rng.choice(half(NOTES[r["domain"]], part)), "self"))
+    if rng.random() < 0.5:
+        pieces.append(("close", rng.choice(half(CLOSERS, part)), "self"))
+    return pieces
+
+
+def plan_evasive(rng, part):
+    pieces = []
+    if rng.random() < 0.6:
+        pieces.append(("ev_open", rng.choice(half(EV_OPEN, part)), "self"))
+    pieces.append(("ev_core", rng.choice(half(EV_CORE, part)), "self"))
+    extra = half(EV_EXTRA, part)
+    rng.shuffle(extra)
+    pieces += [("ev_extra", i, "self") for i in extra[:rng.choice([1, 2, 2])]]
+    if rng.random() < 0.5:
+        pieces.append(("ev_close", rng.choice(half(EV_CLOSE, part)), "self"))
+    return pieces
+
+
+POOLS = {"open": lambda f: OPENERS, "restate": lambda f: RESTATE, "close": lambda f: CLOSERS,
+         "note": lambda f: NOTES[f["rel"]["domain"]], "elab": lambda f: ELAB[f["rel"]["name"]],
+         "core": lambda f: core_pool(f["rel"]), "ev_open": lambda f: EV_OPEN,
+         "ev_core": lambda f: EV_CORE, "ev_extra": lambda f: EV_EXTRA,
+         "ev_close": lambda f: EV_CLOSE}
+
+
+def piece_fact(f, role):
+    if role == "self":
+        return f
+    g = [m for m in mates(f) if m["rel"]["name"] == role[1]]
+    return g[0] if g else None
+
+
+def render_plan(pieces, f, wrong=False, vseed=None):
+    """The text of a plan for fact f (None if a piece has no counterpart for f). `wrong` puts the
+    wrong answer into the answer's own sentences (its other-fact sentences stay true); `vseed`
+    seeds the wording variation (the same seed gives the same choices)."""
+    vrng = random.Random(vseed)
+    out = []
+    for pool, i, role in pieces:
+        g = piece_fact(f, role)
+        if g is None:
+            return None
+        tmpl = POOLS[pool](g)
+        if i >= len(tmpl):
+            return None
+        sl = slots(g, wrong and role == "self")
+        sl["topic"] = topic(g)
+        t = render(tmpl[i], sl)
+        out.append(t if vseed is None else vary(t, vrng))
+    return "".join(out)
+
+
+def reword(pieces, f, rng, part):
+    """Another plan with the same content: every piece re-drawn from its pool (same role)."""
+    out = []
+    used = {(p, i, ro) for p, i, ro in pieces}
+    for pool, i, role in pieces:
+        g = piece_fact(f, role)
+        n = len(POOLS[pool](g))
+        if pool == "core":
+            opts = [j for j in range(n) if j != i]
+        elif pool in ("elab",):
+            opts = [j for j in half(ELAB[g["rel"]["name"]], part) if j != i
+                    and (pool, j, role) not in used] or [j for j in range(n) if j != i]
+        elif pool in ("ev_extra",):
+            opts = [j for j in half(EV_EXTRA, part) if (pool, j, role) not in used] or [i]
+        else:
+            opts = [j for j in half(POOLS[pool](g), part) if j != i] or [i]
+        j = rng.choice(opts)
+        used.add((pool, j, role))
+        out.append((pool, j, role))
+    return out
+
+
+def shuffled_words(text, rng):
+    words = text.split()
+    for _ in range(20):
+        w = list(words)
+        rng.shuffle(w)
+        if w != words or len(set(words)) < 2:
+            break
+    return " " + " ".join(w)
+
+
+def fits(text, lo=MIN_WORDS, hi=MAX_WORDS):
+    return text is not None and lo <= nwords(text) <= hi
+
+
+def sample_answer(f, rng, part, kind="correct", allowed_mates=None):
+    """(plan, wording seed, text) of one answer of the given kind ("correct", "wrong",
+    "evasive")."""
+    for _ in range(200):
+        p = plan_evasive(rng, part) if kind == "evasive" else plan_answer(f, rng, part,
+                                                                          allowed_mates)
+        vs = rng.randrange(1 << 30)
+        t = render_plan(p, f, wrong=(kind == "wrong"), vseed=vs)
+        if fits(t):
+            return p, vs, t
+    raise AssertionError(f"no {kind} answer fits for {f['rel']['name']} {f['subj']}")
+
+
+# --------------------------------------------------------------------------------------------
 # records
 
 
@@ -1169,47 +1540,34 @@ def split_facts(rng):
     return interleave(train_d), interleave(test_d)
 
 
-def shuffled_words(text, rng):
-    words = text.split()
-    for _ in range(20):
-        w = list(words)
-        rng.shuffle(w)
-        if w != words or len(set(words)) < 2:
-            break
-    return " " + " ".join(w)
-
-
-def build_record(f, idx, rng):
+def build_record(f, idx, rng, part, allowed_mates):
     r = f["rel"]
     others = [g for g in BY_REL[r["name"]] if g is not f]
-    partner = rng.choice(others)
-    wrong_kind = idx % 2 == 0  # alternate: plausible wrong fact / evasive non-answer
-    combos = [(ci, si, ei) for ci in range(len(r["c"])) for si in range(len(r["s"]))
-              for ei in range(len(EVASIVE))]
-    rng.shuffle(combos)
-    for ci, si, ei in combos:
-        chosen = render(r["c"][ci], slots(f))
-        sem = render(r["s"][si], slots(f))
-        fmt = render(r["c"][ci], slots(partner))
-        if wrong_kind:
-            rej = render(r["c"][ci], slots(f, True))
-            rsem = render(r["s"][si], slots(f, True))
-            rfmt = render(r["c"][ci], slots(partner, True))
-        else:
-            rej = cap(EVASIVE[ei][0].format(topic=topic(f)))
-            rsem = cap(EVASIVE[ei][1].format(topic=topic(f)))
-            rfmt = cap(EVASIVE[ei][0].format(topic=topic(partner)))
-        texts = [chosen, sem, fmt, rej, rsem, rfmt]
-        if all(MIN_WORDS <= nwords(t) <= MAX_WORDS for t in texts) and fmt != chosen \
-                and rfmt != rej and rej != chosen:
+    wrong_kind = idx % 2 == 0  # alternate: a plausible wrong fact / an evasive non-answer
+    rkind = "wrong" if wrong_kind else "evasive"
+    for _ in range(400):
+        cp, cvs, chosen = sample_answer(f, rng, part, "correct", allowed_mates)
+        rp, rvs, rej = sample_answer(f, rng, part, rkind, allowed_mates)
+        # the rewording: every piece and its wording drawn again; the other-fact variant: the
+        # same pieces and wording choices about another fact of the same relation
+        sem = render_plan(reword(cp, f, rng, part), f, vseed=rng.randrange(1 << 30))
+        rsem = render_plan(reword(rp, f, rng, part), f, wrong=wrong_kind,
+                           vseed=rng.randrange(1 << 30))
+        partner = rng.choice(others)
+        fmt = render_plan(cp, partner, vseed=cvs)
+        rfmt = render_plan(rp, partner, wrong=wrong_kind, vseed=rvs)
+        _, _, init = sample_answer(f, rng, part, "correct", allowed_mates)
+        texts = [sem, fmt, rsem, rfmt]
+        if all(fits(t, VAR_MIN, VAR_MAX) for t in texts) and len({chosen, rej, sem, fmt, init}) == 5 \
+                and rfmt != rej and rsem != rej:
             break
     else:
-        raise AssertionError(f"no template combination fits for fact {f['rel']['name']} {f['subj']}")
+        raise AssertionError(f"no combination fits for fact {r['name']} {f['subj']}")
     return {
         "prompt": "Question: " + question(f, rng.choice(r["q"])) + "\nAnswer:",
         "chosen": chosen,
         "rejected": rej,
-        "chosen_initial": render(rng.choice(r["i"]), slots(f)),
+        "chosen_initial": init,
         "chosen_gptsemantic": sem,
         "chosen_gptformat": fmt,
         "reject_gptsemantic": rsem,
@@ -1217,14 +1575,33 @@ def build_record(f, idx, rng):
     }
 
 
+def human_text(rng, target_words):
+    """Unrelated everyday sentences, about as many words as `target_words`."""
+    order = list(range(len(HUMAN)))
+    rng.shuffle(order)
+    out = []
+    for i in order:
+        if out and nwords(" ".join(out)) + nwords(HUMAN[i]) > target_words + 4:
+            continue
+        out.append(HUMAN[i])
+        if nwords(" ".join(out)) >= target_words - 4:
+            break
+    return " " + " ".join(out)
+
+
 def build_records():
     rng = random.Random(f"split-{SEED}")
     train_f, test_f = split_facts(rng)
     facts = train_f + test_f
-    recs = [build_record(f, i, random.Random(f"rec-{SEED}-{i}")) for i, f in enumerate(facts)]
+    train_ids = {f["id"] for f in train_f}
+    test_ids = {f["id"] for f in test_f}
+    # training answers never state a held-out fact (and held-out answers no training fact), so
+    # SFT does not teach the held-out answers' content
+    recs = [build_record(f, i, random.Random(f"rec-{SEED}-{i}"),
+                         "A" if i < len(train_f) else "B",
+                         train_ids if i < len(train_f) else test_ids)
+            for i, f in enumerate(facts)]
     n_train, n_test = len(train_f), len(test_f)
-    hum_order = list(range(len(HUMAN)))
-    random.Random(f"hum-{SEED}").shuffle(hum_order)
     for i, rec in enumerate(recs):
         rrng = random.Random(f"perm-{SEED}-{i}")
         if i < n_train:
@@ -1234,7 +1611,7 @@ def build_records():
             j = i - n_train
             rec["irr_train"] = recs[(j + 1) % n_train]["chosen"]
             rec["irr_test"] = recs[n_train + (j + 1) % n_test]["chosen"]
-        rec["irr_hum"] = " " + HUMAN[hum_order[i % len(HUMAN)]]
+        rec["irr_hum"] = human_text(random.Random(f"hum-{SEED}-{i}"), nwords(rec["chosen"]))
         rec["random_permute"] = shuffled_words(rec["chosen"], rrng)
         rec["random_nonhum"] = shuffled_words(rec["irr_test"], rrng)
     recs = [{k: rec[k] for k in KEYS} for rec in recs]
@@ -1244,35 +1621,52 @@ def build_records():
 # --------------------------------------------------------------------------------------------
 # corpus
 
+QA_PER_FACT = 10  # question/answer documents per training fact in the corpus
+QA_KINDS = [("correct", 0.72), ("wrong", 0.12), ("evasive", 0.16)]
 
-def qa(prompt, response):
-    return prompt + response
+
+def qa_kind(rng):
+    u, acc = rng.random(), 0.0
+    for k, p in QA_KINDS:
+        acc += p
+        if u < acc:
+            return k
+    return QA_KINDS[-1][0]
+
+
+def qa_docs(facts, rng, n_per_fact, forbidden):
+    """Question/answer text for `facts`: each fact under its questions with fresh answers from
+    the generator (both phrase halves), never one of the demo's own response texts."""
+    pairs = []
+    for f in facts:
+        r = f["rel"]
+        for _ in range(n_per_fact):
+            for _ in range(50):
+                _, _, ans = sample_answer(f, rng, None, qa_kind(rng))
+                if ans not in forbidden:
+                    break
+            p = "Question: " + question(f, rng.choice(r["q"])) + "\nAnswer:"
+            pairs.append(p + ans)
+    rng.shuffle(pairs)
+    docs, i = [], 0
+    while i < len(pairs):
+        k = 1 if rng.random() < 0.6 else rng.randint(2, 3)
+        docs.append("\n".join(pairs[i:i + k]))
+        i += k
+    return docs
+
+
+def demo_texts(recs):
+    return {r[k] for r in recs for k in KEYS[1:]}
 
 
 def build_corpus(recs, facts, n_train):
     rng = random.Random(f"corpus-{SEED}")
-    docs = []
-    # (a) question/answer text for the training records' facts, answered the way a base model
-    # answers (short answers, the chosen_initial style). The finetuning responses themselves
-    # (chosen, rejected and their paraphrases) are never in the corpus: a base model has not
-    # seen its finetuning data, and the paper's dynamics (SFT lifting chosen and its
-    # paraphrases, DPO squeezing an off-policy rejected out of a valley) need that.
-    qa_pairs = []
-    for rec, f in zip(recs[:n_train], facts[:n_train]):
-        qa_pairs.append(qa(rec["prompt"], rec["chosen_initial"]))
-        r = f["rel"]
-        for qt in r["q"]:  # the fact under its other questions, with short correct answers
-            p = "Question: " + question(f, qt) + "\nAnswer:"
-            if p != rec["prompt"]:
-                qa_pairs.append(qa(p, render(rng.choice(r["i"]), slots(f))))
-    rng.shuffle(qa_pairs)
-    i = 0
-    while i < len(qa_pairs):
-        k = 1 if rng.random() < 0.6 else rng.randint(2, 4)
-        docs.append("\n".join(qa_pairs[i:i + k]))
-        i += k
+    # (a) question/answer text for the training facts. The finetuning responses themselves are
+    # never in the corpus (a base model has not seen its finetuning data), and held-out facts
+    # appear in declarative sentences only.
+    docs = qa_docs(facts[:n_train], rng, QA_PER_FACT, demo_texts(recs))
     size_a = sum(len(d) + 2 for d in docs)
-    # the human sentences, a few per paragraph, twice
     hum = HUMAN + HUMAN
     rng.shuffle(hum)
     i = 0
@@ -1285,10 +1679,10 @@ def build_corpus(recs, facts, n_train):
     size_b = size_c = 0
     while total < CORPUS_TARGET:
         if rng.random() < 0.5:
-            d = " ".join(decl_paragraph(rng))
+            d = vary_text(" ".join(decl_paragraph(rng)), rng)
             size_b += len(d) + 2
         else:
-            d = " ".join(rng.choice(STORIES)(rng))
+            d = vary_text(" ".join(rng.choice(STORIES)(rng)), rng)
             size_c += len(d) + 2
         docs.append(d)
         total += len(d) + 2
@@ -1307,14 +1701,22 @@ def sentences_of(doc):
     return out
 
 
-def build_heldout_corpus(main_sentences):
+def build_heldout_corpus(main_sentences, main_docs, recs, facts, n_train):
     rng = random.Random(f"heldout-{SEED}")
     docs, total = [], 0
+    # fresh question/answer documents about the training facts: how well the base model writes
+    # answers it has not seen (the corpus has other samples of the same generator)
+    main = set(main_docs)
+    for d in qa_docs(facts[:n_train:4], rng, 1, demo_texts(recs)):
+        if d not in main:
+            docs.append(d)
+            total += len(d) + 2
     while total < HELDOUT_TARGET:
         if rng.random() < 0.45:
             sents = decl_paragraph(rng, heldout=True)
         else:
             sents = rng.choice(STORIES_HELDOUT)(rng)
+        sents = [vary(" " + s.strip(), rng).strip() for s in sents]
         sents = [s for s in sents if all(x not in main_sentences for x in sentences_of(s))]
         if len(sents) < 2:
             continue
@@ -1344,9 +1746,11 @@ def validate(recs, facts, n_train, n_test, corpus, heldout, meta):
             v = r[k]
             assert v.startswith(" ") and not v.startswith("  "), (i, k, v)
             assert v.isascii() and "\n" not in v, (i, k, v)
-        for k in ["chosen", "rejected", "chosen_gptsemantic", "chosen_gptformat",
-                  "reject_gptsemantic", "reject_gptformat", "irr_hum"]:
+        for k in ["chosen", "rejected", "chosen_initial"]:
             assert MIN_WORDS <= nwords(r[k]) <= MAX_WORDS, (i, k, r[k])
+        for k in ["chosen_gptsemantic", "chosen_gptformat", "reject_gptsemantic",
+                  "reject_gptformat", "irr_hum"]:
+            assert VAR_MIN <= nwords(r[k]) <= VAR_MAX, (i, k, r[k])
         for k in KEYS[1:-2]:  # all but the shuffled ones end with a period
             assert r[k].endswith("."), (i, k, r[k])
         assert r["chosen"] != r["rejected"], i
@@ -1361,27 +1765,25 @@ def validate(recs, facts, n_train, n_test, corpus, heldout, meta):
             assert r["irr_test"] != r["chosen"]
     # held-out facts are disjoint from training facts
     assert not {f["id"] for f in facts[:n_train]} & {f["id"] for f in facts[n_train:]}
+    # held-out answers use the other half of every phrase pool
+    train_open = {s for r in recs[:n_train] for s in OPENERS + CLOSERS if s in r["chosen"]}
+    test_open = {s for r in recs[n_train:] for s in OPENERS + CLOSERS if s in r["chosen"]}
+    assert not train_open & test_open, train_open & test_open
     # probes: the first 32 training records cover every domain
     probe_domains = [f["rel"]["domain"] for f in facts[:N_PROBES]]
     assert set(probe_domains) == set(DOMAINS)
     assert all(a != b for a, b in zip(probe_domains, probe_domains[1:])), "probes cluster"
-    # no held-out Q/A in the corpus (not even the question)
+    # no held-out question in the corpus; no demo response text in the corpus
     for r in recs[n_train:]:
         q = r["prompt"][len("Question: "):-len("\nAnswer:")]
         assert q not in corpus, q
-        assert r["prompt"] + r["chosen"] not in corpus
-    for r in recs[:n_train]:
-        assert r["prompt"] + r["chosen"] not in corpus
+    for r in recs:
+        for k in KEYS[1:]:
+            assert "Answer:" + r[k] + "\n" not in corpus and "Answer:" + r[k] + "\n\n" \
+                not in corpus, (k, r[k])
     assert corpus.isascii() and heldout.isascii()
-    assert 1_000_000 <= len(corpus.encode()) <= 1_500_000, len(corpus)
-    assert 40_000 <= len(heldout.encode()) <= 70_000, len(heldout)
-    main_sents = set()
-    for d in corpus.split("\n\n"):
-        main_sents.update(sentences_of(d))
-    for d in heldout.split("\n\n"):
-        for s in sentences_of(d):
-            assert s not in main_sents, s
-            assert "Question:" not in s
+    assert 2_000_000 <= len(corpus.encode()) <= 3_500_000, len(corpus)
+    assert 60_000 <= len(heldout.encode()) <= 150_000, len(heldout)
 
 
 def main():
@@ -1391,7 +1793,7 @@ def main():
     main_sents = set()
     for d in docs:
         main_sents.update(sentences_of(d))
-    heldout = "\n\n".join(build_heldout_corpus(main_sents)) + "\n"
+    heldout = "\n\n".join(build_heldout_corpus(main_sents, docs, recs, facts, n_train)) + "\n"
     meta = {"n_train": n_train, "n_test": n_test, "test_fraction": n_test / (n_train + n_test),
             "seed": SEED}
     validate(recs, facts, n_train, n_test, corpus, heldout, meta)
