@@ -304,9 +304,14 @@ struct ExportArgs {
     png: Option<PathBuf>,
     #[arg(long)]
     svg: Option<PathBuf>,
-    /// Absolute summed log-probs instead of the change since step 0.
-    #[arg(long)]
+    /// Absolute summed log-probs instead of the change since step 0 (= --y absolute).
+    #[arg(long, conflicts_with = "y")]
     absolute: bool,
+    /// What y shows: the change since step 0, since each phase's start (every phase re-zeroed
+    /// at its starting weights), or the value [default: phase-delta for runs with several
+    /// phases, else delta, as in the app].
+    #[arg(long, value_enum)]
+    y: Option<YArg>,
     #[arg(long, value_enum, default_value = "step")]
     x: XArg,
     #[arg(long, value_enum, default_value = "iqr")]
@@ -329,6 +334,13 @@ struct ExportArgs {
 #[derive(Clone, Copy, ValueEnum)]
 enum PlotKind {
     Families,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum YArg {
+    Delta,
+    PhaseDelta,
+    Absolute,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -696,10 +708,11 @@ fn export(a: ExportArgs) -> Result<()> {
     let PlotKind::Families = a.plot;
     let o = PlotOptions {
         families,
-        y: if a.absolute {
-            YMode::Absolute
-        } else {
-            YMode::Delta
+        y: match (a.y, a.absolute) {
+            (_, true) | (Some(YArg::Absolute), _) => YMode::Absolute,
+            (Some(YArg::Delta), _) => YMode::Delta,
+            (Some(YArg::PhaseDelta), _) => YMode::PhaseDelta,
+            (None, false) => YMode::default_for(&run.header),
         },
         x: match a.x {
             XArg::Step => XMode::Step,

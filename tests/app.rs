@@ -427,3 +427,61 @@ fn settings_persist_between_launches() {
     assert_eq!(again.curves.settings.smoothing, 0.6);
     assert_eq!(again.tab, Tab::Tokens);
 }
+
+#[test]
+fn a_two_phase_run_defaults_to_change_since_phase_start() {
+    use ldviz::run::YMode;
+    let launch = Launch {
+        runs: vec![sample("sft"), sample("extended_then_dpo")],
+        ..Launch::default()
+    };
+    let mut h = harness(LdvizApp::new(&launch));
+    h.state_mut().active = 1;
+    h.state_mut().tab = Tab::Curves;
+    h.step();
+    h.step();
+    // sft_both then dpo: re-zeroed per phase, both phases labelled, the loss on two scales.
+    let app = h.state();
+    assert_eq!(app.curves.settings.y, None);
+    assert_eq!(app.curves.shown_y, Some(YMode::PhaseDelta));
+    assert_eq!(app.curves.shown_phases, vec!["sft_both", "dpo"]);
+    assert_eq!(app.curves.shown_loss, vec!["loss · sft_both", "loss · dpo"]);
+    let n = app.active_run().unwrap().n_evals();
+    assert!(app.curves.drawn.iter().all(|(_, k)| *k == n));
+    // The export follows the mode.
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("phases.svg");
+    h.state_mut().export_to(ldviz::app::ExportTarget::Svg, &svg);
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.contains("since phase start"), "axis label");
+    assert!(text.contains("▸ dpo"), "phase label");
+    // The one-phase run keeps Δ since t = 0, one loss plot, no phase labels.
+    h.state_mut().active = 0;
+    h.step();
+    assert_eq!(h.state().curves.shown_y, Some(YMode::Delta));
+    assert!(h.state().curves.shown_phases.is_empty());
+    assert_eq!(h.state().curves.shown_loss, vec!["loss"]);
+    // Switching by the buttons: absolute sticks to every run…
+    h.state_mut().active = 1;
+    h.step();
+    h.get_by_label("absolute").click();
+    h.step();
+    h.step();
+    assert_eq!(h.state().curves.settings.y, Some(YMode::Absolute));
+    assert_eq!(h.state().curves.shown_y, Some(YMode::Absolute));
+    h.get_by_label("Δ since t = 0").click();
+    h.step();
+    h.step();
+    assert_eq!(h.state().curves.shown_y, Some(YMode::Delta));
+    let svg2 = dir.path().join("t0.svg");
+    h.state_mut()
+        .export_to(ldviz::app::ExportTarget::Svg, &svg2);
+    let text = std::fs::read_to_string(&svg2).unwrap();
+    assert!(text.contains("since step 0") && !text.contains("since phase start"));
+    // …and choosing the run's default again goes back to automatic.
+    h.get_by_label("Δ since phase start").click();
+    h.step();
+    h.step();
+    assert_eq!(h.state().curves.settings.y, None);
+    assert_eq!(h.state().curves.shown_y, Some(YMode::PhaseDelta));
+}

@@ -679,3 +679,193 @@ fn bench_preset_runs_the_gpu_workload_at_toy_size() {
     // both evaluations score the same sequences
     assert!(v["probe_eval_max_abs_diff"].as_f64().unwrap() < 1e-3, "{v}");
 }
+
+/// A synthetic two-phase run (sft to step 10, then dpo to 20, evaluations every 5 steps) whose
+/// 3 × 3 transfer matrix is scored at steps 0, 10 and 20: entry (i, j) moves from its t = 0
+/// value by a(s)·(i + 1) on the diagonal and b(s)·(j + 1) off it, so the mean diagonal change is
+/// 2a(s) and the mean off-diagonal change 2b(s) (each column j ≠ i appears in two rows).
+fn write_transfer_run(path: &Path, with_transfer: bool) {
+    use ldviz::run::Event;
+    let evs = ldviz::run::synth::events(
+        ldviz::run::synth::SynthSpec {
+            steps: 20,
+            eval_every: 5,
+            probes: 3,
+            tokens: 2,
+            top_k: 1,
+            vocab: 8,
+        },
+        9,
+    )
+    .unwrap();
+    let ab = |s: usize| match s {
+        0 => Some((0.0, 0.0)),
+        10 => Some((3.0, -1.0)),
+        20 => Some((5.0, 2.0)),
+        _ => None,
+    };
+    let mut out = String::new();
+    for mut ev in evs {
+        let mut boundary = false;
+        match &mut ev {
+            Event::Header(h) => {
+                let plan = |name: &str, algo| ldviz::run::event::PhasePlan {
+                    name: name.into(),
+                    algo,
+                    steps: 10,
+                };
+                h.phases = vec![
+                    plan("sft", ldviz::train::Algo::Sft),
+                    plan("dpo", ldviz::train::Algo::Dpo),
+                ];
+            }
+            Event::Phase { name, algo, .. } => {
+                *name = "sft".into();
+                *algo = ldviz::train::Algo::Sft;
+            }
+            Event::Step(st) if st.step <= 10 => st.phase = "sft".into(),
+            Event::Eval(e) => {
+                if e.step <= 10 {
+                    e.phase = "sft".into();
+                }
+                boundary = e.step == 10;
+                if let (Some((a, b)), true) = (ab(e.step), with_transfer) {
+                    e.transfer = (0..3)
+                        .map(|i| {
+                            (0..3)
+                                .map(|j| {
+                                    let base = -1.5 - (3 * i + j) as f64;
+                                    base + if i == j {
+                                        a * (i + 1) as f64
+                                    } else {
+                                        b * (j + 1) as f64
+                                    }
+                                })
+                                .collect()
+                        })
+                        .collect();
+                }
+            }
+            _ => {}
+        }
+        out.push_str(&serde_json::to_string(&ev).unwrap());
+        out.push('\n');
+        if boundary {
+            let phase = Event::Phase {
+                name: "dpo".into(),
+                algo: ldviz::train::Algo::Dpo,
+                step: 10,
+                examples: 40,
+            };
+            out.push_str(&serde_json::to_string(&phase).unwrap());
+            out.push('\n');
+        }
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+#[test]
+fn inspect_reports_the_transfer_diagonal_and_off_diagonal() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("transfer.jsonl");
+    write_transfer_run(&run, true);
+    let s: Value = serde_json::from_str(&ok(&["inspect", p(&run), "--json"])).unwrap();
+    let close = |v: &Value, want: f64| {
+        let got = v.as_f64().unwrap();
+        assert!((got - want).abs() < 1e-9, "{got} vs {want}");
+    };
+    // At the last evaluation that scored the matrix (step 20): 2·5 and 2·2.
+    let t = &s["transfer"];
+    assert_eq!(t["step"], 20);
+    assert_eq!(t["prompts"], 3);
+    close(&t["diagonal_delta"], 10.0);
+    close(&t["off_diagonal_delta"], 4.0);
+    // Per phase: sft ends at step 10 (2·3, 2·(−1)); dpo ends at 20 and, over the phase from
+    // step 10, moved the diagonal by 2·(5 − 3) and the off-diagonal by 2·(2 + 1).
+    let ph = s["phases"].as_array().unwrap();
+    assert_eq!(ph.len(), 2);
+    let (sft, dpo) = (&ph[0]["transfer"], &ph[1]["transfer"]);
+    assert_eq!(
+        (sft["step"].clone(), sft["phase_from_step"].clone()),
+        (10.into(), 0.into())
+    );
+    close(&sft["diagonal_delta"], 6.0);
+    close(&sft["off_diagonal_delta"], -2.0);
+    close(&sft["phase_diagonal_delta"], 6.0);
+    close(&sft["phase_off_diagonal_delta"], -2.0);
+    assert_eq!(
+        (dpo["step"].clone(), dpo["phase_from_step"].clone()),
+        (20.into(), 10.into())
+    );
+    close(&dpo["diagonal_delta"], 10.0);
+    close(&dpo["off_diagonal_delta"], 4.0);
+    close(&dpo["phase_diagonal_delta"], 4.0);
+    close(&dpo["phase_off_diagonal_delta"], 6.0);
+    let text = ok(&["inspect", p(&run)]);
+    assert!(
+        text.contains("transfer (3 × 3, log π(answer j | prompt i)) at step 20: mean Δ since t = 0 diagonal +10.000 (own answers), off-diagonal +4.000"),
+        "{text}"
+    );
+    assert!(text.contains("over the phase (from step 10): diagonal +4.000, off-diagonal +6.000"));
+    // Without a transfer matrix the field is absent.
+    let none = dir.path().join("none.jsonl");
+    write_transfer_run(&none, false);
+    let s: Value = serde_json::from_str(&ok(&["inspect", p(&none), "--json"])).unwrap();
+    assert!(s.get("transfer").is_none());
+    assert!(s["phases"][1].get("transfer").is_none());
+    assert!(!ok(&["inspect", p(&none)]).contains("transfer"));
+}
+
+#[test]
+fn export_draws_each_phase_from_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("two.jsonl");
+    write_transfer_run(&run, false);
+    // Two phases: the default is the change since each phase's start, phases labelled.
+    let svg = dir.path().join("default.svg");
+    ok(&["export", p(&run), "--svg", p(&svg)]);
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.contains("Δ summed log-prob since phase start"));
+    assert!(text.contains("▸ sft") && text.contains("▸ dpo"));
+    for (y, label) in [
+        ("delta", "mean Δ log-prob since step 0"),
+        ("absolute", "mean summed log-prob"),
+        ("phase-delta", "since phase start"),
+    ] {
+        ok(&["export", p(&run), "--svg", p(&svg), "--y", y]);
+        let text = std::fs::read_to_string(&svg).unwrap();
+        assert!(text.contains(label), "--y {y}: {label} missing");
+    }
+    // --absolute is --y absolute: not both.
+    let both = ldviz(&[
+        "export",
+        p(&run),
+        "--svg",
+        p(&svg),
+        "--y",
+        "delta",
+        "--absolute",
+    ]);
+    assert!(!both.status.success());
+    assert!(String::from_utf8_lossy(&both.stderr).contains("--absolute"));
+    // The curves themselves: the dpo piece of every family starts at 0 at step 10.
+    let r = ldviz::run::read_run(&run).unwrap();
+    let curves = ldviz::export::plot::family_curves(
+        &r,
+        &[],
+        ldviz::export::plot::YMode::PhaseDelta,
+        ldviz::export::plot::XMode::Step,
+        ldviz::export::plot::Band::MinMax,
+        None,
+        ldviz::run::Quantity::LogProb,
+    );
+    for c in &curves {
+        assert_eq!(c.starts, vec![0, 3], "{:?}", c.family);
+        assert_eq!(c.points[3], (10.0, 0.0, 0.0, 0.0));
+        let chosen = &r.evals[4].logps[&c.family];
+        let start = &r.evals[2].logps[&c.family];
+        let want: f64 = chosen.iter().zip(start).map(|(a, b)| a - b).sum::<f64>() / 3.0;
+        assert!((c.points[5].1 - want).abs() < 1e-9);
+        assert_eq!(c.lines().count(), 2);
+    }
+}

@@ -1,8 +1,11 @@
 //! The curves view: per family the mean over probes with a band (min–max or interquartile), as
-//! change since t = 0 (default) or absolute; families grouped as in the paper with toggles; one
-//! probe's lines on request; debiased-EMA smoothing with the raw line kept faint; x as step,
-//! examples or epoch; hover values of every series; runs overlaid; the TRL metrics below.
-//! Lines are bucketed to min/max per pixel column, never silently thinned.
+//! change since t = 0 (default of one-phase runs), change since the start of each phase
+//! (default of runs with several phases: every phase re-zeroed at its starting weights, phase
+//! boundaries marked and labelled) or absolute; families grouped as in the paper with toggles;
+//! one probe's lines on request; debiased-EMA smoothing with the raw line kept faint; x as step,
+//! examples or epoch; hover values of every series; runs overlaid; the TRL loss below, one plot
+//! per phase with its own y scale. Lines are bucketed to min/max per pixel column, never
+//! silently thinned.
 
 use egui::Color32;
 use egui_plot::{FilledArea, Line, Plot, PlotPoints, VLine};
@@ -10,8 +13,8 @@ use egui_plot::{FilledArea, Line, Plot, PlotPoints, VLine};
 use super::LdvizApp;
 use crate::data::{Family, FamilyGroup};
 use crate::export::plot::family_color;
-use crate::run::store::{decimate, ema, envelope};
-use crate::run::{Quantity, RunStore, SeriesKey, XAxis};
+use crate::run::store::{PhaseMetric, decimate, ema, envelope, piece_points};
+use crate::run::{Quantity, RunStore, SeriesKey, XAxis, YMode};
 
 /// The band drawn around each mean.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -24,8 +27,10 @@ pub enum BandKind {
 /// What the curves show (persisted between launches).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CurveSettings {
-    /// Change since t = 0 (true, the default) or absolute summed log-probs.
-    pub delta: bool,
+    /// What y shows; None: the active run's default ([`YMode::default_for`]: change since phase
+    /// start for runs with several phases, since t = 0 otherwise).
+    #[serde(default)]
+    pub y: Option<YMode>,
     pub band: BandKind,
     pub x: XAxis,
     /// EMA weight, 0 = raw.
@@ -50,12 +55,30 @@ impl CurveSettings {
             .filter(|f| !self.hidden.contains(f))
             .collect()
     }
+
+    /// The y mode in effect for a run.
+    pub fn y_mode(&self, store: Option<&RunStore>) -> YMode {
+        self.y.unwrap_or_else(|| {
+            store
+                .map(|r| YMode::default_for(&r.run.header))
+                .unwrap_or(YMode::Delta)
+        })
+    }
+
+    /// Chooses a y mode for a run: the run's default is kept as "automatic", so a choice only
+    /// sticks (to other runs, between launches) where it departs from the default.
+    pub fn choose_y(&mut self, y: YMode, store: Option<&RunStore>) {
+        let auto = store
+            .map(|r| YMode::default_for(&r.run.header))
+            .unwrap_or(YMode::Delta);
+        self.y = (y != auto).then_some(y);
+    }
 }
 
 impl Default for CurveSettings {
     fn default() -> Self {
         CurveSettings {
-            delta: true,
+            y: None,
             band: BandKind::Interquartile,
             x: XAxis::Step,
             smoothing: 0.0,
@@ -78,6 +101,12 @@ pub struct CurvesView {
     pub hover: Vec<(String, Color32, f64)>,
     /// What the last frame plotted: (series name, number of evaluations with a value).
     pub drawn: Vec<(String, usize)>,
+    /// The y mode the last frame plotted.
+    pub shown_y: Option<YMode>,
+    /// The phase labels the last frame marked (runs with several phases).
+    pub shown_phases: Vec<String>,
+    /// The loss plots the last frame drew, by y-axis label (one per phase with its own scale).
+    pub shown_loss: Vec<String>,
 }
 
 pub const GROUPS: [(FamilyGroup, &str); 5] = [
@@ -100,24 +129,31 @@ pub fn run_color(i: usize) -> Color32 {
     Color32::from_rgb(r, g, b)
 }
 
+/// One line of a series (a series is one piece, or one per phase when re-zeroed per phase).
+pub struct DrawnPiece {
+    pub line: Vec<[f64; 2]>,
+    pub raw: Option<Vec<[f64; 2]>>,
+    pub band: Option<(Vec<f64>, Vec<f64>, Vec<f64>)>,
+}
+
 /// One series ready to draw.
 pub struct Drawn {
     pub name: String,
     pub color: Color32,
-    pub line: Vec<[f64; 2]>,
-    pub raw: Option<Vec<[f64; 2]>>,
-    pub band: Option<(Vec<f64>, Vec<f64>, Vec<f64>)>,
+    pub pieces: Vec<DrawnPiece>,
     pub width: f32,
     /// Smoothed value per evaluation (for hover and cursor read-outs).
     pub values: Vec<f64>,
 }
 
-/// Builds one family's series of a run: statistics from the store's cache, smoothing,
-/// bucketing to `buckets` columns.
+/// Builds one family's series of a run: statistics from the store's cache, cut into the store's
+/// pieces (one per phase under "Δ since phase start"), each smoothed on its own and bucketed to
+/// its share of `buckets` columns.
 pub fn family_series(
     store: &mut RunStore,
     family: Family,
     s: &CurveSettings,
+    y: YMode,
     probe: Option<usize>,
     buckets: usize,
     xs: &[f64],
@@ -125,21 +161,57 @@ pub fn family_series(
     let key = SeriesKey {
         family,
         quantity: s.quantity,
-        delta: s.delta,
+        y,
         probe,
     };
+    let pieces = store.pieces(y);
     let st = store.stats(key);
-    let values = ema(&st.mean, s.smoothing);
-    let line = decimate(xs, &values, buckets);
-    let raw = (s.smoothing > 0.0).then(|| decimate(xs, &st.mean, buckets));
-    // Bands are envelopes (lowest low, highest high per bucket), so coarser buckets stay
-    // faithful: every probe's excursion is still covered.
-    let band_buckets = (buckets / 3).max(16);
-    let band = match (probe, s.band) {
-        (Some(_), _) | (None, BandKind::None) => None,
-        (None, BandKind::MinMax) => Some(envelope(xs, &st.min, &st.max, band_buckets)),
-        (None, BandKind::Interquartile) => Some(envelope(xs, &st.q1, &st.q3, band_buckets)),
+    let span = |v: &[f64]| match (v.first(), v.last()) {
+        (Some(a), Some(b)) => b - a,
+        _ => 0.0,
     };
+    let total = span(xs).max(f64::MIN_POSITIVE);
+    let mut values = vec![f64::NAN; st.mean.len()];
+    let mut out = Vec::with_capacity(pieces.len());
+    for piece in &pieces {
+        let (px, mean) = piece_points(piece, xs, &st.mean);
+        if px.is_empty() {
+            continue;
+        }
+        let share = if pieces.len() > 1 {
+            span(&px) / total
+        } else {
+            1.0
+        };
+        let b = ((buckets as f64 * share) as usize).max(16);
+        let smooth = ema(&mean, s.smoothing);
+        // The piece's own evaluations are its last points (after the lead, if any).
+        let own = piece.evals.len().min(smooth.len());
+        for (v, i) in smooth[smooth.len() - own..].iter().zip(piece.evals.clone()) {
+            if let Some(slot) = values.get_mut(i) {
+                *slot = *v;
+            }
+        }
+        let line = decimate(&px, &smooth, b);
+        let raw = (s.smoothing > 0.0).then(|| decimate(&px, &mean, b));
+        // Bands are envelopes (lowest low, highest high per bucket), so coarser buckets stay
+        // faithful: every probe's excursion is still covered.
+        let band_buckets = (b / 3).max(16);
+        let band = match (probe, s.band) {
+            (Some(_), _) | (None, BandKind::None) => None,
+            (None, BandKind::MinMax) => {
+                let (_, lo) = piece_points(piece, xs, &st.min);
+                let (_, hi) = piece_points(piece, xs, &st.max);
+                Some(envelope(&px, &lo, &hi, band_buckets))
+            }
+            (None, BandKind::Interquartile) => {
+                let (_, lo) = piece_points(piece, xs, &st.q1);
+                let (_, hi) = piece_points(piece, xs, &st.q3);
+                Some(envelope(&px, &lo, &hi, band_buckets))
+            }
+        };
+        out.push(DrawnPiece { line, raw, band });
+    }
     let width = if matches!(family, Family::Chosen | Family::Rejected | Family::Argmax) {
         2.5
     } else {
@@ -148,9 +220,7 @@ pub fn family_series(
     Drawn {
         name: family.key().to_string(),
         color: color(family),
-        line,
-        raw,
-        band,
+        pieces: out,
         width,
         values,
     }
@@ -177,8 +247,22 @@ fn controls(app: &mut LdvizApp, ui: &mut egui::Ui) {
             .response
             .on_hover_text("what is plotted per probe: the summed log-prob, or a diagnostic of PAPER.md §5 (mean over response positions)");
         ui.label("y:");
-        ui.selectable_value(&mut s.delta, true, "Δ since t = 0");
-        ui.selectable_value(&mut s.delta, false, "absolute");
+        let store = app.runs.get(app.active);
+        let current = s.y_mode(store);
+        for y in YMode::ALL {
+            let hint = match y {
+                YMode::Delta => "change since the run's first evaluation (default of one-phase runs)",
+                YMode::PhaseDelta => "change since each phase's start: every phase re-zeroed at the evaluation of its starting weights (default of runs with several phases)",
+                YMode::Absolute => "the value itself",
+            };
+            if ui
+                .selectable_label(current == y, y.label())
+                .on_hover_text(hint)
+                .clicked()
+            {
+                s.choose_y(y, store);
+            }
+        }
         ui.separator();
         ui.label("band:");
         egui::ComboBox::from_id_salt("band")
@@ -296,7 +380,7 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
     // One bucket per 2 pixels: each keeps its min and max (1 point per pixel column).
     let buckets = (ui.available_width().max(100.0) / 2.0) as usize;
     let active = app.active.min(app.runs.len() - 1);
-    let cursor_idx = app.timeline.index(app.runs.get(active));
+    let y = s.y_mode(app.runs.get(active));
     let cursor_x = app
         .runs
         .get(active)
@@ -317,7 +401,7 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
                 continue;
             }
             let xs = eval_xs(store, s.x);
-            let mut d = family_series(store, s.overlay_family, &s, probe, buckets, &xs);
+            let mut d = family_series(store, s.overlay_family, &s, y, probe, buckets, &xs);
             d.name = format!("{} · {}", store.name, s.overlay_family.key());
             d.color = run_color(k);
             d.width = 2.0;
@@ -327,7 +411,7 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
         let xs = eval_xs(store, s.x);
         let fams = s.visible(&store.run.header.families);
         for f in fams {
-            let d = family_series(store, f, &s, probe, buckets, &xs);
+            let d = family_series(store, f, &s, y, probe, buckets, &xs);
             drawn.push((d, xs.clone()));
         }
     }
@@ -338,29 +422,21 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
             (d.name.clone(), n)
         })
         .collect();
-    let phases: Vec<f64> = app
+    // Phase starts (x, label); the first is the run's start.
+    let marks: Vec<(f64, String)> = app
         .runs
         .get(active)
-        .map(|r| {
-            r.run
-                .phases
-                .iter()
-                .filter(|p| p.step > 0)
-                .filter_map(|p| {
-                    let i = r.run.evals.iter().position(|e| e.step >= p.step)?;
-                    Some(r.eval_x(i, s.x))
-                })
-                .collect()
-        })
+        .map(|r| r.phase_marks(s.x))
         .unwrap_or_default();
 
-    let loss = if s.show_loss {
-        app.runs.get_mut(active).map(|r| {
-            let (xs, ys) = r.metric("loss", s.x);
-            (xs.to_vec(), ys.to_vec())
-        })
+    // The loss, one part per phase (each gets its own plot and y scale).
+    let loss: Vec<PhaseMetric> = if s.show_loss {
+        app.runs
+            .get_mut(active)
+            .map(|r| r.metric_by_phase("loss", s.x))
+            .unwrap_or_default()
     } else {
-        None
+        Vec::new()
     };
     if overlaying {
         // The run legend (the family toggles are the legend otherwise).
@@ -372,16 +448,24 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
         });
     }
     let total_h = ui.available_height();
-    let main_h = if loss.is_some() {
-        total_h * 0.74
-    } else {
-        total_h - 8.0
+    let n_loss = loss.len();
+    let main_h = match n_loss {
+        0 => total_h - 8.0,
+        1 => total_h * 0.74,
+        n => total_h * (0.74 - 0.08 * (n - 1) as f32).max(0.55),
     };
     let group = egui::Id::unique("curves x");
-    let ylabel = if s.delta {
-        format!("Δ {} since t = 0", s.quantity.label())
+    app.curves.shown_y = Some(y);
+    app.curves.shown_phases = if marks.len() > 1 {
+        marks.iter().map(|m| m.1.clone()).collect()
     } else {
-        s.quantity.label().to_string()
+        Vec::new()
+    };
+    app.curves.shown_loss.clear();
+    let ylabel = match (y, s.quantity) {
+        (YMode::Delta, q) => format!("Δ {} since t = 0", q.label()),
+        (YMode::PhaseDelta, q) => format!("Δ {} since phase start", q.label()),
+        (YMode::Absolute, q) => q.label().to_string(),
     };
     let hover_x = std::cell::Cell::new(None::<f64>);
     let resp = Plot::new("family curves")
@@ -393,45 +477,38 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
         .link_cursor(group, [true, false])
         .show(ui, |pui| {
             for (d, _) in drawn.iter_mut() {
-                if let Some((bx, lo, hi)) = &d.band
-                    && !bx.is_empty()
-                {
-                    pui.add(
-                        FilledArea::new(d.name.clone(), bx, lo, hi)
-                            .fill_color(d.color.gamma_multiply(0.10))
-                            .allow_hover(false),
-                    );
-                }
-                if let Some(raw) = d.raw.take() {
+                for piece in d.pieces.iter_mut() {
+                    if let Some((bx, lo, hi)) = &piece.band
+                        && !bx.is_empty()
+                    {
+                        pui.add(
+                            FilledArea::new(d.name.clone(), bx, lo, hi)
+                                .fill_color(d.color.gamma_multiply(0.10))
+                                .allow_hover(false),
+                        );
+                    }
+                    if let Some(raw) = piece.raw.take() {
+                        pui.line(
+                            Line::new(d.name.clone(), PlotPoints::new(raw))
+                                .color(d.color.gamma_multiply(0.3))
+                                .width(1.0)
+                                .allow_hover(false),
+                        );
+                    }
                     pui.line(
-                        Line::new(d.name.clone(), PlotPoints::new(raw))
-                            .color(d.color.gamma_multiply(0.3))
-                            .width(1.0)
-                            .allow_hover(false),
-                    );
-                }
-                pui.line(
-                    Line::new(d.name.clone(), PlotPoints::new(std::mem::take(&mut d.line)))
+                        Line::new(
+                            d.name.clone(),
+                            PlotPoints::new(std::mem::take(&mut piece.line)),
+                        )
                         .color(d.color)
                         .width(d.width),
-                );
+                    );
+                }
             }
-            for &x in &phases {
-                pui.add(
-                    VLine::new("phase boundary", x)
-                        .color(Color32::from_gray(140))
-                        .style(egui_plot::LineStyle::dashed_loose()),
-                );
-            }
-            if let Some(x) = cursor_x {
-                pui.add(
-                    VLine::new("cursor", x)
-                        .color(Color32::from_rgb(255, 140, 0))
-                        .width(2.0),
-                );
-            }
+            boundaries(pui, &marks, cursor_x);
             hover_x.set(pui.pointer_coordinate().map(|p| p.x));
         });
+    label_phases(ui, &resp.transform, &marks);
     // Clicking a plot moves the cursor there.
     let hx = hover_x.get();
     if resp.response.clicked()
@@ -462,22 +539,76 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
             });
         });
     }
-    let _ = cursor_idx;
-    if let Some((xs, ys)) = loss {
-        let ys_s = ema(&ys, s.smoothing);
-        let pts = decimate(&xs, &ys_s, buckets);
-        Plot::new("loss under curves")
-            .height((total_h - main_h - 12.0).max(60.0))
-            .y_axis_label("loss")
-            .y_axis_min_width(56.0)
-            .link_axis(group, [true, false])
-            .link_cursor(group, [true, false])
-            .show(ui, |pui| {
-                pui.line(Line::new("loss", PlotPoints::new(pts)).color(Color32::from_gray(90)));
-                if let Some(x) = cursor_x {
-                    pui.add(VLine::new("cursor", x).color(Color32::from_rgb(255, 140, 0)));
-                }
-            });
+    if n_loss > 0 {
+        let h = ((total_h - main_h) / n_loss as f32 - 12.0).max(60.0);
+        let x_span = |p: &PhaseMetric| match (p.xs.first(), p.xs.last()) {
+            (Some(a), Some(b)) => b - a,
+            _ => 0.0,
+        };
+        let all: f64 = loss.iter().map(x_span).sum::<f64>().max(f64::MIN_POSITIVE);
+        for part in &loss {
+            let ys = ema(&part.ys, s.smoothing);
+            // Each phase gets the bucket columns of its share of the x range.
+            let b = ((buckets as f64 * x_span(part) / all) as usize).max(16);
+            let pts = decimate(&part.xs, &ys, b);
+            let name = if n_loss > 1 {
+                format!("loss · {}", part.label)
+            } else {
+                "loss".to_string()
+            };
+            app.curves.shown_loss.push(name.clone());
+            Plot::new(format!("loss under curves · {}", part.label))
+                .height(h)
+                .y_axis_label(name.clone())
+                .y_axis_min_width(56.0)
+                .link_axis(group, [true, false])
+                .link_cursor(group, [true, false])
+                .show(ui, |pui| {
+                    pui.line(Line::new(name, PlotPoints::new(pts)).color(Color32::from_gray(90)));
+                    boundaries(pui, &marks, cursor_x);
+                });
+        }
+    }
+}
+
+/// The phase boundaries (dashed grey, every phase start after the first) and the cursor.
+fn boundaries(pui: &mut egui_plot::PlotUi, marks: &[(f64, String)], cursor_x: Option<f64>) {
+    for (x, _) in marks.iter().skip(1) {
+        pui.add(
+            VLine::new("phase boundary", *x)
+                .color(Color32::from_gray(140))
+                .style(egui_plot::LineStyle::dashed_loose()),
+        );
+    }
+    if let Some(x) = cursor_x {
+        pui.add(
+            VLine::new("cursor", x)
+                .color(Color32::from_rgb(255, 140, 0))
+                .width(2.0),
+        );
+    }
+}
+
+/// Each phase's name at the top of the plot, right of where it starts (runs with several
+/// phases only).
+fn label_phases(ui: &egui::Ui, t: &egui_plot::PlotTransform, marks: &[(f64, String)]) {
+    if marks.len() < 2 {
+        return;
+    }
+    let frame = *t.frame();
+    let painter = ui.painter_at(frame);
+    for (x, label) in marks {
+        let px = t.position_from_point_x(*x);
+        if px < frame.left() - 1.0 || px > frame.right() {
+            continue;
+        }
+        painter.text(
+            egui::pos2(px.max(frame.left()) + 4.0, frame.top() + 3.0),
+            egui::Align2::LEFT_TOP,
+            format!("▸ {label}"),
+            egui::FontId::proportional(12.0),
+            ui.visuals().weak_text_color(),
+        );
     }
 }
 
@@ -514,17 +645,43 @@ pub fn show_metrics(app: &mut LdvizApp, ui: &mut egui::Ui) {
             .checked_sub(1)
     });
     type Series = (String, Vec<[f64; 2]>, Option<Vec<[f64; 2]>>, Option<f64>);
-    let series: Vec<Series> = names
-        .iter()
-        .map(|name| {
-            let at = at_idx.and_then(|i| store.run.steps[i].metrics.get(name).copied());
-            let (xs, ys) = store.metric(name, s.x);
-            let ys_s = ema(ys, s.smoothing);
-            let pts = decimate(xs, &ys_s, buckets);
-            let raw = (s.smoothing > 0.0).then(|| decimate(xs, ys, buckets));
-            (name.clone(), pts, raw, at)
-        })
-        .collect();
+    let at_x = at_idx
+        .and_then(|i| store.run.steps.get(i))
+        .map(|st| match s.x {
+            XAxis::Step => st.step as f64,
+            XAxis::Examples => st.examples as f64,
+            XAxis::Epoch => st.epoch,
+        });
+    let mut series: Vec<Series> = Vec::new();
+    for name in &names {
+        let at = at_idx.and_then(|i| store.run.steps[i].metrics.get(name).copied());
+        // The loss of a run with several phases: one plot per phase, each on its own scale
+        // (an SFT NLL of 60 would flatten a DPO loss of 0.69).
+        let by_phase = if name == "loss" {
+            store.metric_by_phase(name, s.x)
+        } else {
+            Vec::new()
+        };
+        if by_phase.len() > 1 {
+            for part in by_phase {
+                let ys_s = ema(&part.ys, s.smoothing);
+                let pts = decimate(&part.xs, &ys_s, buckets);
+                let raw = (s.smoothing > 0.0).then(|| decimate(&part.xs, &part.ys, buckets));
+                let inside = at_x.is_some_and(|x| {
+                    part.xs.first().is_some_and(|&a| x >= a)
+                        && part.xs.last().is_some_and(|&b| x <= b)
+                });
+                let label = format!("{name} · {}", part.label);
+                series.push((label, pts, raw, at.filter(|_| inside)));
+            }
+            continue;
+        }
+        let (xs, ys) = store.metric(name, s.x);
+        let ys_s = ema(ys, s.smoothing);
+        let pts = decimate(xs, &ys_s, buckets);
+        let raw = (s.smoothing > 0.0).then(|| decimate(xs, ys, buckets));
+        series.push((name.clone(), pts, raw, at));
+    }
     let cols = 2usize;
     let rows = series.len().div_ceil(cols);
     let h = ((ui.available_height() - 8.0 * rows as f32) / rows as f32).max(90.0);

@@ -7,7 +7,7 @@ use anyhow::Result;
 
 use super::curves::{BandKind, CurveSettings};
 use super::{Action, DialogKind, LdvizApp};
-use crate::export::plot::{Band, PlotOptions, XMode, YMode};
+use crate::export::plot::{Band, PlotOptions, XMode};
 use crate::run::{RunStore, XAxis};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,11 +34,7 @@ pub fn plot_options(
 ) -> PlotOptions {
     PlotOptions {
         families: s.visible(&store.run.header.families),
-        y: if s.delta {
-            YMode::Delta
-        } else {
-            YMode::Absolute
-        },
+        y: s.y_mode(Some(store)),
         x: match s.x {
             XAxis::Step => XMode::Step,
             XAxis::Examples => XMode::Examples,

@@ -12,7 +12,10 @@ use plotters::prelude::*;
 use crate::data::{Family, FamilyGroup};
 use crate::run::Quantity;
 use crate::run::Run;
-use crate::run::store::quantile;
+/// What the y axis shows: the change since t = 0 (absolute sums are not comparable across
+/// families of different lengths), since the start of each phase, or the value itself.
+pub use crate::run::store::YMode;
+use crate::run::store::{phase_spans, piece_base, pieces, quantile};
 
 /// The bundled DejaVu Sans (also the app's fallback font for symbols).
 pub static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
@@ -24,16 +27,6 @@ fn register_font() {
         // show up as missing text, and the export tests check the output.
         let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
     });
-}
-
-/// What the y axis shows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum YMode {
-    /// Change of the summed log-prob since the first evaluation (the default: absolute sums
-    /// are not comparable across families of different lengths).
-    Delta,
-    /// Summed log-prob.
-    Absolute,
 }
 
 /// What the x axis shows.
@@ -52,11 +45,37 @@ pub enum Band {
     Interquartile,
 }
 
-/// One family's curve: (x, mean, band low, band high) per evaluation.
+/// One family's curve: (x, mean, band low, band high) per evaluation, drawn as separate lines
+/// from each index in `starts` (one line, `[0]`, unless re-zeroed per phase).
 #[derive(Clone, Debug, PartialEq)]
 pub struct FamilyCurve {
     pub family: Family,
     pub points: Vec<(f64, f64, f64, f64)>,
+    pub starts: Vec<usize>,
+}
+
+impl FamilyCurve {
+    /// The points of each separately drawn line.
+    pub fn lines(&self) -> impl Iterator<Item = &[(f64, f64, f64, f64)]> {
+        let ends = self
+            .starts
+            .iter()
+            .skip(1)
+            .copied()
+            .chain([self.points.len()]);
+        self.starts
+            .iter()
+            .zip(ends)
+            .map(|(&a, b)| &self.points[a.min(b)..b])
+    }
+}
+
+fn eval_x(e: &crate::run::EvalRecord, x: XMode) -> f64 {
+    match x {
+        XMode::Step => e.step as f64,
+        XMode::Examples => e.examples as f64,
+        XMode::Epoch => e.epoch,
+    }
 }
 
 /// An RGB color per family: one hue family per group (chosen-like greens, rejected-like reds,
@@ -80,8 +99,10 @@ pub fn family_color(f: Family) -> (u8, u8, u8) {
 }
 
 /// The curves of `families` (all of the run's when empty): per evaluation, the mean over probes
-/// and the band, as change since the first evaluation or absolute. With `probe = Some(i)`, one
-/// probe's line (the band collapses onto it).
+/// and the band, as change since the first evaluation, since the start of the evaluation's
+/// phase (one line per phase, each starting at 0 at the evaluation of the phase's starting
+/// weights; the same definition as the app's, run::store) or absolute. With `probe = Some(i)`,
+/// one probe's line (the band collapses onto it).
 pub fn family_curves(
     run: &Run,
     families: &[Family],
@@ -96,46 +117,57 @@ pub fn family_curves(
     } else {
         families.to_vec()
     };
+    let pieces = pieces(run, y);
     let mut out = Vec::new();
     for f in fams {
-        let first = run.evals.iter().find_map(|e| quantity.values(e, f));
-        let Some(first) = first else { continue };
-        let first = &first;
-        let mut points = Vec::new();
-        for e in &run.evals {
-            let Some(vals) = quantity.values(e, f) else {
-                continue;
-            };
-            let mut v: Vec<f64> = vals
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| probe.is_none_or(|p| p == *i))
-                .map(|(i, &x)| {
-                    if y == YMode::Delta {
-                        x - first.get(i).copied().unwrap_or(x)
-                    } else {
-                        x
-                    }
-                })
-                .collect();
-            if v.is_empty() {
-                continue;
-            }
-            let mean = v.iter().sum::<f64>() / v.len() as f64;
-            v.sort_by(f64::total_cmp);
-            let (lo, hi) = match band {
-                Band::None => (mean, mean),
-                Band::MinMax => (v[0], v[v.len() - 1]),
-                Band::Interquartile => (quantile(&v, 0.25), quantile(&v, 0.75)),
-            };
-            let xv = match x {
-                XMode::Step => e.step as f64,
-                XMode::Examples => e.examples as f64,
-                XMode::Epoch => e.epoch,
-            };
-            points.push((xv, mean, lo, hi));
+        if !run.evals.iter().any(|e| quantity.values(e, f).is_some()) {
+            continue;
         }
-        out.push(FamilyCurve { family: f, points });
+        let mut points = Vec::new();
+        let mut starts = Vec::new();
+        for piece in &pieces {
+            let base = piece_base(run, y, piece, quantity, f);
+            let mut line = Vec::new();
+            if let Some(l) = piece.lead.and_then(|l| run.evals.get(l))
+                && quantity.values(l, f).is_some()
+            {
+                line.push((eval_x(l, x), 0.0, 0.0, 0.0));
+            }
+            for e in &run.evals[piece.evals.clone()] {
+                let Some(vals) = quantity.values(e, f) else {
+                    continue;
+                };
+                let mut v: Vec<f64> = vals
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| probe.is_none_or(|p| p == *i))
+                    .map(|(i, &x)| match &base {
+                        Some(b) => x - b.get(i).copied().unwrap_or(x),
+                        None => x,
+                    })
+                    .collect();
+                if v.is_empty() {
+                    continue;
+                }
+                let mean = v.iter().sum::<f64>() / v.len() as f64;
+                v.sort_by(f64::total_cmp);
+                let (lo, hi) = match band {
+                    Band::None => (mean, mean),
+                    Band::MinMax => (v[0], v[v.len() - 1]),
+                    Band::Interquartile => (quantile(&v, 0.25), quantile(&v, 0.75)),
+                };
+                line.push((eval_x(e, x), mean, lo, hi));
+            }
+            if !line.is_empty() {
+                starts.push(points.len());
+                points.extend(line);
+            }
+        }
+        out.push(FamilyCurve {
+            family: f,
+            points,
+            starts,
+        });
     }
     out
 }
@@ -260,20 +292,28 @@ where
         y1 = y0 + 1.0;
     }
     let pad = 0.05 * (y1 - y0);
+    let what = match o.quantity {
+        Quantity::LogProb => "summed log-prob",
+        q => q.label(),
+    };
     let (what_title, what_axis) = match (o.quantity, o.y) {
         (Quantity::LogProb, YMode::Delta) => (
             "mean Δ log-prob since step 0".to_string(),
             "Δ summed log-prob".to_string(),
         ),
-        (Quantity::LogProb, YMode::Absolute) => (
-            "mean summed log-prob".to_string(),
-            "summed log-prob".to_string(),
+        (Quantity::LogProb, YMode::PhaseDelta) => (
+            "mean Δ log-prob since each phase's start".to_string(),
+            "Δ summed log-prob since phase start".to_string(),
         ),
         (q, YMode::Delta) => (
             format!("mean Δ {} since step 0", q.label()),
             format!("Δ {}", q.label()),
         ),
-        (q, YMode::Absolute) => (format!("mean {}", q.label()), q.label().to_string()),
+        (q, YMode::PhaseDelta) => (
+            format!("mean Δ {} since each phase's start", q.label()),
+            format!("Δ {} since phase start", q.label()),
+        ),
+        (_, YMode::Absolute) => (format!("mean {what}"), what.to_string()),
     };
     let title = o.title.clone().unwrap_or_else(|| {
         if runs.len() > 1 {
@@ -303,27 +343,36 @@ where
         .label_style(("sans-serif", 14))
         .draw()
         .map_err(err)?;
-    for p in &run.phases {
-        if p.step > 0 {
-            let x = match o.x {
-                XMode::Step => p.step as f64,
-                XMode::Examples => run
-                    .evals
-                    .iter()
-                    .find(|e| e.step >= p.step)
-                    .map(|e| e.examples as f64)
-                    .unwrap_or(0.0),
-                XMode::Epoch => run
-                    .evals
-                    .iter()
-                    .find(|e| e.step >= p.step)
-                    .map(|e| e.epoch)
-                    .unwrap_or(0.0),
-            };
+    // Phase boundaries (dashed grey) labelled with the phase, when there are several.
+    let spans = phase_spans(run);
+    for (k, p) in spans.iter().enumerate() {
+        let at = run.evals.iter().find(|e| e.step >= p.step);
+        let x = match (at, o.x) {
+            (Some(e), _) => eval_x(e, o.x),
+            (None, XMode::Step) => p.step as f64,
+            (None, _) => continue,
+        };
+        if k > 0 {
             chart
-                .draw_series(std::iter::once(PathElement::new(
+                .draw_series(DashedLineSeries::new(
                     vec![(x, y0 - pad), (x, y1 + pad)],
-                    BLACK.mix(0.3),
+                    6,
+                    4,
+                    BLACK.mix(0.45).stroke_width(1),
+                ))
+                .map_err(err)?;
+        }
+        if spans.len() > 1 {
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    format!("▸ {}", p.label()),
+                    (x, y1 + pad),
+                    ("sans-serif", 14).into_font().color(&BLACK.mix(0.7)).pos(
+                        plotters::style::text_anchor::Pos::new(
+                            plotters::style::text_anchor::HPos::Left,
+                            plotters::style::text_anchor::VPos::Top,
+                        ),
+                    ),
                 )))
                 .map_err(err)?;
         }
@@ -332,19 +381,24 @@ where
         let c = &d.curve;
         let (r, g, b) = d.color;
         let color = RGBColor(r, g, b);
-        if o.band != Band::None && c.points.len() > 1 {
-            let mut poly: Vec<(f64, f64)> = c.points.iter().map(|p| (p.0, p.3)).collect();
-            poly.extend(c.points.iter().rev().map(|p| (p.0, p.2)));
-            chart
-                .draw_series(std::iter::once(Polygon::new(poly, color.mix(0.12))))
-                .map_err(err)?;
-        }
         let style = ShapeStyle::from(&color).stroke_width(d.width);
-        chart
-            .draw_series(LineSeries::new(c.points.iter().map(|p| (p.0, p.1)), style))
-            .map_err(err)?
-            .label(d.label.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+        for (k, line) in c.lines().enumerate() {
+            if o.band != Band::None && line.len() > 1 {
+                let mut poly: Vec<(f64, f64)> = line.iter().map(|p| (p.0, p.3)).collect();
+                poly.extend(line.iter().rev().map(|p| (p.0, p.2)));
+                chart
+                    .draw_series(std::iter::once(Polygon::new(poly, color.mix(0.12))))
+                    .map_err(err)?;
+            }
+            let series = chart
+                .draw_series(LineSeries::new(line.iter().map(|p| (p.0, p.1)), style))
+                .map_err(err)?;
+            if k == 0 {
+                series
+                    .label(d.label.clone())
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
+            }
+        }
     }
     if let Some(cx) = o.cursor {
         chart

@@ -11,5 +11,5 @@ pub mod writer;
 
 pub use event::{EndReason, EvalRecord, Event, RunHeader, StepRecord};
 pub use reader::{Run, read_run};
-pub use store::{Quantity, RunStore, SeriesKey, Stats, XAxis};
+pub use store::{Quantity, RunStore, SeriesKey, Stats, XAxis, YMode};
 pub use writer::Writer;

@@ -4,6 +4,7 @@
 //! Nothing here knows about egui; the app only re-reads a store every frame.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
@@ -11,6 +12,7 @@ use anyhow::Result;
 use super::event::{Event, RunHeader};
 use super::reader::{Run, read_run};
 use crate::data::Family;
+use crate::train::config::Algo;
 
 /// What is plotted per probe: the summed log-prob, or one of PAPER.md §5's diagnostics
 /// (means over response positions).
@@ -57,13 +59,245 @@ impl Quantity {
     }
 }
 
+/// What a family curve's y holds: the value itself or its change since a baseline evaluation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum YMode {
+    /// Change since the run's first evaluation (t = 0).
+    Delta,
+    /// Change since the start of the evaluation's phase: each phase re-zeroed at the evaluation
+    /// of its starting weights (the one that closed the previous phase), see [`phase_spans`].
+    PhaseDelta,
+    /// The value itself.
+    Absolute,
+}
+
+impl YMode {
+    pub const ALL: [YMode; 3] = [YMode::Delta, YMode::PhaseDelta, YMode::Absolute];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            YMode::Delta => "Δ since t = 0",
+            YMode::PhaseDelta => "Δ since phase start",
+            YMode::Absolute => "absolute",
+        }
+    }
+
+    /// The default for a run: change since phase start when its header plans several phases
+    /// (known when the run starts, so a live run keeps its mode when it enters phase 2),
+    /// change since t = 0 otherwise.
+    pub fn default_for(header: &RunHeader) -> YMode {
+        if header.phases.len() > 1 {
+            YMode::PhaseDelta
+        } else {
+            YMode::Delta
+        }
+    }
+}
+
+/// A phase's stretch of a run's evaluations.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PhaseSpan {
+    pub name: String,
+    pub algo: Algo,
+    /// Optimizer updates applied before the phase began.
+    pub step: usize,
+    /// The evaluations recorded during the phase (indices into `run.evals`). The evaluation at a
+    /// boundary step closes the phase that ends there.
+    pub evals: Range<usize>,
+    /// The evaluation of the phase's starting weights when it belongs to the previous phase
+    /// (made at this phase's start step); None for the first phase, whose own first evaluation
+    /// is its start.
+    pub start_eval: Option<usize>,
+}
+
+impl PhaseSpan {
+    /// "name", or "name (algo)" when they differ.
+    pub fn label(&self) -> String {
+        if self.name == self.algo.key() {
+            self.name.clone()
+        } else {
+            format!("{} ({})", self.name, self.algo.key())
+        }
+    }
+}
+
+/// The run's phases with the evaluations of each, in order; together they cover every
+/// evaluation. An evaluation belongs to the last phase that started before its step; one made
+/// exactly at a phase's start step belongs to the phase that ends there (it scores the weights
+/// that phase produced) unless it is tagged with the new phase's name. A run without phase
+/// records is one span named after its header.
+pub fn phase_spans(run: &Run) -> Vec<PhaseSpan> {
+    let n = run.evals.len();
+    if run.phases.is_empty() {
+        let (name, algo) = match run.header.phases.first() {
+            Some(p) => (p.name.clone(), p.algo),
+            None => (
+                run.header.config.algo.key().to_string(),
+                run.header.config.algo,
+            ),
+        };
+        return vec![PhaseSpan {
+            name,
+            algo,
+            step: 0,
+            evals: 0..n,
+            start_eval: None,
+        }];
+    }
+    let mut spans = Vec::with_capacity(run.phases.len());
+    let mut start = 0usize;
+    for (k, p) in run.phases.iter().enumerate() {
+        let end = match run.phases.get(k + 1) {
+            None => n,
+            Some(next) => {
+                let opens_next = |e: &super::EvalRecord| {
+                    e.step > next.step
+                        || (e.step == next.step && e.phase == next.name && next.name != p.name)
+                };
+                start
+                    + run.evals[start..]
+                        .iter()
+                        .position(opens_next)
+                        .unwrap_or(n - start)
+            }
+        };
+        let start_eval = start
+            .checked_sub(1)
+            .filter(|&i| run.evals[i].step == p.step);
+        spans.push(PhaseSpan {
+            name: p.name.clone(),
+            algo: p.algo,
+            step: p.step,
+            evals: start..end,
+            start_eval,
+        });
+        start = end;
+    }
+    spans
+}
+
+/// A stretch of a series drawn as one line. `Delta` and `Absolute` series are one piece;
+/// `PhaseDelta` series one per phase, each led by the evaluation of the phase's starting
+/// weights, where its change is 0 by definition.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Piece {
+    /// Evaluations (indices into `run.evals`) whose values the piece holds.
+    pub evals: Range<usize>,
+    /// The evaluation the piece's values are measured from when it lies before `evals`
+    /// (drawn as the piece's first point, at 0).
+    pub lead: Option<usize>,
+    /// The phase (index into [`phase_spans`]) of a `PhaseDelta` piece.
+    pub phase: Option<usize>,
+}
+
+/// How a series of `run` under `y` is cut into pieces (see [`Piece`]).
+pub fn pieces(run: &Run, y: YMode) -> Vec<Piece> {
+    match y {
+        YMode::Delta | YMode::Absolute => vec![Piece {
+            evals: 0..run.evals.len(),
+            lead: None,
+            phase: None,
+        }],
+        YMode::PhaseDelta => phase_spans(run)
+            .into_iter()
+            .enumerate()
+            .map(|(k, s)| Piece {
+                evals: s.evals,
+                lead: s.start_eval,
+                phase: Some(k),
+            })
+            .collect(),
+    }
+}
+
+/// The per-probe values a piece's changes are measured from (None: absolute values, or no
+/// evaluation of the piece has the family): the lead evaluation's, else the first of the
+/// piece's own evaluations that has the family.
+pub fn piece_base(
+    run: &Run,
+    y: YMode,
+    piece: &Piece,
+    quantity: Quantity,
+    family: Family,
+) -> Option<Vec<f64>> {
+    if y == YMode::Absolute {
+        return None;
+    }
+    piece
+        .lead
+        .into_iter()
+        .chain(piece.evals.clone())
+        .find_map(|i| quantity.values(run.evals.get(i)?, family))
+}
+
+/// A piece's points of one per-evaluation column (`xs` and `col` aligned with `run.evals`):
+/// its lead at 0 when the column has a value there, then its own evaluations.
+pub fn piece_points(piece: &Piece, xs: &[f64], col: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    let mut px = Vec::with_capacity(piece.evals.len() + 1);
+    let mut py = Vec::with_capacity(piece.evals.len() + 1);
+    if let Some(l) = piece.lead
+        && col.get(l).is_some_and(|v| v.is_finite())
+        && let Some(&x) = xs.get(l)
+    {
+        px.push(x);
+        py.push(0.0);
+    }
+    for i in piece.evals.clone() {
+        if let (Some(&x), Some(&v)) = (xs.get(i), col.get(i)) {
+            px.push(x);
+            py.push(v);
+        }
+    }
+    (px, py)
+}
+
+/// The first evaluation that scored the transfer matrix (the t = 0 baseline).
+pub fn transfer_base_index(run: &Run) -> Option<usize> {
+    run.evals.iter().position(|e| !e.transfer.is_empty())
+}
+
+/// The transfer matrix at evaluation `i` as change since evaluation `base` ([prompt][answer]);
+/// None when either lacks it or their sizes differ.
+pub fn transfer_change(run: &Run, base: usize, i: usize) -> Option<Vec<Vec<f64>>> {
+    let b = &run.evals.get(base)?.transfer;
+    let now = &run.evals.get(i)?.transfer;
+    if now.is_empty() || now.len() != b.len() {
+        return None;
+    }
+    Some(
+        now.iter()
+            .zip(b)
+            .map(|(r, b)| r.iter().zip(b).map(|(x, y)| x - y).collect())
+            .collect(),
+    )
+}
+
+/// Mean diagonal and mean off-diagonal entry of a square matrix (None below 2 × 2).
+pub fn diagonal_means(m: &[Vec<f64>]) -> Option<(f64, f64)> {
+    let k = m.len();
+    if k < 2 {
+        return None;
+    }
+    let (mut ds, mut os) = (0.0, 0.0);
+    for (a, row) in m.iter().enumerate() {
+        for (b, v) in row.iter().enumerate() {
+            if a == b {
+                ds += v;
+            } else {
+                os += v;
+            }
+        }
+    }
+    Some((ds / k as f64, os / (k * (k - 1)) as f64))
+}
+
 /// Which statistic over probes a series holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SeriesKey {
     pub family: Family,
     pub quantity: Quantity,
-    /// Change since the first evaluation (true) or the summed log-prob itself.
-    pub delta: bool,
+    /// The value, or its change since t = 0 or since the start of its phase.
+    pub y: YMode,
     /// One probe (its position in the header's probe list) instead of all.
     pub probe: Option<usize>,
 }
@@ -90,6 +324,15 @@ pub enum XAxis {
 /// A cached metric series: (steps scanned, xs, ys).
 type MetricSeries = (usize, Vec<f64>, Vec<f64>);
 
+/// One phase's part of a metric: the phase's label and its (x, value) points.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PhaseMetric {
+    pub label: String,
+    pub algo: Algo,
+    pub xs: Vec<f64>,
+    pub ys: Vec<f64>,
+}
+
 /// A run plus what the views derive from it.
 #[derive(Clone, Debug)]
 pub struct RunStore {
@@ -105,8 +348,10 @@ pub struct RunStore {
     cache: HashMap<SeriesKey, Stats>,
     /// Transfer matrix: per evaluation, mean diagonal and mean off-diagonal change since t = 0.
     transfer_cache: (Vec<f64>, Vec<f64>),
-    /// Metric series per (name, axis): (steps scanned, xs, ys).
-    metric_cache: HashMap<(String, XAxis), MetricSeries>,
+    /// Metric series per (name, axis, phase or all): (steps scanned, xs, ys).
+    metric_cache: HashMap<(String, XAxis, Option<usize>), MetricSeries>,
+    /// Phase records seen when the phase-dependent caches were filled.
+    cache_phases: usize,
 }
 
 /// Linear-interpolated quantile of sorted values (NaN when empty).
@@ -141,6 +386,7 @@ impl RunStore {
             cache: HashMap::new(),
             transfer_cache: (Vec::new(), Vec::new()),
             metric_cache: HashMap::new(),
+            cache_phases: 0,
         }
     }
 
@@ -199,79 +445,106 @@ impl RunStore {
         lo.saturating_sub(1)
     }
 
+    /// Drops what depends on the phase records when one arrived since (phase records come
+    /// before their phase's evaluations and steps, so this is a safeguard, not a routine).
+    fn check_phases(&mut self) {
+        let n = self.run.phases.len();
+        if n != self.cache_phases {
+            self.cache.retain(|k, _| k.y != YMode::PhaseDelta);
+            self.metric_cache.retain(|k, _| k.2.is_none());
+            self.cache_phases = n;
+        }
+    }
+
     /// Statistics of one series over every evaluation recorded so far; computed once and
     /// extended incrementally as evaluations arrive.
     pub fn stats(&mut self, key: SeriesKey) -> &Stats {
-        let evals = &self.run.evals;
+        self.check_phases();
+        let run = &self.run;
+        let n = run.evals.len();
         let entry = self.cache.entry(key).or_default();
         let done = entry.mean.len();
-        if done < evals.len() {
-            let first = evals
-                .iter()
-                .find_map(|e| key.quantity.values(e, key.family));
-            let first = first.as_ref();
+        if done < n {
             let mut v: Vec<f64> = Vec::new();
-            for e in &evals[done..] {
-                v.clear();
-                if let Some(vals) = key.quantity.values(e, key.family) {
-                    for (i, &x) in vals.iter().enumerate() {
-                        if key.probe.is_some_and(|p| p != i) {
-                            continue;
-                        }
-                        let base = if key.delta {
-                            first.and_then(|f| f.get(i)).copied().unwrap_or(x)
-                        } else {
-                            0.0
-                        };
-                        v.push(x - base);
-                    }
-                }
-                if v.is_empty() {
-                    for col in [
-                        &mut entry.mean,
-                        &mut entry.min,
-                        &mut entry.max,
-                        &mut entry.q1,
-                        &mut entry.q3,
-                    ] {
-                        col.push(f64::NAN);
-                    }
+            for piece in pieces(run, key.y) {
+                if piece.evals.end <= done {
                     continue;
                 }
-                let mean = v.iter().sum::<f64>() / v.len() as f64;
-                v.sort_by(f64::total_cmp);
-                entry.mean.push(mean);
-                entry.min.push(v[0]);
-                entry.max.push(v[v.len() - 1]);
-                entry.q1.push(quantile(&v, 0.25));
-                entry.q3.push(quantile(&v, 0.75));
+                let base = piece_base(run, key.y, &piece, key.quantity, key.family);
+                for e in &run.evals[piece.evals.start.max(done)..piece.evals.end] {
+                    v.clear();
+                    if let Some(vals) = key.quantity.values(e, key.family) {
+                        for (i, &x) in vals.iter().enumerate() {
+                            if key.probe.is_some_and(|p| p != i) {
+                                continue;
+                            }
+                            let b = match &base {
+                                Some(b) => b.get(i).copied().unwrap_or(x),
+                                None => 0.0,
+                            };
+                            v.push(x - b);
+                        }
+                    }
+                    if v.is_empty() {
+                        for col in [
+                            &mut entry.mean,
+                            &mut entry.min,
+                            &mut entry.max,
+                            &mut entry.q1,
+                            &mut entry.q3,
+                        ] {
+                            col.push(f64::NAN);
+                        }
+                        continue;
+                    }
+                    let mean = v.iter().sum::<f64>() / v.len() as f64;
+                    v.sort_by(f64::total_cmp);
+                    entry.mean.push(mean);
+                    entry.min.push(v[0]);
+                    entry.max.push(v[v.len() - 1]);
+                    entry.q1.push(quantile(&v, 0.25));
+                    entry.q3.push(quantile(&v, 0.75));
+                }
             }
         }
         entry
     }
 
+    /// The pieces a series is drawn in under `y` (see [`Piece`]).
+    pub fn pieces(&self, y: YMode) -> Vec<Piece> {
+        pieces(&self.run, y)
+    }
+
+    /// The run's phases and their evaluations (see [`phase_spans`]).
+    pub fn phase_spans(&self) -> Vec<PhaseSpan> {
+        phase_spans(&self.run)
+    }
+
+    /// Where each phase starts on `axis`, with its label: the evaluation at or after its start
+    /// step (the one scoring its starting weights), or the start step itself on the step axis
+    /// before any.
+    pub fn phase_marks(&self, axis: XAxis) -> Vec<(f64, String)> {
+        phase_spans(&self.run)
+            .into_iter()
+            .filter_map(|s| {
+                let x = match self.run.evals.iter().position(|e| e.step >= s.step) {
+                    Some(i) => self.eval_x(i, axis),
+                    None if axis == XAxis::Step => s.step as f64,
+                    None => return None,
+                };
+                Some((x, s.label()))
+            })
+            .collect()
+    }
+
     /// The first evaluation's transfer matrix (the t = 0 baseline), if the run has one.
     pub fn transfer_base(&self) -> Option<&Vec<Vec<f64>>> {
-        self.run
-            .evals
-            .iter()
-            .map(|e| &e.transfer)
-            .find(|t| !t.is_empty())
+        transfer_base_index(&self.run).map(|i| &self.run.evals[i].transfer)
     }
 
     /// The transfer matrix at evaluation `i` as change since t = 0 ([prompt][answer]).
     pub fn transfer_delta(&self, i: usize) -> Option<Vec<Vec<f64>>> {
-        let base = self.transfer_base()?;
-        let now = &self.run.evals.get(i)?.transfer;
-        if now.len() != base.len() {
-            return None;
-        }
-        Some(
-            now.iter()
-                .zip(base)
-                .map(|(r, b)| r.iter().zip(b).map(|(x, y)| x - y).collect())
-                .collect(),
-        )
+        transfer_change(&self.run, transfer_base_index(&self.run)?, i)
     }
 
     /// Per evaluation: the mean diagonal and mean off-diagonal of the transfer matrix's change
@@ -281,23 +554,10 @@ impl RunStore {
         let done = self.transfer_cache.0.len();
         if done < n {
             for i in done..n {
-                let (d, o) = match self.transfer_delta(i) {
-                    Some(m) if m.len() > 1 => {
-                        let k = m.len();
-                        let (mut ds, mut os) = (0.0, 0.0);
-                        for (a, row) in m.iter().enumerate() {
-                            for (b, v) in row.iter().enumerate() {
-                                if a == b {
-                                    ds += v;
-                                } else {
-                                    os += v;
-                                }
-                            }
-                        }
-                        (ds / k as f64, os / (k * (k - 1)) as f64)
-                    }
-                    _ => (f64::NAN, f64::NAN),
-                };
+                let (d, o) = self
+                    .transfer_delta(i)
+                    .and_then(|m| diagonal_means(&m))
+                    .unwrap_or((f64::NAN, f64::NAN));
                 self.transfer_cache.0.push(d);
                 self.transfer_cache.1.push(o);
             }
@@ -308,12 +568,53 @@ impl RunStore {
     /// A TRL metric per optimizer step: (x, value), skipping steps that lack it; cached and
     /// extended as steps arrive.
     pub fn metric(&mut self, name: &str, axis: XAxis) -> (&[f64], &[f64]) {
+        let e = self.metric_series(name, axis, None);
+        (&e.1, &e.2)
+    }
+
+    /// A TRL metric split by phase, one part per phase that recorded it (each phase's updates:
+    /// those after its start step up to the next phase's start), so every phase can get its
+    /// own scale.
+    pub fn metric_by_phase(&mut self, name: &str, axis: XAxis) -> Vec<PhaseMetric> {
+        let spans = phase_spans(&self.run);
+        let mut out = Vec::new();
+        for (k, s) in spans.iter().enumerate() {
+            let e = self.metric_series(name, axis, Some(k));
+            if !e.1.is_empty() {
+                out.push(PhaseMetric {
+                    label: s.label(),
+                    algo: s.algo,
+                    xs: e.1.clone(),
+                    ys: e.2.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    fn metric_series(&mut self, name: &str, axis: XAxis, phase: Option<usize>) -> &MetricSeries {
+        self.check_phases();
         let steps = &self.run.steps;
+        // Updates of phase k: step in (start_k, start_{k+1}]; the first phase also takes any
+        // before its start.
+        let range = phase.map(|k| {
+            let lo = match k {
+                0 => None,
+                _ => self.run.phases.get(k).map(|p| p.step),
+            };
+            let hi = self.run.phases.get(k + 1).map(|p| p.step);
+            (lo, hi)
+        });
         let e = self
             .metric_cache
-            .entry((name.to_string(), axis))
+            .entry((name.to_string(), axis, phase))
             .or_insert_with(|| (0, Vec::new(), Vec::new()));
         for s in &steps[e.0.min(steps.len())..] {
+            if let Some((lo, hi)) = range
+                && (lo.is_some_and(|lo| s.step <= lo) || hi.is_some_and(|hi| s.step > hi))
+            {
+                continue;
+            }
             if let Some(&v) = s.metrics.get(name) {
                 e.1.push(match axis {
                     XAxis::Step => s.step as f64,
@@ -324,7 +625,7 @@ impl RunStore {
             }
         }
         e.0 = steps.len();
-        (&e.1, &e.2)
+        e
     }
 
     /// The metric names recorded in this run, in a stable order (loss first).
@@ -570,6 +871,214 @@ mod tests {
         let m = st.transfer_delta(2).unwrap();
         assert_eq!(m[0][1], 4.0);
         assert_eq!(m[1][1], 2.0);
+    }
+
+    /// A synthetic two-phase run (sft for steps 1–10, then dpo), evaluated every 5 steps, with
+    /// chosen log-prob of probe i at step s = 10·i + (i + 1)·s. Events in recording order: the
+    /// boundary evaluation (step 10) closes sft, then the dpo phase record.
+    fn two_phase_events() -> (RunHeader, Vec<Event>) {
+        let evs = crate::run::synth::events(
+            crate::run::synth::SynthSpec {
+                steps: 20,
+                eval_every: 5,
+                probes: 3,
+                tokens: 2,
+                top_k: 1,
+                vocab: 8,
+            },
+            3,
+        )
+        .unwrap();
+        let mut it = evs.into_iter();
+        let Some(Event::Header(mut h)) = it.next() else {
+            panic!("no header")
+        };
+        h.phases = vec![
+            crate::run::event::PhasePlan {
+                name: "sft".into(),
+                algo: Algo::Sft,
+                steps: 10,
+            },
+            crate::run::event::PhasePlan {
+                name: "dpo".into(),
+                algo: Algo::Dpo,
+                steps: 10,
+            },
+        ];
+        let mut out = Vec::new();
+        for mut ev in it {
+            let step = match &mut ev {
+                Event::Phase { name, algo, .. } => {
+                    *name = "sft".into();
+                    *algo = Algo::Sft;
+                    None
+                }
+                Event::Step(s) => {
+                    s.phase = if s.step <= 10 { "sft" } else { "dpo" }.into();
+                    s.metrics.insert("loss".into(), s.step as f64);
+                    None
+                }
+                Event::Eval(e) => {
+                    e.phase = if e.step <= 10 { "sft" } else { "dpo" }.into();
+                    let s = e.step as f64;
+                    e.logps.insert(
+                        Family::Chosen,
+                        (0..3)
+                            .map(|i| 10.0 * i as f64 + (i as f64 + 1.0) * s)
+                            .collect(),
+                    );
+                    Some(e.step)
+                }
+                _ => None,
+            };
+            out.push(ev);
+            if step == Some(10) {
+                out.push(Event::Phase {
+                    name: "dpo".into(),
+                    algo: Algo::Dpo,
+                    step: 10,
+                    examples: 40,
+                });
+            }
+        }
+        (*h, out)
+    }
+
+    fn key(y: YMode) -> SeriesKey {
+        SeriesKey {
+            family: Family::Chosen,
+            quantity: Quantity::LogProb,
+            y,
+            probe: None,
+        }
+    }
+
+    #[test]
+    fn phase_delta_rezeroes_each_phase_at_its_start() {
+        let (h, evs) = two_phase_events();
+        let mut st = RunStore::live("t".into(), None, h.clone());
+        for ev in evs.clone() {
+            st.apply(ev);
+        }
+        assert_eq!(YMode::default_for(&st.run.header), YMode::PhaseDelta);
+        let spans = st.phase_spans();
+        assert_eq!(spans.len(), 2);
+        // Evaluations at steps 0, 5, 10 | 15, 20: the step-10 one closes sft and is dpo's start.
+        assert_eq!((spans[0].evals.clone(), spans[0].start_eval), (0..3, None));
+        assert_eq!(
+            (spans[1].evals.clone(), spans[1].start_eval),
+            (3..5, Some(2))
+        );
+        assert_eq!(spans[1].label(), "dpo");
+        // Δ since t = 0: mean over probes of (i + 1)·s = 2s.
+        assert_eq!(
+            st.stats(key(YMode::Delta)).mean,
+            vec![0.0, 10.0, 20.0, 30.0, 40.0]
+        );
+        // Δ since phase start: sft as above; dpo measured from step 10: 2(s − 10).
+        let p = st.stats(key(YMode::PhaseDelta)).clone();
+        assert_eq!(p.mean, vec![0.0, 10.0, 20.0, 10.0, 20.0]);
+        // The band: per probe (i + 1)(s − 10) at s = 15 → 5, 10, 15.
+        assert_eq!(
+            (p.min[3], p.max[3], p.q1[3], p.q3[3]),
+            (5.0, 15.0, 7.5, 12.5)
+        );
+        let a = st.stats(key(YMode::Absolute)).clone();
+        assert_eq!(a.mean[4], 10.0 + 2.0 * 20.0);
+        // Drawn in two pieces; dpo's starts at the boundary at exactly 0.
+        let pieces = st.pieces(YMode::PhaseDelta);
+        assert_eq!(pieces.len(), 2);
+        let xs: Vec<f64> = (0..st.n_evals())
+            .map(|i| st.eval_x(i, XAxis::Step))
+            .collect();
+        assert_eq!(
+            piece_points(&pieces[0], &xs, &p.mean),
+            (vec![0.0, 5.0, 10.0], vec![0.0, 10.0, 20.0])
+        );
+        assert_eq!(
+            piece_points(&pieces[1], &xs, &p.mean),
+            (vec![10.0, 15.0, 20.0], vec![0.0, 10.0, 20.0])
+        );
+        assert_eq!(st.pieces(YMode::Delta).len(), 1);
+        // One probe's line follows the same baselines.
+        let mut k1 = key(YMode::PhaseDelta);
+        k1.probe = Some(1);
+        assert_eq!(st.stats(k1).mean, vec![0.0, 10.0, 20.0, 10.0, 20.0]);
+        // Phase boundaries with labels, on the step and examples axes.
+        assert_eq!(
+            st.phase_marks(XAxis::Step),
+            vec![(0.0, "sft".to_string()), (10.0, "dpo".to_string())]
+        );
+        assert_eq!(st.phase_marks(XAxis::Examples)[1].0, 40.0);
+        // The loss per phase: updates 1–10 and 11–20.
+        let by = st.metric_by_phase("loss", XAxis::Step);
+        assert_eq!(by.len(), 2);
+        assert_eq!(by[0].xs, (1..=10).map(f64::from).collect::<Vec<_>>());
+        assert_eq!(by[1].ys, (11..=20).map(f64::from).collect::<Vec<_>>());
+        assert_eq!((by[0].algo, by[1].label.as_str()), (Algo::Sft, "dpo"));
+
+        // Live: the default comes from the header, before any record; the run is one span
+        // named after its first planned phase until phase records arrive.
+        let mut live = RunStore::live("live".into(), None, h);
+        assert_eq!(YMode::default_for(&live.run.header), YMode::PhaseDelta);
+        assert_eq!(live.phase_spans()[0].label(), "sft");
+        // The same numbers when statistics are read after every event (phase 1's cached
+        // values stay valid when phase 2 begins).
+        for ev in evs {
+            live.apply(ev);
+            live.stats(key(YMode::PhaseDelta));
+            live.metric_by_phase("loss", XAxis::Step);
+        }
+        assert_eq!(live.stats(key(YMode::PhaseDelta)).mean, p.mean);
+        assert_eq!(live.stats(key(YMode::PhaseDelta)).max, p.max);
+        assert_eq!(live.metric_by_phase("loss", XAxis::Step), by);
+    }
+
+    #[test]
+    fn phase_delta_of_a_single_phase_run_is_delta_since_t0() {
+        let (h, evs) = two_phase_events();
+        let mut st = RunStore::live("t".into(), None, h);
+        // Without the dpo phase record: one phase.
+        for ev in evs {
+            if !matches!(&ev, Event::Phase { name, .. } if name == "dpo") {
+                st.apply(ev);
+            }
+        }
+        assert_eq!(st.phase_spans().len(), 1);
+        let d = st.stats(key(YMode::Delta)).clone();
+        assert_eq!(st.stats(key(YMode::PhaseDelta)), &d);
+        assert_eq!(st.phase_marks(XAxis::Step).len(), 1);
+        // An evaluation at the boundary step tagged with the new phase opens it instead, and
+        // that phase is measured from its own first evaluation.
+        let (h, mut evs) = two_phase_events();
+        for ev in evs.iter_mut() {
+            if let Event::Eval(e) = ev
+                && e.step == 10
+            {
+                e.phase = "dpo".into();
+            }
+        }
+        let mut st = RunStore::live("t".into(), None, h);
+        for ev in evs {
+            st.apply(ev);
+        }
+        let spans = st.phase_spans();
+        assert_eq!((spans[1].evals.clone(), spans[1].start_eval), (2..5, None));
+        assert_eq!(
+            st.stats(key(YMode::PhaseDelta)).mean,
+            vec![0.0, 10.0, 0.0, 10.0, 20.0]
+        );
+    }
+
+    #[test]
+    fn diagonal_means_of_a_matrix() {
+        let m = vec![
+            vec![1.0, 2.0, 3.0],
+            vec![4.0, 5.0, 6.0],
+            vec![7.0, 8.0, 9.0],
+        ];
+        assert_eq!(diagonal_means(&m), Some((5.0, 30.0 / 6.0)));
+        assert_eq!(diagonal_means(&[vec![1.0]]), None);
     }
 
     #[test]

@@ -1,11 +1,14 @@
 //! `ldviz inspect`: the header summary and, per family, the mean over probes at the first and
-//! last evaluation and its min and max (overall and per phase).
+//! last evaluation and its min and max (overall and per phase); the transfer matrix's mean
+//! diagonal and off-diagonal change at the last evaluation that scored it (overall and per
+//! phase).
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use super::reader::Run;
+use super::store::{diagonal_means, phase_spans, transfer_base_index, transfer_change};
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct FamilyStats {
@@ -22,6 +25,76 @@ pub struct PhaseSummary {
     pub first_step: usize,
     pub last_step: usize,
     pub families: BTreeMap<String, FamilyStats>,
+    /// The transfer matrix at the phase's last evaluation that scored it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<PhaseTransfer>,
+}
+
+/// The transfer matrix log π(y_j⁺ | x_i) at one evaluation: the mean over its diagonal (each
+/// prompt with its own chosen answer) and over its off-diagonal (other prompts' answers) of the
+/// change since t = 0 (the first evaluation that scored the matrix).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TransferSummary {
+    /// Step of the evaluation.
+    pub step: usize,
+    pub diagonal_delta: f64,
+    pub off_diagonal_delta: f64,
+    /// Side M of the M × M matrix.
+    pub prompts: usize,
+}
+
+/// A phase's transfer: since t = 0 at its last evaluation of the matrix, and the change over the
+/// phase, from the evaluation of its starting weights (step `phase_from_step`) to that one.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct PhaseTransfer {
+    #[serde(flatten)]
+    pub at_end: TransferSummary,
+    pub phase_from_step: usize,
+    pub phase_diagonal_delta: f64,
+    pub phase_off_diagonal_delta: f64,
+}
+
+/// Means of the transfer matrix's change from evaluation `base` to evaluation `i`.
+fn transfer_at(run: &Run, base: usize, i: usize) -> Option<TransferSummary> {
+    let m = transfer_change(run, base, i)?;
+    let (d, o) = diagonal_means(&m)?;
+    Some(TransferSummary {
+        step: run.evals[i].step,
+        diagonal_delta: d,
+        off_diagonal_delta: o,
+        prompts: m.len(),
+    })
+}
+
+/// The transfer summary at the run's last evaluation of the matrix (None without one, or
+/// below 2 × 2).
+pub fn transfer_summary(run: &Run) -> Option<TransferSummary> {
+    let base = transfer_base_index(run)?;
+    let last = run.evals.iter().rposition(|e| !e.transfer.is_empty())?;
+    transfer_at(run, base, last)
+}
+
+/// Per phase (as [`phase_spans`] splits the run): the transfer at the phase's last evaluation of
+/// the matrix, and its change over the phase.
+pub fn phase_transfers(run: &Run) -> Vec<Option<PhaseTransfer>> {
+    let base = transfer_base_index(run);
+    phase_spans(run)
+        .into_iter()
+        .map(|span| {
+            let base = base?;
+            let has = |i: &usize| run.evals.get(*i).is_some_and(|e| !e.transfer.is_empty());
+            let last = span.evals.clone().rev().find(has)?;
+            let from = span.start_eval.into_iter().chain(span.evals).find(has)?;
+            let at_end = transfer_at(run, base, last)?;
+            let over = transfer_at(run, from, last)?;
+            Some(PhaseTransfer {
+                at_end,
+                phase_from_step: run.evals[from].step,
+                phase_diagonal_delta: over.diagonal_delta,
+                phase_off_diagonal_delta: over.off_diagonal_delta,
+            })
+        })
+        .collect()
 }
 
 /// How well the first-order prediction matched the actual change, over all influence records.
@@ -75,6 +148,8 @@ pub struct Summary {
     pub truncated: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub influence: Option<InfluenceSummary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<TransferSummary>,
 }
 
 fn stats(series: &[(usize, f64)], lo: usize, hi: usize) -> Option<FamilyStats> {
@@ -105,6 +180,8 @@ fn families(run: &Run, lo: usize, hi: usize) -> BTreeMap<String, FamilyStats> {
 pub fn summarize(run: &Run) -> Summary {
     let last = run.last_step();
     let mut phases = Vec::new();
+    // Phase records and spans correspond one to one when the run has phase records.
+    let mut transfers = phase_transfers(run).into_iter();
     for (i, p) in run.phases.iter().enumerate() {
         let end = run.phases.get(i + 1).map(|n| n.step).unwrap_or(last);
         phases.push(PhaseSummary {
@@ -113,6 +190,7 @@ pub fn summarize(run: &Run) -> Summary {
             first_step: p.step,
             last_step: end,
             families: families(run, p.step, end),
+            transfer: transfers.next().flatten(),
         });
     }
     Summary {
@@ -133,6 +211,7 @@ pub fn summarize(run: &Run) -> Summary {
         }),
         truncated: run.truncated,
         influence: influence_summary(run),
+        transfer: transfer_summary(run),
     }
 }
 
@@ -190,6 +269,26 @@ pub fn render_text(run: &Run, s: &Summary) -> String {
             p.name, p.algo, p.first_step, p.last_step
         ));
         table(&p.families, &mut out);
+        if let Some(t) = &p.transfer {
+            out.push_str(&format!(
+                "  transfer at step {}: diagonal {:+.3}, off-diagonal {:+.3} since t = 0; over the phase (from step {}): diagonal {:+.3}, off-diagonal {:+.3}\n",
+                t.at_end.step,
+                t.at_end.diagonal_delta,
+                t.at_end.off_diagonal_delta,
+                t.phase_from_step,
+                t.phase_diagonal_delta,
+                t.phase_off_diagonal_delta
+            ));
+        }
+    }
+    if let Some(t) = &s.transfer {
+        out.push_str(&format!(
+            "transfer ({m} × {m}, log π(answer j | prompt i)) at step {}: mean Δ since t = 0 diagonal {:+.3} (own answers), off-diagonal {:+.3} (other prompts' answers)\n",
+            t.step,
+            t.diagonal_delta,
+            t.off_diagonal_delta,
+            m = t.prompts
+        ));
     }
     if let Some(i) = &s.influence {
         out.push_str(&format!(
