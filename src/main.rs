@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use ldviz::data::DataFormat;
 use ldviz::probe::Lengths;
 use ldviz::run::Event;
-use ldviz::train::{Algo, OptimKind, TrainConfig, TrainOptions};
+use ldviz::train::{Algo, InfluenceTarget, OptimKind, TrainConfig, TrainOptions};
 
 #[derive(Parser)]
 #[command(
@@ -112,13 +112,23 @@ struct SqueezeArgs {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum AlgoArg {
+    /// NLL of the chosen response.
     Sft,
+    /// DPO, sigmoid loss.
     Dpo,
+    /// IPO (per-token mean log-probs).
     Ipo,
+    /// SLiC hinge.
     Hinge,
+    /// Robust DPO (TRL's robust): unbiased under label noise --label-smoothing.
     Robust,
+    /// Conservative DPO, cDPO (TRL's sigmoid with --label-smoothing).
+    Cdpo,
+    /// SimPO (no reference; --gamma).
     Simpo,
+    /// SFT on chosen and rejected, then DPO referenced to it.
     Extended,
+    /// SFT on chosen, then DPO from it.
     SftThenDpo,
 }
 
@@ -130,6 +140,7 @@ impl From<AlgoArg> for Algo {
             AlgoArg::Ipo => Algo::Ipo,
             AlgoArg::Hinge => Algo::Hinge,
             AlgoArg::Robust => Algo::Robust,
+            AlgoArg::Cdpo => Algo::Cdpo,
             AlgoArg::Simpo => Algo::Simpo,
             AlgoArg::Extended => Algo::Extended,
             AlgoArg::SftThenDpo => Algo::SftThenDpo,
@@ -215,7 +226,8 @@ struct TrainArgs {
     /// SimPO's target margin.
     #[arg(long, default_value_t = 0.5)]
     gamma: f64,
-    /// Robust DPO's label smoothing ε.
+    /// Label smoothing ε in [0, 0.5) of robust (assumed label-noise rate) and cdpo
+    /// (conservative target).
     #[arg(long, default_value_t = 0.1)]
     label_smoothing: f64,
     #[arg(long, default_value_t = 4)]
@@ -289,6 +301,17 @@ struct TrainArgs {
         default_value = "chosen,rejected,argmax,irr_train,chosen_gptsemantic"
     )]
     influence_families: Vec<String>,
+    /// Influence cosines: f_u of each training example is its loss (−L_u, both terms, as the
+    /// update applies them), its chosen or its rejected response's log-prob.
+    #[arg(long, value_enum, default_value = "loss")]
+    influence_target: InfluenceTargetArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum InfluenceTargetArg {
+    Loss,
+    Chosen,
+    Rejected,
 }
 
 #[derive(Args)]
@@ -364,6 +387,9 @@ enum QuantityArg {
     Logprob,
     /// ‖A‖_F = sqrt(V‖π‖² + V − 2), mean over response positions.
     ANorm,
+    /// ‖A‖_F as the authors' code computes it: sqrt(V·(mean ‖π‖)² + V − 2), the mean of ‖π‖
+    /// over response positions first.
+    ANormAuthors,
     /// ‖π − e_y‖, mean over response positions.
     GNorm,
     /// 1 − π(y), mean over response positions.
@@ -555,6 +581,11 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
                     .ok_or_else(|| anyhow::anyhow!("--influence-families: unknown family \"{k}\""))
             })
             .collect::<Result<Vec<_>>>()?,
+        influence_target: match a.influence_target {
+            InfluenceTargetArg::Loss => InfluenceTarget::Loss,
+            InfluenceTargetArg::Chosen => InfluenceTarget::Chosen,
+            InfluenceTargetArg::Rejected => InfluenceTarget::Rejected,
+        },
         device: a.device,
         precision: a.dtype,
     };
@@ -722,6 +753,7 @@ fn export(a: ExportArgs) -> Result<()> {
         quantity: match a.quantity {
             QuantityArg::Logprob => ldviz::run::Quantity::LogProb,
             QuantityArg::ANorm => ldviz::run::Quantity::ANorm,
+            QuantityArg::ANormAuthors => ldviz::run::Quantity::ANormAuthors,
             QuantityArg::GNorm => ldviz::run::Quantity::GNorm,
             QuantityArg::Energy => ldviz::run::Quantity::Energy,
         },

@@ -92,6 +92,11 @@ fn starts_on_the_default_and_start_plots_points() {
     assert!(label_contains(&h, "update 1 (dpo"));
     h.key_press(egui::Key::End);
     h.step();
+    // The cosine cells say which f_u they use (the default: the example's loss).
+    assert!(label_contains(&h, "f_u: loss"));
+    h.state_mut().influence.cell = ldviz::app::influence::CellValue::Cosine;
+    h.step();
+    assert!(label_contains(&h, "cosine with f_u = −L_u"));
     // The transfer view (4 probes → a 4 × 4 matrix) and a diagnostic as the plotted quantity.
     h.state_mut().tab = Tab::Transfer;
     h.step();
@@ -108,6 +113,22 @@ fn starts_on_the_default_and_start_plots_points() {
     );
     // y* has no diagnostics: nothing drawn for it.
     assert!(drawn.iter().any(|(name, k)| name == "argmax" && *k == 0));
+}
+
+#[test]
+fn the_train_panel_offers_cdpo_with_its_label_smoothing_and_the_influence_target() {
+    let mut app = LdvizApp::new(&Launch::default());
+    app.setup.options.algo = ldviz::train::Algo::Dpo;
+    let mut h = harness(app);
+    h.step();
+    assert!(!label_contains(&h, "Label smoothing ε"));
+    assert!(label_contains(&h, "Influence cosine f_u"));
+    for a in [ldviz::train::Algo::Cdpo, ldviz::train::Algo::Robust] {
+        h.state_mut().setup.options.algo = a;
+        h.step();
+        assert!(label_contains(&h, "Label smoothing ε"), "{a}");
+    }
+    assert!(ldviz::train::Algo::CLI.contains(&ldviz::train::Algo::Cdpo));
 }
 
 #[test]

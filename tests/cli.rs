@@ -604,6 +604,13 @@ fn transfer_matrix_and_diagnostics_agree_with_the_probe_scores() {
             assert!((d[2] - energy).abs() < 1e-4, "energy {} vs {energy}", d[2]);
             // ‖π − e_y‖ ≥ 1 − π_y and ‖A‖_F ≥ sqrt(V − 2) + … > 0.
             assert!(d[1] >= d[2] - 1e-6 && d[0] > 0.0);
+            // the authors' ‖A‖_F (from the mean ‖π‖) is at most the mean of ‖A‖_F, and at
+            // least sqrt(V·(1/V) + V − 2) = sqrt(V − 1)
+            let v = run.header.model.vocab_size as f64;
+            assert!(
+                d[3] <= d[0] + 1e-9 && d[3] >= (v - 1.0).sqrt() - 1e-6,
+                "{d:?}"
+            );
         }
         assert!(!e.diag.contains_key(&ldviz::data::Family::Argmax));
     }
@@ -868,4 +875,76 @@ fn export_draws_each_phase_from_its_start() {
         assert!((c.points[5].1 - want).abs() < 1e-9);
         assert_eq!(c.lines().count(), 2);
     }
+}
+
+#[test]
+fn cdpo_with_label_smoothing_and_an_influence_target_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("cdpo.jsonl");
+    let model = fixtures().join("llama");
+    let data = fixtures().join("probes_all.jsonl");
+    let mut args = train_args(p(&model), p(&data), p(&run), "cdpo");
+    args.extend([
+        "--label-smoothing",
+        "0.2",
+        "--influence-every",
+        "2",
+        "--influence-target",
+        "rejected",
+    ]);
+    ok(&args);
+    let r = ldviz::run::read_run(&run).unwrap();
+    let c = &r.header.config;
+    assert_eq!(c.algo, ldviz::train::Algo::Cdpo);
+    assert_eq!(r.header.phases[0].algo, ldviz::train::Algo::Cdpo);
+    assert_eq!(c.label_smoothing, 0.2);
+    assert_eq!(c.influence_target, ldviz::train::InfluenceTarget::Rejected);
+    // TRL's metric names, as for the other DPO losses
+    for s in &r.steps {
+        for k in [
+            "loss",
+            "rewards/chosen",
+            "rewards/rejected",
+            "rewards/margins",
+            "rewards/accuracies",
+            "logps/chosen",
+            "logps/rejected",
+            "grad_norm",
+        ] {
+            assert!(s.metrics[k].is_finite(), "step {} {k}", s.step);
+        }
+    }
+    // the first update starts at the reference: loss ln 2 whatever ε
+    assert!((r.steps[0].metrics["loss"] - std::f64::consts::LN_2).abs() < 1e-5);
+    assert_eq!(r.influence.len(), 2);
+    assert!(
+        r.influence
+            .iter()
+            .all(|i| i.target == ldviz::train::InfluenceTarget::Rejected)
+    );
+    // every option list knows cdpo
+    let err = fails(&[
+        "train",
+        "--model",
+        p(&model),
+        "--data",
+        p(&data),
+        "--algo",
+        "sft",
+        "--on-policy",
+        "--out",
+        p(&dir.path().join("x.jsonl")),
+    ]);
+    assert!(err.contains("robust, cdpo, simpo"), "{err}");
+    let mut bad = train_args(p(&model), p(&data), p(&run), "cdpo");
+    bad.extend(["--label-smoothing", "0.5"]);
+    assert!(fails(&bad).contains("--label-smoothing"));
+    // (argument errors come from clap, which lists the possible values)
+    let o = ldviz(&["train", "--influence-target", "both", "--out", "x.jsonl"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("possible values: loss, chosen, rejected"),
+        "{err}"
+    );
 }

@@ -41,6 +41,7 @@ fn config(steps: usize) -> TrainConfig {
         influence_every: Some(0),
         influence_probes: 8,
         influence_families: ldviz::train::config::influence_families(),
+        influence_target: Default::default(),
         device: Default::default(),
         precision: Default::default(),
         top_k: 3,

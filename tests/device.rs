@@ -185,6 +185,7 @@ mod gpu {
             influence_every: Some(0),
             influence_probes: 8,
             influence_families: ldviz::train::config::influence_families(),
+            influence_target: Default::default(),
             top_k: 5,
             device,
             precision,

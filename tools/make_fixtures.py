@@ -11,7 +11,13 @@ Writes:
   tests/fixtures/<model>/                config.json, model.safetensors (or shards + index),
                                          tokenizer.json, expected.json (sequence log-probs)
       models: llama, llama_tied, llama_sharded, qwen2, gpt_neox, gpt2
-  tests/fixtures/trajectories.json       6 SGD steps of sft / dpo / ipo on the llama fixture
+  tests/fixtures/trajectories.json       6 SGD steps of sft / dpo / ipo / cdpo on the llama fixture
+  tests/fixtures/dpo_losses.json         dpo / cdpo / robust losses (TRL's formulas) and their
+                                         gradients w.r.t. the policy log-probs, on hand-picked
+                                         margins from -30 to +40 (beta * delta)
+
+  python3 tools/make_fixtures.py --only cdpo   writes just dpo_losses.json and the cdpo
+                                               trajectory (merged into trajectories.json)
 
 ldviz conventions reproduced here (see shared/DESIGN.md "Conventions"):
   prompt and response are tokenized SEPARATELY (no special tokens) and concatenated;
@@ -265,7 +271,26 @@ def expected_json(model, enc):
 # ---------------------------------------------------------------------------
 
 BATCH, STEPS, N_REC = 4, 6, 10
-ALGOS = {"sft": {"lr": 0.05, "beta": None}, "dpo": {"lr": 0.5, "beta": 0.1}, "ipo": {"lr": 0.01, "beta": 0.1}}
+ALGOS = {
+    "sft": {"lr": 0.05, "beta": None},
+    "dpo": {"lr": 0.5, "beta": 0.1},
+    "ipo": {"lr": 0.01, "beta": 0.1},
+    # conservative DPO (TRL's sigmoid loss with label smoothing): with eps = 0.2 its gradient
+    # turns at beta * delta = ln 4, which the margins pass within these 6 steps
+    "cdpo": {"lr": 0.5, "beta": 0.1, "label_smoothing": 0.2},
+}
+
+
+def pair_loss(algo, beta, eps, margin):
+    """TRL's DPOTrainer.dpo_loss on logits = margin (policy minus reference log-ratio)."""
+    z = beta * margin
+    if algo == "dpo":
+        return -F.logsigmoid(z)
+    if algo == "cdpo":  # loss_type "sigmoid" with label_smoothing
+        return -F.logsigmoid(z) * (1 - eps) - F.logsigmoid(-z) * eps
+    if algo == "robust":
+        return (-F.logsigmoid(z) * (1 - eps) + F.logsigmoid(-z) * eps) / (1 - 2 * eps)
+    raise ValueError(algo)
 
 
 def grad_norm(model):
@@ -276,12 +301,12 @@ def grad_norm(model):
     return math.sqrt(s)
 
 
-def train(algo, lr, beta, enc):
+def train(algo, lr, beta, enc, eps=0.0):
     model = build("llama")
     model.eval()  # no dropout (attention_dropout is 0 anyway)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.0, weight_decay=0.0)
     ref = None
-    if algo in ("dpo", "ipo"):
+    if algo in ("dpo", "ipo", "cdpo"):
         with torch.no_grad():
             ref = [(float(token_logps(model, p, c).sum()), float(token_logps(model, p, r).sum()))
                    for p, c, r in enc]
@@ -302,9 +327,9 @@ def train(algo, lr, beta, enc):
             lr_ = token_logps(model, p, r).sum()
             lcs.append(lc.item())
             lrs.append(lr_.item())
-            if algo == "dpo":
+            if algo in ("dpo", "cdpo"):
                 margin = (lc - ref[i][0]) - (lr_ - ref[i][1])
-                losses.append(-F.logsigmoid(beta * margin))
+                losses.append(pair_loss(algo, beta, eps, margin))
             else:  # ipo: per-token mean log-probs (incl. EOS), as TRL
                 nc, nr = len(c), len(r)
                 h = (lc / nc - ref[i][0] / nc) - (lr_ / nr - ref[i][1] / nr)
@@ -320,7 +345,48 @@ def train(algo, lr, beta, enc):
         for i, (p, c, r) in enumerate(enc):
             final.append({"index": i, "chosen": float(token_logps(model, p, c).sum()),
                           "rejected": float(token_logps(model, p, r).sum())})
-    return {"lr": lr, "beta": beta, "steps": steps, "final_logps": final}
+    out = {"lr": lr, "beta": beta, "steps": steps, "final_logps": final}
+    if eps:
+        out["label_smoothing"] = eps
+    return out
+
+
+# ---------------------------------------------------------------------------
+# f) preference losses on given log-probs
+# ---------------------------------------------------------------------------
+
+LOSS_BETA, LOSS_EPS = 0.5, 0.1
+# beta * delta of each pair: both signs, around cDPO's turning point ln((1 - eps) / eps) = ln 9
+# = 2.197 (its gradient changes sign there), and far out where log-sigmoid saturates
+LOSS_Z = [-30.0, -3.0, -0.4, 0.0, 0.7, 2.0, 2.5, 4.0, 12.0, 40.0]
+
+
+def loss_cases():
+    """Per algorithm: the per-pair losses, the batch-mean loss and its gradient w.r.t. the policy
+    chosen and rejected summed log-probs, in float64 autograd with TRL's formulas."""
+    n = len(LOSS_Z)
+    # arbitrary log-probs with (pc - rc) - (pr - rr) = z / beta
+    rc = torch.tensor([-40.0 - 3.0 * k for k in range(n)], dtype=torch.float64)
+    rr = torch.tensor([-55.0 + 2.0 * k for k in range(n)], dtype=torch.float64)
+    pr0 = torch.tensor([-50.0 + 1.5 * k for k in range(n)], dtype=torch.float64)
+    delta = torch.tensor(LOSS_Z, dtype=torch.float64) / LOSS_BETA
+    pc0 = rc + (pr0 - rr) + delta
+    out = {"beta": LOSS_BETA, "label_smoothing": LOSS_EPS,
+           "policy_chosen": pc0.tolist(), "policy_rejected": pr0.tolist(),
+           "ref_chosen": rc.tolist(), "ref_rejected": rr.tolist(),
+           "beta_delta": LOSS_Z, "algorithms": {}}
+    for algo in ("dpo", "cdpo", "robust"):
+        pc = pc0.clone().requires_grad_(True)
+        pr = pr0.clone().requires_grad_(True)
+        margin = (pc - rc) - (pr - rr)
+        losses = pair_loss(algo, LOSS_BETA, LOSS_EPS, margin)
+        loss = losses.mean()
+        gc, gr = torch.autograd.grad(loss, [pc, pr])
+        out["algorithms"][algo] = {
+            "losses": losses.tolist(), "loss": loss.item(),
+            "grad_policy_chosen": gc.tolist(), "grad_policy_rejected": gr.tolist(),
+        }
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -332,9 +398,34 @@ def dump(obj, path):
         f.write("\n")
 
 
+def main_cdpo():
+    """Only the cDPO additions, leaving every other fixture as committed."""
+    tok = Tokenizer.from_file(os.path.join(FIX, "tokenizer.json"))
+    records = [json.loads(line) for line in open(os.path.join(FIX, "prefs.jsonl"))]
+    enc = encode_records(tok, records)
+    path = os.path.join(FIX, "trajectories.json")
+    with open(path) as f:
+        traj = json.load(f)
+    # the same torch must reproduce the committed dpo trajectory
+    dpo = train("dpo", ALGOS["dpo"]["lr"], ALGOS["dpo"]["beta"], enc)
+    worst = max(abs(a["loss"] - b["loss"]) / max(abs(b["loss"]), 1e-12)
+                for a, b in zip(dpo["steps"], traj["algorithms"]["dpo"]["steps"]))
+    print(f"dpo trajectory recomputed: max relative loss difference {worst:.2e}")
+    assert worst < 1e-9, worst
+    hp = ALGOS["cdpo"]
+    t = train("cdpo", hp["lr"], hp["beta"], enc, hp["label_smoothing"])
+    traj["algorithms"]["cdpo"] = t
+    print("cdpo: losses=" + ", ".join(f"{s['loss']:.4f}" for s in t["steps"])
+          + " grad_norms=" + ", ".join(f"{s['grad_norm']:.3f}" for s in t["steps"]))
+    dump(traj, path)
+    dump(loss_cases(), os.path.join(FIX, "dpo_losses.json"))
+
+
 def main():
     os.makedirs(FIX, exist_ok=True)
     print(f"torch {torch.__version__}, transformers {transformers.__version__}")
+    if sys.argv[1:] == ["--only", "cdpo"]:
+        return main_cdpo()
 
     tok = make_tokenizer()
     tok_path = os.path.join(FIX, "tokenizer.json")
@@ -372,11 +463,12 @@ def main():
 
     traj = {"model": "llama", "batch_size": BATCH, "optimizer": "sgd", "algorithms": {}}
     for algo, hp in ALGOS.items():
-        t = train(algo, hp["lr"], hp["beta"], enc)
+        t = train(algo, hp["lr"], hp["beta"], enc, hp.get("label_smoothing", 0.0))
         traj["algorithms"][algo] = t
         print(f"{algo}: lr={hp['lr']} losses=" + ", ".join(f"{s['loss']:.4f}" for s in t["steps"])
               + " grad_norms=" + ", ".join(f"{s['grad_norm']:.2f}" for s in t["steps"]))
     dump(traj, os.path.join(FIX, "trajectories.json"))
+    dump(loss_cases(), os.path.join(FIX, "dpo_losses.json"))
 
     total = 0
     for dp, _, fs in os.walk(FIX):

@@ -91,8 +91,9 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
         ui.selectable_value(
             &mut v.cell,
             CellValue::Cosine,
-            "gradient cosine ⟨∇f_o, ∇f_u⟩",
-        );
+            format!("gradient cosine ⟨∇f_o, ∇f_u⟩, f_u: {}", rec.target.key()),
+        )
+        .on_hover_text(rec.target.describe());
     });
     let cells: &Vec<Vec<f64>> = match v.cell {
         CellValue::Contribution => &rec.contributions,
@@ -126,7 +127,11 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
         let cell_h = ((h_avail - 60.0) / rows as f32).clamp(6.0, 22.0);
         let cell_w = 46.0f32;
         ui.vertical(|ui| {
-            ui.label(format!("rows: observed probe × family · columns: the update's {cols} examples · scale ±{scale:.3}"));
+            let what = match v.cell {
+                CellValue::Contribution => "share of the predicted Δ".to_string(),
+                CellValue::Cosine => format!("cosine with {}", rec.target.describe()),
+            };
+            ui.label(format!("rows: observed probe × family · columns: the update's {cols} examples · {what} · scale ±{scale:.3}"));
             let size = egui::vec2(cell_w * cols as f32 + 150.0, cell_h * rows as f32);
             let (rect, resp) = ui.allocate_exact_size(size, egui::Sense::hover());
             let painter = ui.painter_at(rect);
@@ -171,9 +176,10 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
                         ui.label(format!("response: {obs}"));
                         ui.label(format!("training example: {ex}"));
                         ui.label(format!(
-                            "share of predicted Δ {:+.4} · cosine {:+.3} · predicted Δ {:+.4}, actual Δ {:+.4}",
+                            "share of predicted Δ {:+.4} · cosine {:+.3} (f_u: {}) · predicted Δ {:+.4}, actual Δ {:+.4}",
                             c.unwrap_or(f64::NAN),
                             k.unwrap_or(f64::NAN),
+                            rec.target.key(),
                             pr.copied().unwrap_or(f64::NAN),
                             ac.copied().unwrap_or(f64::NAN)
                         ));

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, anyhow};
 
 use super::{Action, DialogKind, LdvizApp};
-use crate::train::{Algo, Command, OptimKind, TrainOptions};
+use crate::train::{Algo, Command, InfluenceTarget, OptimKind, TrainOptions};
 
 /// The train panel's state. Optional numbers are edited as text ("" = the default).
 pub struct SetupView {
@@ -206,9 +206,12 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui, actions: &mut Vec<Action>) {
                     .selected_text(s.options.algo.key())
                     .show_ui(ui, |ui| {
                         for a in Algo::CLI {
-                            ui.selectable_value(&mut s.options.algo, a, a.key());
+                            ui.selectable_value(&mut s.options.algo, a, a.key())
+                                .on_hover_text(a.describe());
                         }
-                    });
+                    })
+                    .response
+                    .on_hover_text(s.options.algo.describe());
                 ui.end_row();
                 ui.label("Optimizer");
                 egui::ComboBox::from_id_salt("optim")
@@ -270,6 +273,29 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui, actions: &mut Vec<Action>) {
                         .range(0.001..=100.0),
                 );
                 ui.end_row();
+                if s.options.algo.uses_label_smoothing() {
+                    ui.label("Label smoothing ε");
+                    ui.add(
+                        egui::DragValue::new(&mut s.options.label_smoothing)
+                            .speed(0.005)
+                            .range(0.0..=0.49),
+                    )
+                    .on_hover_text(if s.options.algo == Algo::Cdpo {
+                        "cDPO: the target preference probability is 1 − ε"
+                    } else {
+                        "robust DPO: the assumed rate of flipped labels"
+                    });
+                    ui.end_row();
+                }
+                if s.options.algo == Algo::Simpo {
+                    ui.label("γ (target margin)");
+                    ui.add(
+                        egui::DragValue::new(&mut s.options.gamma)
+                            .speed(0.01)
+                            .range(0.0..=100.0),
+                    );
+                    ui.end_row();
+                }
                 if s.options.optimizer != OptimKind::Adamw {
                     ui.label("Momentum");
                     ui.add(
@@ -301,6 +327,21 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui, actions: &mut Vec<Action>) {
                 ui.end_row();
                 ui.label("Seed");
                 ui.add(egui::DragValue::new(&mut s.options.seed));
+                ui.end_row();
+                ui.label("Influence cosine f_u");
+                egui::ComboBox::from_id_salt("influence target")
+                    .selected_text(s.options.influence_target.key())
+                    .show_ui(ui, |ui| {
+                        for t in InfluenceTarget::ALL {
+                            ui.selectable_value(&mut s.options.influence_target, t, t.key())
+                                .on_hover_text(t.describe());
+                        }
+                    })
+                    .response
+                    .on_hover_text(format!(
+                        "the training-example function of the influence view's gradient cosines: {}",
+                        s.options.influence_target.describe()
+                    ));
                 ui.end_row();
                 ui.label("Run folder");
                 ui.add(egui::TextEdit::singleline(&mut s.out_dir).desired_width(140.0));

@@ -176,10 +176,30 @@ pub fn masked_sums(lp: &Tensor, batch: &Batch) -> Result<Tensor> {
     Ok((lp * batch.mask.to_dtype(lp.dtype())?)?.sum(1)?)
 }
 
-/// The paper's cheap diagnostics per row (PAPER.md §5), means over response positions of
-/// ‖A‖_F = sqrt(V‖π‖² + V − 2), ‖π − e_y‖ = sqrt(‖π‖² − 2π_y + 1) and energy 1 − π_y, where π
-/// is the next-token distribution and y the response token. No graph.
-pub fn diagnostics(logits: &Tensor, batch: &Batch) -> Result<Vec<[f64; 3]>> {
+/// The cheap diagnostics of one response, from its next-token distributions π_m and tokens y_m
+/// (m over response positions, V the vocabulary size):
+/// `[A_MEAN]` ‖A‖_F = sqrt(V‖π_m‖² + V − 2) of A = I − 1π_mᵀ, mean over positions;
+/// `[1]` ‖π_m − e_y‖ = sqrt(‖π_m‖² − 2π_y + 1), mean over positions;
+/// `[2]` energy 1 − π_y, mean over positions;
+/// `[A_AUTHORS]` ‖A‖_F as the learning-dynamics authors' code computes it: the same formula
+/// applied once to the mean norm, sqrt(V·(mean_m ‖π_m‖)² + V − 2). As sqrt(V x² + V − 2) is
+/// convex in x = ‖π‖, `[A_MEAN]` ≥ `[A_AUTHORS]`, equal only when ‖π_m‖ is the same at every
+/// position.
+pub type Diag = [f64; 4];
+
+/// Index of ‖A‖_F averaged over positions in a [`Diag`].
+pub const A_MEAN: usize = 0;
+/// Index of the authors' ‖A‖_F (from the mean ‖π‖) in a [`Diag`].
+pub const A_AUTHORS: usize = 3;
+
+/// ‖A‖_F = sqrt(V·‖π‖² + V − 2) of A = I − 1πᵀ, from ‖π‖² (clamped at 0 against rounding).
+pub fn a_norm(v: usize, pi_sq_norm: f64) -> f64 {
+    let vf = v as f64;
+    (vf * pi_sq_norm + vf - 2.0).max(0.0).sqrt()
+}
+
+/// The diagnostics per row, see [`Diag`]. No graph.
+pub fn diagnostics(logits: &Tensor, batch: &Batch) -> Result<Vec<Diag>> {
     Ok(scores_and_diagnostics(logits, batch)?.1)
 }
 
@@ -187,7 +207,7 @@ pub fn diagnostics(logits: &Tensor, batch: &Batch) -> Result<Vec<[f64; 3]>> {
 /// response position's logits on the CPU (f32 exponentials, f64 accumulation, rows in
 /// parallel): log π_y = z_y − max − ln Σ exp(z − max) comes with the same sums. Elsewhere
 /// (GPUs) tensor ops on the device, so only per-row values reach the host. No graph.
-pub fn scores_and_diagnostics(logits: &Tensor, batch: &Batch) -> Result<(Vec<f64>, Vec<[f64; 3]>)> {
+pub fn scores_and_diagnostics(logits: &Tensor, batch: &Batch) -> Result<(Vec<f64>, Vec<Diag>)> {
     use rayon::prelude::*;
     if !logits.device().is_cpu() {
         let (_, summed) = token_logps(logits, batch)?;
@@ -203,12 +223,12 @@ pub fn scores_and_diagnostics(logits: &Tensor, batch: &Batch) -> Result<(Vec<f64
     let all = cpu.as_slice::<f32>()?;
     let flat = &all[l.start_offset()..l.start_offset() + b * t * v];
     let targets: Vec<u32> = batch.targets.flatten_all()?.to_vec1()?;
-    let vf = v as f64;
-    let rows: Vec<(f64, [f64; 3])> = (0..b)
+    let rows: Vec<(f64, Diag)> = (0..b)
         .into_par_iter()
         .map(|r| {
             let (start, n) = batch.spans[r];
-            let mut acc = [0f64; 3];
+            // Σ ‖A‖_F, Σ ‖π − e_y‖, Σ energy, Σ ‖π‖
+            let mut acc = [0f64; 4];
             let mut sum_lp = 0f64;
             for p in start..start + n {
                 let z = &flat[(r * t + p) * v..(r * t + p + 1) * v];
@@ -235,15 +255,27 @@ pub fn scores_and_diagnostics(logits: &Tensor, batch: &Batch) -> Result<(Vec<f64
                 sum_lp += zy - s1.ln();
                 let py = zy.exp() / s1;
                 let sq = s2 / (s1 * s1);
-                acc[0] += (vf * sq + vf - 2.0).max(0.0).sqrt();
+                acc[0] += a_norm(v, sq);
                 acc[1] += (sq - 2.0 * py + 1.0).max(0.0).sqrt();
                 acc[2] += 1.0 - py;
+                acc[3] += sq.sqrt();
             }
-            let n = n.max(1) as f64;
-            (sum_lp, [acc[0] / n, acc[1] / n, acc[2] / n])
+            (sum_lp, diag_of_sums(acc, n, v))
         })
         .collect();
     Ok(rows.into_iter().unzip())
+}
+
+/// A row's [`Diag`] from its sums over `n` positions of ‖A‖_F, ‖π − e_y‖, energy and ‖π‖.
+fn diag_of_sums(acc: [f64; 4], n: usize, v: usize) -> Diag {
+    let n = n.max(1) as f64;
+    let mean_pi = acc[3] / n;
+    [
+        acc[0] / n,
+        acc[1] / n,
+        acc[2] / n,
+        a_norm(v, mean_pi * mean_pi),
+    ]
 }
 
 /// How an evaluation computes the logits of (prompt, response) pairs; all three give the same
@@ -341,7 +373,7 @@ fn pad_positions(z: &Tensor, l: usize) -> Result<Tensor> {
 
 /// [`diagnostics`] with tensor ops on the logits' device (GPUs), in f32: only [B, T] values
 /// come back to the host instead of the [B, T, V] logits.
-fn diagnostics_on_device(logits: &Tensor, batch: &Batch) -> Result<Vec<[f64; 3]>> {
+fn diagnostics_on_device(logits: &Tensor, batch: &Batch) -> Result<Vec<Diag>> {
     use candle_core::D;
     let z = logits.to_dtype(DType::F32)?;
     let (_, _, v) = z.dims3()?;
@@ -356,12 +388,14 @@ fn diagnostics_on_device(logits: &Tensor, batch: &Batch) -> Result<Vec<[f64; 3]>
     let a = ((&sq * vf)? + (vf - 2.0))?.relu()?.sqrt()?;
     let g = ((&sq - (&py * 2.0)?)? + 1.0)?.relu()?.sqrt()?;
     let en = (py.neg()? + 1.0)?;
+    let pn = sq.sqrt()?;
     let mask = batch.mask.to_dtype(DType::F32)?;
     let sums = Tensor::stack(
         &[
             (a * &mask)?.sum(1)?,
             (g * &mask)?.sum(1)?,
             (en * &mask)?.sum(1)?,
+            (pn * &mask)?.sum(1)?,
         ],
         1,
     )?
@@ -370,10 +404,7 @@ fn diagnostics_on_device(logits: &Tensor, batch: &Batch) -> Result<Vec<[f64; 3]>
     Ok(sums
         .iter()
         .zip(&batch.spans)
-        .map(|(r, &(_, n))| {
-            let n = n.max(1) as f64;
-            [r[0] / n, r[1] / n, r[2] / n]
-        })
+        .map(|(r, &(_, n))| diag_of_sums([r[0], r[1], r[2], r[3]], n, v))
         .collect())
 }
 
@@ -502,7 +533,7 @@ mod tests {
         // the tensor-op path GPUs take gives the same numbers
         let dev = diagnostics_on_device(&logits, &batch).unwrap();
         for (a, b) in got.iter().zip(&dev) {
-            for k in 0..3 {
+            for k in 0..4 {
                 assert!((a[k] - b[k]).abs() < 1e-5, "{a:?} vs {b:?}");
             }
         }
@@ -543,5 +574,60 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_norm_over_positions_and_the_authors_differ_as_computed_by_hand() {
+        // V = 3, one response of two tokens whose next-token distributions are set through
+        // log-probability logits: π_1 = (0.98, 0.01, 0.01) (peaked), π_2 uniform.
+        let seq = Seq {
+            prompt: vec![1],
+            response: vec![0, 2],
+        };
+        let batch = Batch::new(&[&seq], &Device::Cpu).unwrap();
+        assert_eq!(batch.spans[0], (0, 2));
+        let pis = [[0.98f64, 0.01, 0.01], [1.0 / 3.0; 3]];
+        let mut vals = vec![0f32; batch.t * 3];
+        for (m, pi) in pis.iter().enumerate() {
+            for (k, p) in pi.iter().enumerate() {
+                vals[m * 3 + k] = p.ln() as f32;
+            }
+        }
+        let logits = Tensor::from_vec(vals, (1, batch.t, 3), &Device::Cpu).unwrap();
+        let cpu = diagnostics(&logits, &batch).unwrap()[0];
+        let dev = diagnostics_on_device(&logits, &batch).unwrap()[0];
+        // By hand: ‖π_1‖² = 0.98² + 2·0.01² = 0.9606, ‖π_2‖² = 1/3.
+        // Per position ‖A‖_F = sqrt(3‖π‖² + 1): sqrt(3.8818) = 1.970228…, sqrt(2) = 1.414214…
+        let per_position = ((3.0f64 * 0.9606 + 1.0).sqrt() + 2f64.sqrt()) / 2.0;
+        // Authors: mean ‖π‖ = (sqrt(0.9606) + sqrt(1/3)) / 2 = 0.778726…, then the formula once.
+        let mean_norm = (0.9606f64.sqrt() + (1.0f64 / 3.0).sqrt()) / 2.0;
+        let authors = (3.0 * mean_norm * mean_norm + 1.0).sqrt();
+        assert!((per_position - 1.692221).abs() < 1e-6, "{per_position}");
+        assert!((authors - 1.679060).abs() < 1e-6, "{authors}");
+        for (what, d) in [("cpu", cpu), ("device", dev)] {
+            assert!(
+                (d[A_MEAN] - per_position).abs() < 1e-5,
+                "{what}: {} vs {per_position}",
+                d[A_MEAN]
+            );
+            assert!(
+                (d[A_AUTHORS] - authors).abs() < 1e-5,
+                "{what}: {} vs {authors}",
+                d[A_AUTHORS]
+            );
+            // they differ by far more than the tolerance
+            assert!(d[A_MEAN] - d[A_AUTHORS] > 0.01, "{what}: {d:?}");
+            // energy 1 − π_y: y_1 = 0 (π = 0.98), y_2 = 2 (π = 1/3)
+            assert!((d[2] - ((1.0 - 0.98) + (1.0 - 1.0 / 3.0)) / 2.0).abs() < 1e-5);
+        }
+        // a single position (or a constant ‖π‖) makes the two definitions agree
+        let one = Seq {
+            prompt: vec![1],
+            response: vec![0],
+        };
+        let b1 = Batch::new(&[&one], &Device::Cpu).unwrap();
+        let l1 = logits.narrow(1, 0, b1.t).unwrap();
+        let d1 = diagnostics(&l1, &b1).unwrap()[0];
+        assert!((d1[A_MEAN] - d1[A_AUTHORS]).abs() < 1e-6, "{d1:?}");
     }
 }

@@ -36,9 +36,9 @@ pub struct ProbeTrace {
 pub struct Evaluation {
     pub logps: Vec<Vec<f64>>,
     pub traces: Vec<ProbeTrace>,
-    /// PAPER.md §5 diagnostics [family][probe] = [‖A‖_F, ‖π − e_y‖, energy] (argmax excluded:
-    /// its row is empty).
-    pub diag: Vec<Vec<[f64; 3]>>,
+    /// Diagnostics [family][probe] = [‖A‖_F, ‖π − e_y‖, energy, ‖A‖_F from the mean ‖π‖]
+    /// ([`logprob::Diag`]; argmax excluded: its row is empty).
+    pub diag: Vec<Vec<logprob::Diag>>,
     /// The transfer matrix [prompt i][answer j] (empty when off).
     pub transfer: Vec<Vec<f64>>,
 }
@@ -46,7 +46,7 @@ pub struct Evaluation {
 /// One probe's scores, before they are arranged by family.
 struct ProbeScores {
     summed: Vec<f64>,
-    diag: Vec<[f64; 3]>,
+    diag: Vec<logprob::Diag>,
     trace: ProbeTrace,
 }
 

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{DataFormat, Family};
 use crate::probe::ProbeTrace;
+use crate::probe::logprob::Diag;
 use crate::train::config::{Algo, TrainConfig};
 
 /// Format name and version written in every header.
@@ -219,8 +220,8 @@ pub struct EvalLine {
     pub epoch: f64,
     pub phase: String,
     pub logps: BTreeMap<Family, Vec<f64>>,
-    #[serde(default)]
-    pub diag: BTreeMap<Family, Vec<[f64; 3]>>,
+    #[serde(default, deserialize_with = "diag_3_or_4")]
+    pub diag: BTreeMap<Family, Vec<Diag>>,
     #[serde(default)]
     pub transfer: Vec<Vec<f64>>,
 }
@@ -252,14 +253,49 @@ pub struct EvalRecord {
     /// Per-token traces of chosen, rejected and argmax, one per probe (header order). Loaded
     /// lazily from run files (they are most of a file's bytes).
     pub tokens: Traces,
-    /// PAPER.md §5 diagnostics per family (argmax excluded), one [‖A‖_F, ‖π − e_y‖, energy]
-    /// per probe: means over response positions. Absent in runs recorded before they existed.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub diag: BTreeMap<Family, Vec<[f64; 3]>>,
+    /// Diagnostics per family (argmax excluded), one [‖A‖_F, ‖π − e_y‖, energy 1 − π(y),
+    /// ‖A‖_F from the mean ‖π‖] per probe (see [`Diag`]). Absent in runs recorded before they
+    /// existed; runs recorded before the fourth value read it as NaN.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "diag_3_or_4"
+    )]
+    pub diag: BTreeMap<Family, Vec<Diag>>,
     /// Hallucination transfer: log π(y_j⁺ | x_i) for the first M probes (header order),
     /// `transfer[i][j]` = prompt i with probe j's chosen response. Empty when off.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub transfer: Vec<Vec<f64>>,
+}
+
+/// Reads `diag` maps whose entries have 3 values (runs recorded before the authors' ‖A‖_F,
+/// which then reads as NaN) or 4; `null` values (a NaN written by serde_json) read as NaN.
+fn diag_3_or_4<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<Family, Vec<Diag>>, D::Error> {
+    let raw = BTreeMap::<Family, Vec<Vec<Option<f64>>>>::deserialize(d)?;
+    raw.into_iter()
+        .map(|(f, rows)| {
+            let rows = rows
+                .into_iter()
+                .map(|r| {
+                    if !(3..=4).contains(&r.len()) {
+                        return Err(serde::de::Error::custom(format!(
+                            "diag of {}: {} values per probe, expected 3 or 4",
+                            f.key(),
+                            r.len()
+                        )));
+                    }
+                    let mut out = [f64::NAN; 4];
+                    for (o, v) in out.iter_mut().zip(r) {
+                        *o = v.unwrap_or(f64::NAN);
+                    }
+                    Ok(out)
+                })
+                .collect::<Result<Vec<Diag>, D::Error>>()?;
+            Ok((f, rows))
+        })
+        .collect()
 }
 
 /// One observed response of an influence record.
@@ -287,8 +323,11 @@ pub struct InfluenceRecord {
     pub predicted: Vec<f64>,
     /// [o][u]: example u's share of the prediction, −(lr·κ/B)⟨∇f_o, c ⊙ ∇L_u⟩.
     pub contributions: Vec<Vec<f64>>,
-    /// [o][u]: ⟨∇f_o, ∇f_u⟩ / (‖∇f_o‖‖∇f_u‖), f_u = log π(y_u⁺ | x_u).
+    /// [o][u]: ⟨∇f_o, ∇f_u⟩ / (‖∇f_o‖‖∇f_u‖), f_u as `target` says.
     pub cosine: Vec<Vec<f64>>,
+    /// The training-example function f_u of `cosine` (records before this field: chosen).
+    #[serde(default = "crate::train::InfluenceTarget::recorded_before_choice")]
+    pub target: crate::train::InfluenceTarget,
     /// Time of the influence computation (on top of the update).
     pub wall_ms: f64,
 }

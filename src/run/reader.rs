@@ -289,4 +289,74 @@ mod tests {
         assert!(e.tokens.is_empty());
         assert!(e.tokens.parse_error().unwrap().contains("per-token data"));
     }
+
+    #[test]
+    fn records_from_before_the_authors_a_norm_and_the_influence_target_still_read() {
+        use crate::data::Family;
+        use crate::run::Quantity;
+        use crate::train::InfluenceTarget;
+        let traces = r#"[{"chosen":{"logp":[-1.0],"entropy":[0.5],"top":[]},"rejected":{"logp":[],"entropy":[],"top":[]},"argmax":{"ids":[3],"logp":[-0.1]}}]"#;
+        // through the reader's cut-out of the traces, or the whole record at once
+        let eval = |diag: &str, whole: bool| {
+            let line = format!(
+                r#"{{"type":"eval","step":0,"examples":0,"epoch":0.0,"phase":"dpo","logps":{{"chosen":[-2.5,-3.0]}},"tokens":{traces},"diag":{{"chosen":{diag}}}}}"#
+            );
+            if whole {
+                serde_json::from_str::<Event>(&line).map_err(|e| e.to_string())
+            } else {
+                parse_line(&line)
+            }
+        };
+        for whole in [false, true] {
+            // three values per probe (older runs): the authors' ‖A‖_F reads as absent
+            let Ok(Event::Eval(e)) = eval("[[1.5,0.5,0.25],[1.6,0.6,0.35]]", whole) else {
+                panic!("3 values")
+            };
+            let d = &e.diag[&Family::Chosen];
+            assert_eq!(d[1][..3], [1.6, 0.6, 0.35]);
+            assert!(d[0][3].is_nan());
+            assert_eq!(
+                Quantity::ANorm.values(&e, Family::Chosen),
+                Some(vec![1.5, 1.6])
+            );
+            assert_eq!(Quantity::ANormAuthors.values(&e, Family::Chosen), None);
+            // four values: the fourth is the authors' ‖A‖_F
+            let Ok(Event::Eval(e)) = eval("[[1.5,0.5,0.25,1.4],[1.6,0.6,0.35,null]]", whole) else {
+                panic!("4 values")
+            };
+            let v = Quantity::ANormAuthors.values(&e, Family::Chosen).unwrap();
+            assert_eq!(v[0], 1.4);
+            assert!(v[1].is_nan());
+            assert_eq!(
+                Quantity::Energy.values(&e, Family::Chosen),
+                Some(vec![0.25, 0.35])
+            );
+            // anything else is an error that says what
+            let err = eval("[[1.0,2.0]]", whole).err().unwrap();
+            assert!(err.contains("2 values per probe, expected 3 or 4"), "{err}");
+        }
+        // an influence record from before the target choice used the chosen log-prob
+        let inf = r#"{"type":"influence","step":1,"phase":"dpo","lr":0.1,"optimizer":"sgd","batch":[0],"observed":[{"probe":0,"family":"chosen"}],"actual":[0.1],"predicted":[0.1],"contributions":[[0.1]],"cosine":[[0.5]],"wall_ms":1.0}"#;
+        let Ok(Event::Influence(r)) = parse_line(inf) else {
+            panic!("influence")
+        };
+        assert_eq!(r.target, InfluenceTarget::Chosen);
+        let with = inf.replace(r#""wall_ms""#, r#""target":"loss","wall_ms""#);
+        let Ok(Event::Influence(r)) = parse_line(&with) else {
+            panic!("influence with target")
+        };
+        assert_eq!(r.target, InfluenceTarget::Loss);
+        // so did a run whose header's config predates the field; new options default to loss
+        let opts = crate::train::TrainOptions {
+            algo: crate::train::Algo::Dpo,
+            ..Default::default()
+        };
+        assert_eq!(opts.influence_target, InfluenceTarget::Loss);
+        let cfg = opts.to_config().unwrap();
+        assert_eq!(cfg.influence_target, InfluenceTarget::Loss);
+        let mut v = serde_json::to_value(&cfg).unwrap();
+        v.as_object_mut().unwrap().remove("influence_target");
+        let old: crate::train::TrainConfig = serde_json::from_value(v).unwrap();
+        assert_eq!(old.influence_target, InfluenceTarget::Chosen);
+    }
 }

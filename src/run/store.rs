@@ -22,18 +22,22 @@ use crate::train::config::Algo;
 pub enum Quantity {
     #[default]
     LogProb,
-    /// ‖A‖_F = sqrt(V‖π‖² + V − 2).
+    /// ‖A‖_F = sqrt(V‖π_m‖² + V − 2), mean over positions m.
     ANorm,
     /// ‖π − e_y‖.
     GNorm,
     /// 1 − π(y_m).
     Energy,
+    /// ‖A‖_F as the authors' code computes it: sqrt(V·(mean_m ‖π_m‖)² + V − 2). Runs recorded
+    /// before it have none.
+    ANormAuthors,
 }
 
 impl Quantity {
-    pub const ALL: [Quantity; 4] = [
+    pub const ALL: [Quantity; 5] = [
         Quantity::LogProb,
         Quantity::ANorm,
+        Quantity::ANormAuthors,
         Quantity::GNorm,
         Quantity::Energy,
     ];
@@ -41,21 +45,27 @@ impl Quantity {
     pub fn label(self) -> &'static str {
         match self {
             Quantity::LogProb => "summed log-prob",
-            Quantity::ANorm => "‖A‖_F",
+            Quantity::ANorm => "‖A‖_F (mean over positions)",
+            Quantity::ANormAuthors => "‖A‖_F (authors: from mean ‖π‖)",
             Quantity::GNorm => "‖π − e_y‖",
             Quantity::Energy => "energy 1 − π(y)",
         }
     }
 
-    /// One evaluation's values of a family, one per probe.
+    /// One evaluation's values of a family, one per probe (None where the evaluation lacks
+    /// them).
     pub fn values(self, e: &super::EvalRecord, f: Family) -> Option<Vec<f64>> {
+        use crate::probe::logprob::{A_AUTHORS, A_MEAN};
         let k = match self {
             Quantity::LogProb => return e.logps.get(&f).cloned(),
-            Quantity::ANorm => 0,
+            Quantity::ANorm => A_MEAN,
             Quantity::GNorm => 1,
             Quantity::Energy => 2,
+            Quantity::ANormAuthors => A_AUTHORS,
         };
-        e.diag.get(&f).map(|v| v.iter().map(|d| d[k]).collect())
+        let v: Vec<f64> = e.diag.get(&f)?.iter().map(|d| d[k]).collect();
+        // runs recorded before the authors' ‖A‖_F read it as NaN
+        v.iter().any(|x| !x.is_nan()).then_some(v)
     }
 }
 

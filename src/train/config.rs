@@ -18,8 +18,14 @@ pub enum Algo {
     Ipo,
     /// SLiC hinge: relu(1 − βΔ).
     Hinge,
-    /// Robust DPO / cDPO with label smoothing ε.
+    /// Robust DPO (TRL's `robust`), label-noise rate ε:
+    /// (−(1−ε)·log σ(βΔ) + ε·log σ(−βΔ)) / (1 − 2ε), an unbiased estimate of the DPO loss under
+    /// flipped labels; its gradient always pushes the margin up.
     Robust,
+    /// Conservative DPO (cDPO; TRL's `sigmoid` loss with label smoothing ε):
+    /// −(1−ε)·log σ(βΔ) − ε·log σ(−βΔ); its gradient changes sign where σ(βΔ) = 1 − ε, so it
+    /// stops widening the margin there.
+    Cdpo,
     /// SimPO (reference-free): −log σ(β(mean⁺ − mean⁻) − γ).
     Simpo,
     /// SFT on chosen AND rejected, then DPO with that SFT result as the reference (two phases).
@@ -31,12 +37,13 @@ pub enum Algo {
 }
 
 impl Algo {
-    pub const CLI: [Algo; 8] = [
+    pub const CLI: [Algo; 9] = [
         Algo::Sft,
         Algo::Dpo,
         Algo::Ipo,
         Algo::Hinge,
         Algo::Robust,
+        Algo::Cdpo,
         Algo::Simpo,
         Algo::Extended,
         Algo::SftThenDpo,
@@ -49,6 +56,7 @@ impl Algo {
             Algo::Ipo => "ipo",
             Algo::Hinge => "hinge",
             Algo::Robust => "robust",
+            Algo::Cdpo => "cdpo",
             Algo::Simpo => "simpo",
             Algo::Extended => "extended",
             Algo::SftThenDpo => "sft_then_dpo",
@@ -66,7 +74,37 @@ impl Algo {
 
     /// Whether the loss needs reference log-probs of the training pairs.
     pub fn needs_reference(self) -> bool {
-        matches!(self, Algo::Dpo | Algo::Ipo | Algo::Hinge | Algo::Robust)
+        matches!(
+            self,
+            Algo::Dpo | Algo::Ipo | Algo::Hinge | Algo::Robust | Algo::Cdpo
+        )
+    }
+
+    /// One line on what the algorithm optimizes (the app's algorithm menu shows it on hover).
+    pub fn describe(self) -> &'static str {
+        match self {
+            Algo::Sft => "SFT: NLL of the chosen response",
+            Algo::Dpo => {
+                "DPO (sigmoid): −log σ(βΔ), Δ = chosen − rejected log-ratio to the reference"
+            }
+            Algo::Ipo => "IPO: (Δ̄ − 1/(2β))², per-token mean log-probs",
+            Algo::Hinge => "SLiC hinge: relu(1 − βΔ)",
+            Algo::Robust => {
+                "robust DPO (TRL robust): (−(1−ε)·log σ(βΔ) + ε·log σ(−βΔ)) / (1 − 2ε), ε = label smoothing; always pushes the margin up"
+            }
+            Algo::Cdpo => {
+                "conservative DPO (cDPO, TRL sigmoid with label smoothing ε): −(1−ε)·log σ(βΔ) − ε·log σ(−βΔ); pulls the margin back once σ(βΔ) > 1 − ε"
+            }
+            Algo::Simpo => "SimPO (no reference): −log σ(β(mean⁺ − mean⁻) − γ)",
+            Algo::Extended => "SFT on chosen and rejected, then DPO referenced to that model",
+            Algo::SftThenDpo => "SFT on chosen, then DPO from that model (the demo)",
+            Algo::SftBoth => "SFT on chosen and rejected responses alike",
+        }
+    }
+
+    /// Whether the loss uses the label smoothing ε (`--label-smoothing`).
+    pub fn uses_label_smoothing(self) -> bool {
+        matches!(self, Algo::Robust | Algo::Cdpo)
     }
 
     /// Whether the loss is an SFT loss (no rejected term).
@@ -96,6 +134,57 @@ impl OptimKind {
             OptimKind::Adamw => "adamw",
             OptimKind::Rmsprop => "rmsprop",
         }
+    }
+}
+
+/// The training-example function f_u whose gradient the influence record's cosines compare with
+/// each observed ∇f_o (`--influence-target`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InfluenceTarget {
+    /// f_u = −L_u, the example's own loss negated: ∇f_u = −∇L_u is the direction the update
+    /// moves θ for u, every term of the loss included (under DPO
+    /// β(1 − σ(βΔ))·(∇log π(y⁺) − ∇log π(y⁻)), so the rejected response's negative gradient
+    /// shows; under SFT it is ∇log π(y⁺)). A positive cosine means u's update raises f_o.
+    #[default]
+    Loss,
+    /// f_u = log π(y_u⁺ | x_u), the example's chosen response.
+    Chosen,
+    /// f_u = log π(y_u⁻ | x_u), the example's rejected response (the phase's current one).
+    Rejected,
+}
+
+impl InfluenceTarget {
+    pub const ALL: [InfluenceTarget; 3] = [
+        InfluenceTarget::Loss,
+        InfluenceTarget::Chosen,
+        InfluenceTarget::Rejected,
+    ];
+
+    pub fn key(self) -> &'static str {
+        match self {
+            InfluenceTarget::Loss => "loss",
+            InfluenceTarget::Chosen => "chosen",
+            InfluenceTarget::Rejected => "rejected",
+        }
+    }
+
+    /// What f_u is, for legends and hover texts.
+    pub fn describe(self) -> &'static str {
+        match self {
+            InfluenceTarget::Loss => {
+                "f_u = −L_u (the example's loss gradient, as the update applies it)"
+            }
+            InfluenceTarget::Chosen => "f_u = log π(y_u⁺ | x_u) (the example's chosen response)",
+            InfluenceTarget::Rejected => {
+                "f_u = log π(y_u⁻ | x_u) (the example's rejected response)"
+            }
+        }
+    }
+
+    /// What runs recorded before the choice existed used.
+    pub fn recorded_before_choice() -> InfluenceTarget {
+        InfluenceTarget::Chosen
     }
 }
 
@@ -193,7 +282,8 @@ pub struct TrainConfig {
     pub beta: f64,
     /// SimPO's target margin γ.
     pub gamma: f64,
-    /// Robust DPO's label smoothing ε.
+    /// Label smoothing ε of `robust` (assumed label-noise rate) and `cdpo` (conservative
+    /// target): in [0, 0.5).
     pub label_smoothing: f64,
     pub batch_size: usize,
     pub seed: u64,
@@ -228,6 +318,9 @@ pub struct TrainConfig {
     /// …on these families.
     #[serde(default = "influence_families")]
     pub influence_families: Vec<crate::data::Family>,
+    /// f_u of the influence cosines (runs recorded before this field: chosen).
+    #[serde(default = "InfluenceTarget::recorded_before_choice")]
+    pub influence_target: InfluenceTarget,
     /// Where to train (`--device`; runs recorded before this field: cpu).
     #[serde(default)]
     pub device: crate::device::DeviceSpec,

@@ -1,8 +1,11 @@
 //! First-order influence of one update (PAPER.md §1): for observed responses o (a few probes ×
 //! families), the actual change Δf_o of the summed log-prob over the step, the first-order
 //! prediction ⟨∇θ f_o, Δθ⟩ with Δθ the step's actual update, its split over the batch's training
-//! examples u, and the gradient cosine ⟨∇f_o, ∇f_u⟩ / (‖∇f_o‖‖∇f_u‖) with f_u the training
-//! example's chosen log-prob (a kernel view).
+//! examples u, and the gradient cosine ⟨∇f_o, ∇f_u⟩ / (‖∇f_o‖‖∇f_u‖) (a kernel view) with f_u
+//! chosen by `--influence-target` ([`crate::train::InfluenceTarget`]): −L_u, the example's own
+//! loss (∇f_u = −∇L_u, the direction its update takes; under DPO both the chosen and the
+//! rejected term, so the rejected response's negative gradient shows), or the log-prob of its
+//! chosen or of its rejected response.
 //!
 //! The split: the batch loss is the mean of per-example losses L_u, so this step's gradient is
 //! (1/B) Σ_u ∇L_u (times the clip coefficient when clipped). The update's share from it is

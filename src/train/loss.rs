@@ -79,7 +79,7 @@ pub fn compute(
             let pr = need(x.policy_rejected, "rejected log-probs")?;
             Tensor::cat(&[pc, &pr], 0)?.neg()?.mean_all()?
         }
-        Algo::Dpo | Algo::Hinge | Algo::Robust | Algo::Ipo => {
+        Algo::Dpo | Algo::Hinge | Algo::Robust | Algo::Cdpo | Algo::Ipo => {
             let pr = need(x.policy_rejected, "rejected log-probs")?;
             let rc = need(x.ref_chosen, "reference log-probs")?;
             let rr = need(x.ref_rejected, "reference log-probs")?;
@@ -97,11 +97,19 @@ pub fn compute(
             let loss = match algo {
                 Algo::Dpo => log_sigmoid(&(&delta * b)?)?.neg()?.mean_all()?,
                 Algo::Hinge => ((&delta * -b)? + 1.0)?.relu()?.mean_all()?,
+                // TRL's `robust`: (−(1−ε)·log σ(βΔ) + ε·log σ(−βΔ)) / (1 − 2ε)
                 Algo::Robust => {
                     let e = p.label_smoothing;
                     let a = (log_sigmoid(&(&delta * b)?)? * -(1.0 - e))?;
                     let c = (log_sigmoid(&(&delta * -b)?)? * e)?;
                     ((a + c)? / (1.0 - 2.0 * e))?.mean_all()?
+                }
+                // TRL's `sigmoid` with label smoothing (cDPO): −(1−ε)·log σ(βΔ) − ε·log σ(−βΔ)
+                Algo::Cdpo => {
+                    let e = p.label_smoothing;
+                    let a = (log_sigmoid(&(&delta * b)?)? * -(1.0 - e))?;
+                    let c = (log_sigmoid(&(&delta * -b)?)? * -e)?;
+                    (a + c)?.mean_all()?
                 }
                 _ => (delta - 1.0 / (2.0 * b))?.sqr()?.mean_all()?,
             };
@@ -222,6 +230,17 @@ mod tests {
             .sum::<f64>()
             / 2.0;
         assert!((f64::from(loss.to_scalar::<f32>().unwrap()) - want).abs() < 1e-6);
+        let (loss, m) = compute(Algo::Cdpo, p, &x).unwrap();
+        let want = deltas
+            .iter()
+            .map(|d| -(0.8) * ls(0.5 * d) - 0.2 * ls(-0.5 * d))
+            .sum::<f64>()
+            / 2.0;
+        assert!((f64::from(loss.to_scalar::<f32>().unwrap()) - want).abs() < 1e-6);
+        // cDPO reports the DPO family's TRL metrics
+        assert!((m["rewards/margins"] - 0.5 * (2.0 + 1.5) / 2.0).abs() < 1e-6);
+        assert_eq!(m["rewards/accuracies"], 1.0);
+        assert!((m["logps/rejected"] + 9.5).abs() < 1e-6);
         let (loss, _) = compute(Algo::Ipo, p, &x).unwrap();
         let h = [2.0f64 / 3.0, 1.5 / 4.0];
         let want = h.iter().map(|h| (h - 1.0).powi(2)).sum::<f64>() / 2.0;
@@ -236,5 +255,96 @@ mod tests {
         let (loss, m) = compute(Algo::Sft, p, &x).unwrap();
         assert!((f64::from(loss.to_scalar::<f32>().unwrap()) - 9.0).abs() < 1e-6);
         assert!((m["logps/chosen"] + 9.0).abs() < 1e-6);
+    }
+
+    /// dL/dΔ of one pair under `algo` (f64, through candle's backward), Δ = policy chosen − 0.
+    fn dloss_ddelta(algo: Algo, p: LossParams, deltas: &[f64]) -> Vec<f64> {
+        let d = Device::Cpu;
+        let n = deltas.len();
+        let pc = candle_core::Var::new(deltas, &d).unwrap();
+        let zero = Tensor::zeros(n, candle_core::DType::F64, &d).unwrap();
+        let len = Tensor::ones(n, candle_core::DType::F64, &d).unwrap();
+        let x = LossInputs {
+            policy_chosen: pc.as_tensor(),
+            policy_rejected: Some(&zero),
+            ref_chosen: Some(&zero),
+            ref_rejected: Some(&zero),
+            len_chosen: &len,
+            len_rejected: Some(&len),
+        };
+        let (loss, _) = compute(algo, p, &x).unwrap();
+        let g: Vec<f64> = loss
+            .backward()
+            .unwrap()
+            .get(pc.as_tensor())
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        // the batch mean divides every pair's gradient by n
+        g.iter().map(|v| v * n as f64).collect()
+    }
+
+    #[test]
+    fn cdpo_gradient_changes_sign_at_large_margins_robust_does_not() {
+        let p = LossParams {
+            beta: 0.5,
+            gamma: 0.0,
+            label_smoothing: 0.1,
+        };
+        let (b, e) = (p.beta, p.label_smoothing);
+        let sig = |z: f64| 1.0 / (1.0 + (-z).exp());
+        // cDPO's gradient vanishes at σ(βΔ) = 1 − ε: βΔ = ln((1 − ε)/ε) = ln 9, Δ ≈ 4.394
+        let turn = ((1.0 - e) / e).ln() / b;
+        let deltas = [
+            -20.0,
+            -2.0,
+            0.0,
+            2.0,
+            turn - 0.5,
+            turn + 0.5,
+            10.0,
+            40.0,
+            200.0,
+        ];
+        let cdpo = dloss_ddelta(Algo::Cdpo, p, &deltas);
+        let robust = dloss_ddelta(Algo::Robust, p, &deltas);
+        for ((d, gc), gr) in deltas.iter().zip(&cdpo).zip(&robust) {
+            let s = sig(b * d);
+            let want_c = -b * ((1.0 - e) - s);
+            let want_r = -b * ((1.0 - e) * (1.0 - s) + e * s) / (1.0 - 2.0 * e);
+            assert!(
+                (gc - want_c).abs() < 1e-12,
+                "cdpo Δ = {d}: {gc} vs {want_c}"
+            );
+            assert!(
+                (gr - want_r).abs() < 1e-12,
+                "robust Δ = {d}: {gr} vs {want_r}"
+            );
+            // robust always descends by widening the margin (dL/dΔ < 0)…
+            assert!(*gr < 0.0, "robust Δ = {d}: {gr}");
+            // …cDPO only below the turning point, and narrows it above
+            if *d < turn {
+                assert!(*gc < 0.0, "cdpo Δ = {d}: {gc}");
+            } else {
+                assert!(*gc > 0.0, "cdpo Δ = {d}: {gc}");
+            }
+        }
+        // far out, cDPO's pull back tends to βε, robust's push to −βε/(1 − 2ε)
+        assert!((cdpo[8] - b * e).abs() < 1e-12);
+        assert!((robust[8] + b * e / (1.0 - 2.0 * e)).abs() < 1e-12);
+        // with ε = 0 both are DPO
+        let p0 = LossParams {
+            label_smoothing: 0.0,
+            ..p
+        };
+        let dpo = dloss_ddelta(Algo::Dpo, p0, &deltas);
+        for g in [
+            dloss_ddelta(Algo::Cdpo, p0, &deltas),
+            dloss_ddelta(Algo::Robust, p0, &deltas),
+        ] {
+            for (a, b) in g.iter().zip(&dpo) {
+                assert!((a - b).abs() < 1e-15);
+            }
+        }
     }
 }

@@ -9,6 +9,8 @@ pub mod optim;
 pub mod options;
 pub mod trainer;
 
-pub use config::{Algo, Duration, OptimConfig, OptimKind, PhaseConfig, TrainConfig};
+pub use config::{
+    Algo, Duration, InfluenceTarget, OptimConfig, OptimKind, PhaseConfig, TrainConfig,
+};
 pub use options::TrainOptions;
 pub use trainer::{Command, Session, TrainerHandle, spawn};

@@ -4,7 +4,7 @@
 
 use anyhow::{Result, anyhow, bail};
 
-use super::config::{Algo, Duration, OptimConfig, OptimKind, TrainConfig};
+use super::config::{Algo, Duration, InfluenceTarget, OptimConfig, OptimKind, TrainConfig};
 use crate::data::{DataFormat, ProbeCount};
 use crate::probe::Lengths;
 
@@ -51,6 +51,9 @@ pub struct TrainOptions {
     pub influence_every: Option<usize>,
     pub influence_probes: usize,
     pub influence_families: Vec<crate::data::Family>,
+    /// f_u of the influence cosines.
+    #[serde(default)]
+    pub influence_target: InfluenceTarget,
     #[serde(default)]
     pub device: crate::device::DeviceSpec,
     #[serde(default)]
@@ -96,6 +99,7 @@ impl Default for TrainOptions {
             influence_every: None,
             influence_probes: 8,
             influence_families: super::config::influence_families(),
+            influence_target: InfluenceTarget::default(),
             device: Default::default(),
             precision: Default::default(),
         }
@@ -201,9 +205,12 @@ impl TrainOptions {
                 .iter()
                 .any(|p| p.algo.needs_reference() || p.algo == Algo::Simpo)
             {
-                bail!(
-                    "--on-policy needs a preference loss (dpo, ipo, hinge, robust, simpo, extended, sft-then-dpo)"
-                );
+                let keys: Vec<String> = Algo::CLI
+                    .iter()
+                    .filter(|a| **a != Algo::Sft)
+                    .map(|a| a.key().replace('_', "-"))
+                    .collect();
+                bail!("--on-policy needs a preference loss ({})", keys.join(", "));
             }
             for p in phases.iter_mut().filter(|p| !p.algo.is_sft()) {
                 p.on_policy = true;
@@ -240,6 +247,7 @@ impl TrainOptions {
             influence_every: self.influence_every,
             influence_probes: self.influence_probes,
             influence_families: self.influence_families.clone(),
+            influence_target: self.influence_target,
             device: self.device,
             precision: self.precision,
         })

@@ -14,7 +14,7 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use rand::seq::SliceRandom;
 use rand::{SeedableRng, rngs::StdRng};
 
-use super::config::{Algo, TrainConfig};
+use super::config::{Algo, InfluenceTarget, TrainConfig};
 use super::loss::{self, LossInputs, LossParams};
 use super::onpolicy;
 use super::optim::{self, Optimizer};
@@ -659,15 +659,23 @@ impl Session {
         let vars = m.params.vars();
         let theta0 = m.snapshot()?;
         let flat0 = flat_params(vars)?;
-        // Per-example loss gradients and chosen log-prob gradients at θ₀.
+        // Per-example loss gradients ∇L_u and the cosines' ∇f_u at θ₀.
+        let target = self.cfg.influence_target;
         let mut g_loss = Vec::with_capacity(idx.len());
         let mut g_fu = Vec::with_capacity(idx.len());
         for &i in idx {
             let (l, _, tl) = self.batch_loss(phase.algo, &[i], rejected, reference, lp)?;
-            let g = tl.param_grads(m, &l.backward()?)?;
-            g_loss.push(flatten_grads(vars, &g)?);
-            let f = observed_logp(m, &self.pairs[i].chosen, false, true)?;
-            g_fu.push(grad_of(m, &f)?);
+            let g = flatten_grads(vars, &tl.param_grads(m, &l.backward()?)?)?;
+            g_fu.push(match target {
+                InfluenceTarget::Loss => g.iter().map(|x| -x).collect(),
+                InfluenceTarget::Chosen => {
+                    grad_of(m, &observed_logp(m, &self.pairs[i].chosen, false, true)?)?
+                }
+                InfluenceTarget::Rejected => {
+                    grad_of(m, &observed_logp(m, &rejected[i], false, true)?)?
+                }
+            });
+            g_loss.push(g);
         }
         let t_pre = t0.elapsed();
         let metrics = self.update(phase.algo, idx, rejected, reference, lp, opt, lr, step)?;
@@ -756,6 +764,7 @@ impl Session {
             predicted,
             contributions,
             cosine,
+            target,
             wall_ms: (t_pre + t1.elapsed()).as_secs_f64() * 1e3,
         };
         Ok((metrics, rec))
