@@ -737,6 +737,28 @@ fn export(a: ExportArgs) -> Result<()> {
         );
     }
     let PlotKind::Families = a.plot;
+    let quantity = match a.quantity {
+        QuantityArg::Logprob => ldviz::run::Quantity::LogProb,
+        QuantityArg::ANorm => ldviz::run::Quantity::ANorm,
+        QuantityArg::ANormAuthors => ldviz::run::Quantity::ANormAuthors,
+        QuantityArg::GNorm => ldviz::run::Quantity::GNorm,
+        QuantityArg::Energy => ldviz::run::Quantity::Energy,
+    };
+    if (a.png.is_some() || a.svg.is_some())
+        && quantity != ldviz::run::Quantity::LogProb
+        && !run.evals.is_empty()
+        && !run.evals.iter().any(|e| {
+            run.header
+                .families
+                .iter()
+                .any(|f| quantity.values(e, *f).is_some())
+        })
+    {
+        bail!(
+            "--quantity: the run has no {} values (runs recorded before ldviz computed them lack them)",
+            quantity.label()
+        );
+    }
     let o = PlotOptions {
         families,
         y: match (a.y, a.absolute) {
@@ -750,13 +772,7 @@ fn export(a: ExportArgs) -> Result<()> {
             XArg::Examples => XMode::Examples,
             XArg::Epoch => XMode::Epoch,
         },
-        quantity: match a.quantity {
-            QuantityArg::Logprob => ldviz::run::Quantity::LogProb,
-            QuantityArg::ANorm => ldviz::run::Quantity::ANorm,
-            QuantityArg::ANormAuthors => ldviz::run::Quantity::ANormAuthors,
-            QuantityArg::GNorm => ldviz::run::Quantity::GNorm,
-            QuantityArg::Energy => ldviz::run::Quantity::Energy,
-        },
+        quantity,
         band: match a.band {
             BandArg::None => Band::None,
             BandArg::Minmax => Band::MinMax,

@@ -948,3 +948,49 @@ fn cdpo_with_label_smoothing_and_an_influence_target_end_to_end() {
         "{err}"
     );
 }
+
+/// A run whose diagnostics predate the authors' ‖A‖_F (three values per probe) plots ‖A‖_F and
+/// refuses the authors' one with a one-line error instead of an empty plot.
+#[test]
+fn export_refuses_a_diagnostic_the_run_lacks() {
+    use ldviz::run::Event;
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("old.jsonl");
+    let spec = ldviz::run::synth::SynthSpec {
+        steps: 4,
+        eval_every: 2,
+        probes: 2,
+        tokens: 2,
+        top_k: 1,
+        vocab: 8,
+    };
+    let mut text = String::new();
+    for mut ev in ldviz::run::synth::events(spec, 3).unwrap() {
+        if let Event::Eval(e) = &mut ev {
+            e.diag.insert(
+                ldviz::data::Family::Chosen,
+                vec![[2.0, 0.5, 0.3, f64::NAN]; 2],
+            );
+        }
+        let line = serde_json::to_string(&ev).unwrap();
+        // as written before the fourth value existed
+        text.push_str(&line.replace(",null]", "]"));
+        text.push('\n');
+    }
+    assert!(text.contains("[2.0,0.5,0.3]"));
+    std::fs::write(&run, text).unwrap();
+    let svg = dir.path().join("a.svg");
+    ok(&["export", p(&run), "--quantity", "a-norm", "--svg", p(&svg)]);
+    let err = fails(&[
+        "export",
+        p(&run),
+        "--quantity",
+        "a-norm-authors",
+        "--svg",
+        p(&svg),
+    ]);
+    assert!(
+        err.contains("no ‖A‖_F (authors: from mean ‖π‖) values"),
+        "{err}"
+    );
+}
