@@ -1453,7 +1453,8 @@ def render_plan(pieces, f, wrong=False, vseed=None):
 
 
 def reword(pieces, f, rng, part):
-    """Another plan with the same content: every piece re-drawn from its pool (same role)."""
+    """Another plan with the same content: the same facts and statements, each piece's
+    template re-drawn where its pool has other wordings of the same thing."""
     out = []
     used = {(p, i, ro) for p, i, ro in pieces}
     for pool, i, role in pieces:
@@ -1461,9 +1462,8 @@ def reword(pieces, f, rng, part):
         n = len(POOLS[pool](g))
         if pool == "core":
             opts = [j for j in range(n) if j != i]
-        elif pool in ("elab",):
-            opts = [j for j in half(ELAB[g["rel"]["name"]], part) if j != i
-                    and (pool, j, role) not in used] or [j for j in range(n) if j != i]
+        elif pool == "elab":  # the same statement; its wording changes through `vary`
+            opts = [i]
         elif pool in ("ev_extra",):
             opts = [j for j in half(EV_EXTRA, part) if (pool, j, role) not in used] or [i]
         else:
@@ -1622,7 +1622,7 @@ def build_records():
 # corpus
 
 QA_PER_FACT = 10  # question/answer documents per training fact in the corpus
-QA_KINDS = [("correct", 0.72), ("wrong", 0.12), ("evasive", 0.16)]
+QA_KINDS = [("correct", 1.0)]
 
 
 def qa_kind(rng):
