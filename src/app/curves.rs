@@ -423,6 +423,9 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
         })
         .collect();
     // Phase starts (x, label); the first is the run's start.
+    // Every plot of the tab spans the run's whole x range (a phase's loss included), so their
+    // auto-fitted x axes agree with the link.
+    let x_range = app.runs.get(active).and_then(|r| r.x_range(s.x));
     let marks: Vec<(f64, String)> = app
         .runs
         .get(active)
@@ -452,7 +455,7 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
     let main_h = match n_loss {
         0 => total_h - 8.0,
         1 => total_h * 0.74,
-        n => total_h * (0.74 - 0.08 * (n - 1) as f32).max(0.55),
+        n => total_h * (0.74 - 0.12 * (n - 1) as f32).max(0.5),
     };
     let group = egui::Id::unique("curves x");
     app.curves.shown_y = Some(y);
@@ -468,7 +471,7 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
         (YMode::Absolute, q) => q.label().to_string(),
     };
     let hover_x = std::cell::Cell::new(None::<f64>);
-    let resp = Plot::new("family curves")
+    let resp = span_x(Plot::new("family curves"), x_range)
         .height(main_h.max(120.0))
         .x_axis_label(x_label(s.x))
         .y_axis_label(ylabel)
@@ -557,17 +560,54 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
                 "loss".to_string()
             };
             app.curves.shown_loss.push(name.clone());
-            Plot::new(format!("loss under curves · {}", part.label))
-                .height(h)
-                .y_axis_label(name.clone())
-                .y_axis_min_width(56.0)
-                .link_axis(group, [true, false])
-                .link_cursor(group, [true, false])
-                .show(ui, |pui| {
-                    pui.line(Line::new(name, PlotPoints::new(pts)).color(Color32::from_gray(90)));
-                    boundaries(pui, &marks, cursor_x);
-                });
+            span_x(
+                Plot::new(format!("loss under curves · {}", part.label)),
+                x_range,
+            )
+            .height(h)
+            .y_grid_spacer(egui_plot::uniform_grid_spacer(short_axis_steps))
+            .y_axis_formatter(|m, _| {
+                // As many decimals as the step needs (0.5 → "0.5", not egui_plot's "0").
+                let d = (-m.step_size.log10().floor()).max(0.0) as usize;
+                format!("{:.*}", d, m.value)
+            })
+            .y_axis_label(name.clone())
+            .y_axis_min_width(56.0)
+            .link_axis(group, [true, false])
+            .link_cursor(group, [true, false])
+            .show(ui, |pui| {
+                pui.line(Line::new(name, PlotPoints::new(pts)).color(Color32::from_gray(90)));
+                boundaries(pui, &marks, cursor_x);
+            });
         }
+    }
+}
+
+/// Grid steps of 1, 2 or 5 × 10ᵏ, at least 21 points apart (egui_plot labels steps wider than
+/// 20), so a short plot (a phase's loss strip) still labels its y axis (egui_plot's default
+/// steps are powers of 10 only).
+fn short_axis_steps(input: egui_plot::GridInput) -> [f64; 3] {
+    // base_step_size is the value of egui_plot's 8-point minimum grid spacing.
+    let want = (input.base_step_size * 21.0 / 8.0).max(f64::MIN_POSITIVE);
+    let p = 10f64.powf(want.log10().floor());
+    let m = want / p;
+    let step = p * if m <= 1.0 {
+        1.0
+    } else if m <= 2.0 {
+        2.0
+    } else if m <= 5.0 {
+        5.0
+    } else {
+        10.0
+    };
+    [step, step * 5.0, step * 10.0]
+}
+
+/// A plot whose auto-fitted x axis covers at least `range`.
+fn span_x(p: Plot<'_>, range: Option<(f64, f64)>) -> Plot<'_> {
+    match range {
+        Some((lo, hi)) => p.include_x(lo).include_x(hi),
+        None => p,
     }
 }
 
@@ -631,6 +671,8 @@ pub fn show_metrics(app: &mut LdvizApp, ui: &mut egui::Ui) {
         return;
     };
     let names = store.metric_names();
+    let x_range = store.x_range(s.x);
+    let marks = store.phase_marks(s.x);
     if names.is_empty() {
         ui.label("No optimizer steps recorded yet.");
         return;
@@ -698,7 +740,7 @@ pub fn show_metrics(app: &mut LdvizApp, ui: &mut egui::Ui) {
                             at.map(|v| format!("  = {v:.4} at the cursor"))
                                 .unwrap_or_default()
                         ));
-                        Plot::new(format!("metric {name}"))
+                        span_x(Plot::new(format!("metric {name}")), x_range)
                             .width(w)
                             .height(h - 20.0)
                             .x_axis_label(x_label(s.x))
@@ -715,12 +757,7 @@ pub fn show_metrics(app: &mut LdvizApp, ui: &mut egui::Ui) {
                                     Line::new(name.clone(), PlotPoints::new(pts))
                                         .color(Color32::from_rgb(31, 119, 180)),
                                 );
-                                if let Some(x) = cursor_x {
-                                    pui.add(
-                                        VLine::new("cursor", x)
-                                            .color(Color32::from_rgb(255, 140, 0)),
-                                    );
-                                }
+                                boundaries(pui, &marks, cursor_x);
                             });
                     });
                     if k % cols == cols - 1 {

@@ -363,18 +363,14 @@ where
                 .map_err(err)?;
         }
         if spans.len() > 1 {
-            chart
-                .draw_series(std::iter::once(Text::new(
-                    format!("▸ {}", p.label()),
-                    (x, y1 + pad),
-                    ("sans-serif", 14).into_font().color(&BLACK.mix(0.7)).pos(
-                        plotters::style::text_anchor::Pos::new(
-                            plotters::style::text_anchor::HPos::Left,
-                            plotters::style::text_anchor::VPos::Top,
-                        ),
-                    ),
-                )))
-                .map_err(err)?;
+            // Just inside the top of the plotting area, right of the boundary.
+            let (px, py) = chart.backend_coord(&(x, y1 + pad));
+            root.draw(&Text::new(
+                format!("▸ {}", p.label()),
+                (px + 5, py + 5),
+                ("sans-serif", 14).into_font().color(&BLACK.mix(0.7)),
+            ))
+            .map_err(err)?;
         }
     }
     for d in &drawn {
@@ -410,7 +406,12 @@ where
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(if spans.len() > 1 {
+            // Below the first phase's label.
+            SeriesLabelPosition::Coordinate(8, 28)
+        } else {
+            SeriesLabelPosition::UpperLeft
+        })
         .label_font(("sans-serif", 13))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK.mix(0.4))

@@ -439,6 +439,32 @@ impl RunStore {
         }
     }
 
+    /// The x range of everything recorded (evaluations and optimizer steps) on `axis`, so plots
+    /// of parts of a run (one phase's loss) share the whole run's x axis.
+    pub fn x_range(&self, axis: XAxis) -> Option<(f64, f64)> {
+        let at = |step: usize, examples: usize, epoch: f64| match axis {
+            XAxis::Step => step as f64,
+            XAxis::Examples => examples as f64,
+            XAxis::Epoch => epoch,
+        };
+        let xs = self
+            .run
+            .evals
+            .iter()
+            .map(|e| at(e.step, e.examples, e.epoch))
+            .chain(
+                self.run
+                    .steps
+                    .iter()
+                    .map(|s| at(s.step, s.examples, s.epoch)),
+            )
+            .filter(|x| x.is_finite());
+        xs.fold(None, |r, x| match r {
+            None => Some((x, x)),
+            Some((lo, hi)) => Some((f64::min(lo, x), f64::max(hi, x))),
+        })
+    }
+
     /// Index of the last evaluation at or before x (0 when x precedes all).
     pub fn eval_at_x(&self, x: f64, axis: XAxis) -> usize {
         let n = self.n_evals();
@@ -1020,6 +1046,7 @@ mod tests {
             vec![(0.0, "sft".to_string()), (10.0, "dpo".to_string())]
         );
         assert_eq!(st.phase_marks(XAxis::Examples)[1].0, 40.0);
+        assert_eq!(st.x_range(XAxis::Step), Some((0.0, 20.0)));
         // The loss per phase: updates 1–10 and 11–20.
         let by = st.metric_by_phase("loss", XAxis::Step);
         assert_eq!(by.len(), 2);
