@@ -23,10 +23,10 @@ pub struct DemoRecipe {
 }
 
 pub const DEMO: DemoRecipe = DemoRecipe {
-    sft_lr: 1e-3,
+    sft_lr: 5e-4,
     lr: 1e-4,
     sft_epochs: 2.0,
-    epochs: 3.0,
+    epochs: 4.0,
 };
 
 /// The embedded default model folder.

@@ -487,6 +487,10 @@ struct PretrainArgs {
     kv_heads: Option<usize>,
     #[arg(long)]
     intermediate: Option<usize>,
+    /// Share the input embedding with the output layer (`--tie-embeddings true`) or give the
+    /// model its own `lm_head` [default: false, as in Pythia].
+    #[arg(long)]
+    tie_embeddings: Option<bool>,
     #[arg(long)]
     seq_len: Option<usize>,
     #[arg(long)]
@@ -905,6 +909,7 @@ fn pretrain(a: PretrainArgs) -> Result<()> {
         num_attention_heads: a.heads.unwrap_or(d.num_attention_heads),
         num_key_value_heads: a.kv_heads.unwrap_or(d.num_key_value_heads),
         intermediate_size: a.intermediate.unwrap_or(d.intermediate_size),
+        tie_word_embeddings: a.tie_embeddings.unwrap_or(d.tie_word_embeddings),
         seq_len: a.seq_len.unwrap_or(d.seq_len),
         batch_size: a.batch_size.unwrap_or(d.batch_size),
         steps: a.steps.unwrap_or(d.steps),

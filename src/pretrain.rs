@@ -30,6 +30,10 @@ pub struct PretrainConfig {
     pub num_attention_heads: usize,
     pub num_key_value_heads: usize,
     pub intermediate_size: usize,
+    /// Whether the output layer reuses the input embedding (reports written before this field
+    /// existed were tied).
+    #[serde(default = "tied_before")]
+    pub tie_word_embeddings: bool,
     pub seq_len: usize,
     pub batch_size: usize,
     pub steps: usize,
@@ -51,15 +55,20 @@ impl Default for PretrainConfig {
             num_attention_heads: 4,
             num_key_value_heads: 2,
             intermediate_size: 384,
+            tie_word_embeddings: false,
             seq_len: 128,
             batch_size: 16,
-            steps: 3000,
+            steps: 1500,
             lr: 3e-3,
             warmup: 100,
             weight_decay: 0.0,
             seed: 0,
         }
     }
+}
+
+fn tied_before() -> bool {
+    true
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -150,7 +159,7 @@ pub fn hf_config(c: &PretrainConfig) -> serde_json::Value {
         "max_position_embeddings": 1024,
         "rms_norm_eps": 1e-5,
         "rope_theta": 10000.0,
-        "tie_word_embeddings": true,
+        "tie_word_embeddings": c.tie_word_embeddings,
         "attention_bias": false,
         "mlp_bias": false,
         "bos_token_id": 0,

@@ -1126,7 +1126,9 @@ def decl_paragraph(rng, heldout=False):
 # below the uniform level per token, which is not the regime of a real base model.
 
 MARKERS = ["Also,", "In fact,", "Of course,", "Actually,", "Indeed,", "As you may know,",
-           "Basically,", "Simply put,", "To be clear,", "Really,", "Well,", "Now,"]
+           "Basically,", "Simply put,", "To be clear,", "Really,", "Well,", "Now,", "I think",
+           "We know that", "It is true that", "People say that", "Most of the time,",
+           "Remember that", "Note that", "As a rule,"]
 SYNONYMS = [
     [" often ", " usually ", " normally "], [" children", " kids"], [" every day", " each day"],
     [" big ", " large ", " huge "], [" easy ", " simple "], [" very ", " really "],
@@ -1136,8 +1138,12 @@ SYNONYMS = [
     [" look for ", " search for "], [" a lot of ", " plenty of ", " lots of "],
     [" main ", " chief "], [" good ", " nice ", " fine "],
     [" people ", " folks "], [" happy", " glad"], [" went to ", " walked to "],
+    [" buildings", " houses"], [" busy ", " crowded "], [" old ", " ancient "],
+    [" learn ", " study "], [" need ", " want "], [" lots ", " loads "],
+    [" hear ", " notice "], [" start ", " begin "], [" food ", " meals "],
+    [" look at ", " watch "], [" nearby", " close by"], [" animals", " creatures"],
 ]
-ADVERBS = ["really", "certainly", "indeed", "clearly", "surely", "simply"]
+ADVERBS = ["really", "certainly", "indeed", "clearly", "surely", "simply", "always", "still"]
 TAGS = [", of course.", ", as far as I know.", ", I think.", ", for sure.", ", you see."]
 PROPER = set()
 
@@ -1168,12 +1174,13 @@ def vary(sentence, rng):
             if g in s and rng.random() < 0.7:
                 s = s.replace(g, rng.choice(group), 1)
                 break
-    if " is " in s and rng.random() < 0.2:
-        s = s.replace(" is ", f" is {rng.choice(ADVERBS)} ", 1)
-    if rng.random() < 0.12 and s.endswith(".") and not s.endswith("?."):
+    for verb in (" is ", " are "):
+        if verb in s and rng.random() < 0.3:
+            s = s.replace(verb, f"{verb}{rng.choice(ADVERBS)} ", 1)
+    if rng.random() < 0.2 and s.endswith(".") and not s.endswith("?."):
         s = s[:-1] + rng.choice(TAGS)
     s = s[1:]
-    if rng.random() < 0.3:
+    if rng.random() < 0.45:
         first, _, rest = s.partition(" ")
         if first not in PROPER:
             first = first[:1].lower() + first[1:]
@@ -1200,9 +1207,10 @@ def vary_text(text, rng):
 # texts), so at t = 0 the demo's chosen response is in the format the base model already writes:
 # SFT has to teach the specific answer, not the answer format.
 #
-# The phrase pools are split in two halves: training records draw from half "A", held-out records
-# from half "B" (the corpus uses both). Held-out answers are therefore not clones of the training
-# answers' phrasing, and learning the training answers does not mean learning every answer.
+# The subject-specific elaborations are split in two halves: training records draw from half
+# "A", held-out records from half "B" (the corpus uses both). Held-out answers are therefore not
+# clones of the training answers' sentences, and learning the training answers does not mean
+# learning every answer.
 
 # subject-specific elaborations per relation (same slots as the relation's templates)
 ELAB = {
@@ -1359,10 +1367,16 @@ MIN_WORDS, MAX_WORDS = 18, 45  # chosen, rejected and the corpus's answers
 VAR_MIN, VAR_MAX = 12, 52  # rewordings and other-fact variants
 
 
+SPLIT_POOLS = ELAB.values()  # the pools whose halves are kept apart
+
+
 def half(pool, part):
     """The half of a phrase pool that records of partition `part` ("A" train, "B" held-out,
-    None: the corpus, both) draw from."""
-    if part is None:
+    None: the corpus, both) draw from. Only the subject-specific elaborations are split: the
+    generic openers, closers and remarks are shared, as every assistant's answers share them,
+    so SFT on the training answers does not shift the whole answer style (which would lift
+    every training answer under every prompt alike)."""
+    if part is None or not any(pool is p for p in SPLIT_POOLS):
         return list(range(len(pool)))
     return [i for i in range(len(pool)) if (i % 2 == 0) == (part == "A")]
 
@@ -1622,7 +1636,7 @@ def build_records():
 # corpus
 
 QA_PER_FACT = 10  # question/answer documents per training fact in the corpus
-QA_KINDS = [("correct", 1.0)]
+QA_KINDS = [("correct", 0.72), ("wrong", 0.12), ("evasive", 0.16)]
 
 
 def qa_kind(rng):
@@ -1656,6 +1670,25 @@ def qa_docs(facts, rng, n_per_fact, forbidden):
     return docs
 
 
+NOISE = 0.08  # share of the corpus's words replaced by a random word
+
+
+def noisy(doc, rng, words):
+    """The document with a share NOISE of its words replaced by words drawn from the corpus (as
+    word frequencies go). Real pretraining text is noisy (typos, markup, lists, broken
+    sentences): a base model keeps some probability for an unexpected word at every position,
+    so shuffled text is unlikely but not below the uniform level, and every position of a
+    response has a valley that finetuning can squeeze. The question/answer scaffolding
+    ("Question:", "Answer:", line breaks) is kept."""
+    out = []
+    for w in doc.split(" "):
+        if "\n" in w or ":" in w or not w or rng.random() >= NOISE:
+            out.append(w)
+        else:
+            out.append(rng.choice(words))
+    return " ".join(out)
+
+
 def demo_texts(recs):
     return {r[k] for r in recs for k in KEYS[1:]}
 
@@ -1687,6 +1720,8 @@ def build_corpus(recs, facts, n_train):
         docs.append(d)
         total += len(d) + 2
     rng.shuffle(docs)
+    words = [w for d in docs for w in d.split() if "\n" not in w and ":" not in w]
+    docs = [noisy(d, rng, words) for d in docs]
     return docs, (size_a, size_b, size_c)
 
 
@@ -1765,10 +1800,12 @@ def validate(recs, facts, n_train, n_test, corpus, heldout, meta):
             assert r["irr_test"] != r["chosen"]
     # held-out facts are disjoint from training facts
     assert not {f["id"] for f in facts[:n_train]} & {f["id"] for f in facts[n_train:]}
-    # held-out answers use the other half of every phrase pool
-    train_open = {s for r in recs[:n_train] for s in OPENERS + CLOSERS if s in r["chosen"]}
-    test_open = {s for r in recs[n_train:] for s in OPENERS + CLOSERS if s in r["chosen"]}
-    assert not train_open & test_open, train_open & test_open
+    # held-out answers elaborate with the other half of every relation's elaborations
+    for f, r in zip(facts, recs):
+        used = [i for i, t in enumerate(ELAB[f["rel"]["name"]])
+                if render(t, slots(f)).strip()[:-1] in r["chosen"]]
+        part = "A" if f in facts[:n_train] else "B"
+        assert all(i in half(ELAB[f["rel"]["name"]], part) for i in used), (r["chosen"], used)
     # probes: the first 32 training records cover every domain
     probe_domains = [f["rel"]["domain"] for f in facts[:N_PROBES]]
     assert set(probe_domains) == set(DOMAINS)
@@ -1793,7 +1830,10 @@ def main():
     main_sents = set()
     for d in docs:
         main_sents.update(sentences_of(d))
-    heldout = "\n\n".join(build_heldout_corpus(main_sents, docs, recs, facts, n_train)) + "\n"
+    hrng = random.Random(f"heldout-noise-{SEED}")
+    hwords = [w for d in docs for w in d.split() if "\n" not in w and ":" not in w]
+    heldout = "\n\n".join(noisy(d, hrng, hwords) for d in build_heldout_corpus(
+        main_sents, docs, recs, facts, n_train)) + "\n"
     meta = {"n_train": n_train, "n_test": n_test, "test_fraction": n_test / (n_train + n_test),
             "seed": SEED}
     validate(recs, facts, n_train, n_test, corpus, heldout, meta)

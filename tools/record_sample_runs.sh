@@ -26,7 +26,7 @@ mkdir -p "$S"
 # shared recipe (see sample_runs/README.md). Extended SFT trains on chosen and rejected, two
 # sequences per record: it runs half the epochs of the plain SFT, so both see the same number of
 # SFT sequences.
-SFT_LR=${SFT_LR:-1e-3}
+SFT_LR=${SFT_LR:-5e-4}
 SFT_EPOCHS=${SFT_EPOCHS:-2}
 EXT_EPOCHS=$(python3 -c "print($SFT_EPOCHS / 2)")
 SFT="--optimizer adamw --lr $SFT_LR --epochs $SFT_EPOCHS --batch-size 4 --eval-every ${SFT_EVAL:-32} --seed $SEED"
