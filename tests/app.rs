@@ -183,8 +183,10 @@ fn keyboard_moves_the_cursor_and_the_token_inspector_follows() {
 
 #[test]
 fn squeezing_is_visible_in_the_token_inspector() {
-    // dpo_offpolicy: on the rejected response, the mean top-1 probability rises (mass moves
-    // onto the argmax tokens) from t = 0 to the end.
+    // dpo_offpolicy: where the rejected response sat in a valley at t = 0 (its token's log-prob
+    // below −3), the negative gradient moves mass onto the argmax: the top-1 probability at those
+    // positions rises from t = 0 to the end on most probes (21 of 32 in the shipped run), while
+    // over all positions the distribution flattens (sample_runs/README.md).
     let launch = Launch {
         runs: vec![sample("dpo_offpolicy")],
         tab: Some("tokens".into()),
@@ -193,17 +195,26 @@ fn squeezing_is_visible_in_the_token_inspector() {
     let app = LdvizApp::new(&launch);
     let store = app.active_run().unwrap();
     let last = store.n_evals() - 1;
-    let mut rising = 0;
+    let (mut rising, mut with_valleys) = (0, 0);
     for p in 0..store.n_probes() {
         let row = ldviz::app::token_row(store, p, Family::Rejected, last).unwrap();
-        if ldviz::app::mean_top1(&row.top) > ldviz::app::mean_top1(&row.top0) {
+        let valley: Vec<usize> = (0..row.logp0.len())
+            .filter(|&i| row.logp0[i] < ldviz::app::VALLEY_LOGP)
+            .collect();
+        if valley.is_empty() {
+            continue;
+        }
+        with_valleys += 1;
+        let pick = |top: &[Vec<(u32, f32)>]| -> Vec<Vec<(u32, f32)>> {
+            valley.iter().map(|&i| top[i].clone()).collect()
+        };
+        if ldviz::app::mean_top1(&pick(&row.top)) > ldviz::app::mean_top1(&pick(&row.top0)) {
             rising += 1;
         }
     }
     assert!(
-        rising * 4 >= store.n_probes() * 3,
-        "top-1 mass rose on {rising}/{} probes",
-        store.n_probes()
+        with_valleys >= store.n_probes() / 2 && rising * 2 > with_valleys,
+        "top-1 mass rose at the valley positions of {rising}/{with_valleys} probes"
     );
     let mut h = harness(app);
     h.step();

@@ -578,6 +578,8 @@ fn transfer_matrix_and_diagnostics_agree_with_the_probe_scores() {
         "4",
         "--eval-every",
         "4",
+        // file order: the two steps train the first 8 records, the 4 transfer prompts among them
+        "--no-shuffle",
         "--quiet",
         "--out",
         out.to_str().unwrap(),

@@ -1,7 +1,9 @@
 //! The committed sample runs load, stay under 20 MB, and show the learning dynamics that
 //! sample_runs/README.md reports, through ldviz's own reader and `inspect` summary (means over
 //! probes of summed log-probs, Δ = last − first within the phase). tools/check_findings.py checks
-//! the same findings on any directory of runs (re-recordings with other seeds).
+//! the same findings on any directory of runs (re-recordings with other seeds). The findings that
+//! did not appear in the shipped runs are asserted the way the README reports them, so a
+//! re-recording that changes them fails here and the README must be updated with it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -75,7 +77,10 @@ fn sft_sample() {
         c.last / c.first >= 0.30,
         "chosen keeps at least 30% of its initial NLL: {c:?}"
     );
-    let t = s.transfer.as_ref().expect("the SFT run records the transfer matrix");
+    let t = s
+        .transfer
+        .as_ref()
+        .expect("the SFT run records the transfer matrix");
     assert!(
         t.diagonal_delta > 0.0 && t.diagonal_delta >= 4.0 / 3.0 * t.off_diagonal_delta,
         "the diagonal rises at least a third more than the off-diagonal: {t:?}"
@@ -95,7 +100,10 @@ fn dpo_offpolicy_sample() {
         peak_drop(c) >= 1f64.max(0.03 * c.first.abs()),
         "chosen falls from its peak: {c:?}"
     );
-    assert!(d(&f["argmax"]) >= 1.0, "y* rises: {:?}", f["argmax"]);
+    // reported in the README: y* does not rise here. At the positions where the rejected
+    // response sat in a valley the top-1 probability rises (tests/app.rs), but over all of
+    // chosen's positions the distribution flattens a little, and y* ends below its start.
+    assert!(d(&f["argmax"]) < 0.0, "y* falls: {:?}", f["argmax"]);
     let falling = NON_ARGMAX.iter().filter(|k| d(&f[**k]) < 0.0).count();
     assert!(falling >= 10, "{falling} of 12 families fall");
 }
@@ -112,7 +120,12 @@ fn extended_sample() {
     );
     let dpo = &ext.phases[1].families;
     let (e, o) = (mean_drop(dpo), mean_drop(&off.families));
-    assert!(e <= 0.85 * o, "mean family drop over DPO: {e} vs off-policy {o}");
+    // reported in the README: in the shipped runs the mean drop is about the same (ratio 1.00;
+    // 0.90 and 0.79 in re-recordings with seeds 1 and 2), not below 85% of off-policy's
+    assert!(
+        e > 0.85 * o && e < 1.1 * o,
+        "mean family drop over DPO: {e} vs off-policy {o}"
+    );
     assert!(
         peak_drop(&dpo["chosen"]) < peak_drop(&off.families["chosen"]),
         "chosen drops less from its peak than off-policy"
@@ -123,8 +136,14 @@ fn extended_sample() {
 fn onpolicy_sample() {
     let off = load("dpo_offpolicy");
     let onp = load("dpo_onpolicy");
+    let (on, of) = (&onp.families["chosen"], &off.families["chosen"]);
+    // On-policy chosen rises above its start with each epoch's fresh samples, which
+    // off-policy's never does...
     assert!(
-        onp.families["chosen"].last > off.families["chosen"].last,
-        "on-policy: chosen ends higher than off-policy"
+        on.max > on.first + 1.0 && of.max <= of.first + 0.5,
+        "{on:?} vs {of:?}"
     );
+    // ...but reported in the README: the samples are drawn once per epoch and go stale within
+    // it, and in the shipped runs chosen ends lower than off-policy (higher with seeds 1 and 2)
+    assert!(on.last < of.last, "{on:?} vs {of:?}");
 }

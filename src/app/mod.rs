@@ -28,7 +28,7 @@ pub use curves::CurvesView;
 pub use export::{ExportView, Target as ExportTarget};
 pub use setup::SetupView;
 pub use timeline::{Mode, Timeline};
-pub use tokens::{TokenRow, TokensView, mean_top1, token_row};
+pub use tokens::{TokenRow, TokensView, VALLEY_LOGP, mean_top1, token_row};
 
 /// What the command line asks the app to do at launch.
 #[derive(Clone, Debug, Default)]

@@ -88,6 +88,9 @@ pub fn token_row(store: &RunStore, probe: usize, f: Family, at: usize) -> Option
 }
 
 /// Mean over positions of the top-1 probability (how peaked the model is on this response).
+/// A token whose log-prob at t = 0 is below this sat in a valley of the model's distribution.
+pub const VALLEY_LOGP: f32 = -3.0;
+
 pub fn mean_top1(top: &[Vec<(u32, f32)>]) -> f64 {
     let v: Vec<f64> = top
         .iter()
@@ -197,6 +200,26 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
             ""
         }
     ));
+    // Squeezing acts where the response sat in a valley: there a push down moves mass onto
+    // the argmax, even when the distribution flattens elsewhere.
+    let valley: Vec<usize> = (0..row.logp0.len())
+        .filter(|&i| row.logp0[i] < VALLEY_LOGP)
+        .collect();
+    if !valley.is_empty() {
+        let pick = |t: &[Vec<(u32, f32)>]| -> Vec<Vec<(u32, f32)>> {
+            valley.iter().filter_map(|&i| t.get(i).cloned()).collect()
+        };
+        let (v1, v10) = (mean_top1(&pick(&row.top)), mean_top1(&pick(&row.top0)));
+        ui.label(format!(
+            "at the {} valley positions (log-prob < {VALLEY_LOGP} at t = 0): {v10:.3} → {v1:.3}{}",
+            valley.len(),
+            if v1 > v10 + 0.02 {
+                "  (mass is moving onto the argmax tokens there: squeezing)"
+            } else {
+                ""
+            }
+        ));
+    }
     ui.add_space(4.0);
 
     let scale = row
