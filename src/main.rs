@@ -264,6 +264,10 @@ struct TrainArgs {
     /// DPO-family phases: each epoch, sample the rejected responses from the current policy.
     #[arg(long)]
     on_policy: bool,
+    /// With --on-policy: instead of once per epoch, resample the batch's rejected responses
+    /// every K updates (1 = before every update, as online DPO does).
+    #[arg(long, value_name = "K")]
+    resample_every: Option<usize>,
     /// Temperature of on-policy samples.
     #[arg(long, default_value_t = 1.0)]
     sample_temperature: f64,
@@ -570,6 +574,7 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
         max_prompt_len: a.max_prompt_len,
         max_len: a.max_len,
         on_policy: a.on_policy,
+        resample_every: a.resample_every,
         sample_temperature: a.sample_temperature,
         top_k: a.top_k,
         save_model: a.save_model.as_ref().map(|p| p.display().to_string()),

@@ -120,8 +120,8 @@ fn extended_sample() {
     );
     let dpo = &ext.phases[1].families;
     let (e, o) = (mean_drop(dpo), mean_drop(&off.families));
-    // reported in the README: in the shipped runs the mean drop is about the same (ratio 1.00;
-    // 0.90 and 0.79 in re-recordings with seeds 1 and 2), not below 85% of off-policy's
+    // reported in the README: in the shipped runs the mean drop is about the same as
+    // off-policy's (ratio 1.00), not below 85% of it (0.90 and 0.84 with seeds 1 and 2)
     assert!(
         e > 0.85 * o && e < 1.1 * o,
         "mean family drop over DPO: {e} vs off-policy {o}"
@@ -137,13 +137,16 @@ fn onpolicy_sample() {
     let off = load("dpo_offpolicy");
     let onp = load("dpo_onpolicy");
     let (on, of) = (&onp.families["chosen"], &off.families["chosen"]);
-    // On-policy chosen rises above its start with each epoch's fresh samples, which
-    // off-policy's never does...
     assert!(
-        on.max > on.first + 1.0 && of.max <= of.first + 0.5,
-        "{on:?} vs {of:?}"
+        on.last > of.last,
+        "on-policy: chosen ends higher than off-policy"
     );
-    // ...but reported in the README: the samples are drawn once per epoch and go stale within
-    // it, and in the shipped runs chosen ends lower than off-policy (higher with seeds 1 and 2)
-    assert!(on.last < of.last, "{on:?} vs {of:?}");
+    // with rejected responses sampled before every update there is no valley to squeeze:
+    // chosen rises over the run, and the dataset's rejected responses barely move
+    assert!(on.last > on.first, "{on:?}");
+    let r = &onp.families["rejected"];
+    assert!(
+        d(r).abs() < 0.1 * d(&off.families["rejected"]).abs(),
+        "{r:?}"
+    );
 }

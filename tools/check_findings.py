@@ -97,7 +97,7 @@ def main():
           f"rejected {rj[0]:.2f}, y* {f['argmax'][0]:.2f}, random_permute {f['random_permute'][0]:.2f}")
     tr = transfer(ev)
     if tr:
-        check("transfer: diagonal rises >= 4/3 of the off-diagonal", tr[0] >= tr[1] * 4 / 3 and tr[0] > 0,
+        check("transfer, the diagonal rises >= 4/3 of the off-diagonal", tr[0] >= tr[1] * 4 / 3 and tr[0] > 0,
               f"diagonal Δ {tr[0]:+.2f}, off-diagonal Δ {tr[1]:+.2f} at step {tr[2]}")
     else:
         check("transfer recorded", False, "no transfer matrix")
@@ -130,12 +130,12 @@ def main():
     lo, hi = phase_range(ev, ph, 1)
     e = {k: series(ev, k, lo, hi) for k in NON_ARGMAX + ["argmax"]}
     ext_mean_drop = -sum(delta(e[k]) for k in NON_ARGMAX) / len(NON_ARGMAX)
-    check("DPO phase: mean drop of the 12 families <= 85% of off-policy's",
+    check("over its DPO phase, the mean drop of the 12 families <= 85% of off-policy's",
           ext_mean_drop <= 0.85 * off_mean_drop,
           f"{ext_mean_drop:.2f} vs off-policy {off_mean_drop:.2f} "
           f"(ratio {ext_mean_drop / off_mean_drop if off_mean_drop else float('nan'):.2f})")
     c = e["chosen"]
-    check("DPO phase: chosen's drop from its peak smaller than off-policy's",
+    check("over its DPO phase, chosen's drop from its peak smaller than off-policy's",
           max(c) - c[-1] < off_chosen_drop, f"{max(c) - c[-1]:.2f} vs off-policy {off_chosen_drop:.2f}")
 
     ev, _ = runs["dpo_onpolicy"]

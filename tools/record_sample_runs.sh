@@ -37,4 +37,5 @@ t() { local s=$(date +%s.%N); "$@"; local e=$(date +%s.%N); printf '%8.1f s  %s\
 t $L train --quiet --algo sft $SFT --save-model "$SFT_MODEL" --out "$S/sft.jsonl"
 t $L train --quiet --model "$SFT_MODEL" --algo dpo $DPO --out "$S/dpo_offpolicy.jsonl"
 t $L train --quiet --algo extended --sft-lr "$SFT_LR" --sft-epochs "$EXT_EPOCHS" $DPO --out "$S/extended_then_dpo.jsonl"
-t $L train --quiet --model "$SFT_MODEL" --algo dpo --on-policy $DPO --out "$S/dpo_onpolicy.jsonl"
+# on-policy: the batch's rejected responses are sampled from the policy before every update
+t $L train --quiet --model "$SFT_MODEL" --algo dpo --on-policy --resample-every 1 $DPO --out "$S/dpo_onpolicy.jsonl"

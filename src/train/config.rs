@@ -257,11 +257,16 @@ pub struct PhaseConfig {
     pub algo: Algo,
     pub duration: Duration,
     pub optim: OptimConfig,
-    /// Preference phases only: at the start of every epoch, replace each record's rejected
-    /// response by a sample from the current policy (reference log-probs of the samples come
-    /// from the frozen reference weights).
+    /// Preference phases only: replace the records' rejected responses by samples from the
+    /// current policy (reference log-probs of the samples come from the frozen reference
+    /// weights): every record's at the start of every epoch, or, with `resample_every`, the
+    /// batch's records every that many updates.
     #[serde(default)]
     pub on_policy: bool,
+    /// With `on_policy`: resample the batch's rejected responses every K updates (1 = before
+    /// every update, as online DPO does); `None` = every record's once per epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resample_every: Option<usize>,
 }
 
 /// The full definition of a run.
@@ -364,6 +369,7 @@ impl TrainConfig {
                 duration,
                 optim,
                 on_policy: false,
+                resample_every: None,
             };
         match algo {
             Algo::Extended => vec![

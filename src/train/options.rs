@@ -40,6 +40,10 @@ pub struct TrainOptions {
     pub max_prompt_len: usize,
     pub max_len: usize,
     pub on_policy: bool,
+    /// On-policy: resample the batch's rejected responses every K updates (None = every
+    /// record's once per epoch).
+    #[serde(default)]
+    pub resample_every: Option<usize>,
     pub sample_temperature: f64,
     pub top_k: usize,
     pub save_model: Option<String>,
@@ -91,6 +95,7 @@ impl Default for TrainOptions {
             max_prompt_len: 256,
             max_len: 512,
             on_policy: false,
+            resample_every: None,
             sample_temperature: 1.0,
             top_k: 5,
             save_model: None,
@@ -200,6 +205,9 @@ impl TrainOptions {
         }
         let mut phases =
             TrainConfig::phases_for(algo, (main_dur, optim(lr)), (sft_dur, optim(sft_lr)));
+        if self.resample_every.is_some() && !self.on_policy {
+            bail!("--resample-every needs --on-policy");
+        }
         if self.on_policy {
             if !phases
                 .iter()
@@ -212,8 +220,12 @@ impl TrainOptions {
                     .collect();
                 bail!("--on-policy needs a preference loss ({})", keys.join(", "));
             }
+            if self.resample_every == Some(0) {
+                bail!("--resample-every must be positive");
+            }
             for p in phases.iter_mut().filter(|p| !p.algo.is_sft()) {
                 p.on_policy = true;
+                p.resample_every = self.resample_every;
             }
         }
         if !(self.sample_temperature >= 0.0 && self.sample_temperature.is_finite()) {

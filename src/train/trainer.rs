@@ -429,21 +429,30 @@ impl Session {
                     return Ok(false);
                 }
                 let t0 = Instant::now();
-                if let Some(rm) = &ref_model
-                    && s % steps_per_epoch == 0
-                {
-                    self.resample(
-                        rm,
-                        &mut rejected,
-                        reference.as_mut(),
-                        pi,
-                        s / steps_per_epoch,
-                        sink,
-                        st,
-                        &phase.name,
-                    )?;
-                }
                 let idx: Vec<usize> = (0..b).map(|_| order.next_index()).collect();
+                if let Some(rm) = &ref_model {
+                    // every record's at each epoch's start, or the batch's every K updates
+                    let which: Option<(Vec<usize>, u64)> = match phase.resample_every {
+                        None => (s % steps_per_epoch == 0)
+                            .then(|| ((0..n).collect(), (s / steps_per_epoch) as u64)),
+                        Some(k) => s
+                            .is_multiple_of(k.max(1))
+                            .then(|| (idx.clone(), (1u64 << 31) | s as u64)),
+                    };
+                    if let Some((which, round)) = which {
+                        self.resample(
+                            rm,
+                            &mut rejected,
+                            reference.as_mut(),
+                            &which,
+                            pi,
+                            round,
+                            sink,
+                            st,
+                            &phase.name,
+                        )?;
+                    }
+                }
                 let lr = phase.optim.lr_at(s);
                 let due = influence_every > 0 && (st.step + 1).is_multiple_of(influence_every);
                 let mut metrics = if due {
@@ -496,31 +505,33 @@ impl Session {
         Ok(true)
     }
 
-    /// Replaces every record's rejected response by a sample from the current policy, scores the
-    /// samples under the frozen reference `rm`, and records the probes' samples.
+    /// Replaces the rejected responses of the records `which` (pair indices) by samples from
+    /// the current policy, scores the samples under the frozen reference `rm`, and records the
+    /// probes' samples. `round` (the epoch, or a step) seeds the sampling.
     #[allow(clippy::too_many_arguments)]
     fn resample(
         &self,
         rm: &Model,
         rejected: &mut [Seq],
         reference: Option<&mut Vec<(f64, f64)>>,
+        which: &[usize],
         phase_index: usize,
-        epoch: usize,
+        round: u64,
         sink: &mut Sink,
         st: &LoopState,
         phase: &str,
     ) -> Result<()> {
         let lim = self.cfg.lengths;
-        let prompts: Vec<Vec<u32>> = self.pairs.iter().map(|p| p.chosen.prompt.clone()).collect();
-        let max_new: Vec<usize> = self
-            .pairs
+        let pairs: Vec<&Pair> = which.iter().filter_map(|&i| self.pairs.get(i)).collect();
+        let prompts: Vec<Vec<u32>> = pairs.iter().map(|p| p.chosen.prompt.clone()).collect();
+        let max_new: Vec<usize> = pairs
             .iter()
             .map(|p| {
                 (p.chosen.response.len().max(p.rejected.response.len()) + 8)
                     .min(lim.max_total.saturating_sub(p.chosen.prompt.len()).max(1))
             })
             .collect();
-        let seed = self.cfg.seed ^ 0x0A11_CE00 ^ ((phase_index as u64) << 32) ^ epoch as u64;
+        let seed = self.cfg.seed ^ 0x0A11_CE00 ^ ((phase_index as u64) << 32) ^ round;
         let mut rng = StdRng::seed_from_u64(seed);
         let samples = onpolicy::sample_responses(
             &self.model,
@@ -530,31 +541,36 @@ impl Session {
             &mut rng,
             32,
         )?;
-        for (r, (p, resp)) in rejected.iter_mut().zip(prompts.into_iter().zip(samples)) {
-            *r = Seq {
-                prompt: p,
-                response: resp,
-            };
-        }
+        let fresh: Vec<Seq> = prompts
+            .into_iter()
+            .zip(samples)
+            .map(|(prompt, response)| Seq { prompt, response })
+            .collect();
         if let Some(reference) = reference {
-            let refs = logprob::score(rm, rejected, 16)?;
-            for (r, v) in reference.iter_mut().zip(refs) {
-                r.1 = v;
+            let refs = logprob::score(rm, &fresh, 16)?;
+            for (&i, v) in which.iter().zip(refs) {
+                if let Some(r) = reference.get_mut(i) {
+                    r.1 = v;
+                }
             }
         }
         let probe_idx: BTreeSet<usize> = self.header.probes.iter().map(|p| p.index).collect();
-        let shown = self
-            .pairs
-            .iter()
-            .zip(rejected.iter())
-            .filter(|(p, _)| probe_idx.contains(&p.index))
-            .map(|(p, r)| Ok((p.index, self.model.tok.decode(&r.response)?)))
-            .collect::<Result<Vec<_>>>()?;
-        sink.emit(Event::Samples {
-            step: st.step,
-            phase: phase.to_string(),
-            rejected: shown,
-        })?;
+        let mut shown = Vec::new();
+        for ((&i, p), seq) in which.iter().zip(&pairs).zip(fresh) {
+            if probe_idx.contains(&p.index) {
+                shown.push((p.index, self.model.tok.decode(&seq.response)?));
+            }
+            if let Some(r) = rejected.get_mut(i) {
+                *r = seq;
+            }
+        }
+        if !shown.is_empty() {
+            sink.emit(Event::Samples {
+                step: st.step,
+                phase: phase.to_string(),
+                rejected: shown,
+            })?;
+        }
         Ok(())
     }
 
