@@ -996,3 +996,59 @@ fn export_refuses_a_diagnostic_the_run_lacks() {
         "{err}"
     );
 }
+
+/// On-policy DPO resamples the batch's rejected responses before every update with
+/// `--resample-every 1` (the records of that batch only; file order, so the batches are known),
+/// once per epoch without it; `--resample-every` needs `--on-policy` and a positive K.
+#[test]
+fn on_policy_resamples_every_k_updates() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixtures().join("llama");
+    let data = fixtures().join("probes_all.jsonl");
+    let samples = |extra: &[&str]| -> Vec<(usize, Vec<usize>)> {
+        let run = dir.path().join("s.jsonl");
+        let mut a = train_args(p(&model), p(&data), p(&run), "dpo");
+        a.push("--on-policy");
+        a.extend(extra);
+        ok(&a);
+        std::fs::read_to_string(&run)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["type"] == "samples")
+            .map(|v| {
+                let idx = v["rejected"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r[0].as_u64().unwrap() as usize)
+                    .collect();
+                (v["step"].as_u64().unwrap() as usize, idx)
+            })
+            .collect()
+    };
+    let n = ldviz::data::load_dataset(&data, None, None)
+        .unwrap()
+        .records
+        .len();
+    assert_eq!(n, 8);
+    // every update: steps 0..4, each with its batch's four records (file order, wrapping)
+    let every = samples(&["--resample-every", "1"]);
+    assert_eq!(every.len(), 4, "{every:?}");
+    for (s, (step, idx)) in every.iter().enumerate() {
+        assert_eq!(*step, s);
+        let batch: Vec<usize> = (0..4).map(|k| (4 * s + k) % n).collect();
+        assert_eq!(idx, &batch, "{every:?}");
+    }
+    // once per epoch (an epoch is two batches of four): all eight records at steps 0 and 2
+    let epoch = samples(&[]);
+    let all: Vec<usize> = (0..n).collect();
+    assert_eq!(epoch, vec![(0, all.clone()), (2, all)]);
+    let run = dir.path().join("x.jsonl");
+    let mut bad = train_args(p(&model), p(&data), p(&run), "dpo");
+    bad.extend(["--resample-every", "1"]);
+    assert!(fails(&bad).contains("--resample-every needs --on-policy"));
+    let mut bad = train_args(p(&model), p(&data), p(&run), "dpo");
+    bad.extend(["--on-policy", "--resample-every", "0"]);
+    assert!(fails(&bad).contains("--resample-every must be positive"));
+}
