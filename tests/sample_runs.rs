@@ -8,23 +8,17 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use ldviz::data::Family;
 use ldviz::run::summary::{FamilyStats, Summary, summarize};
 
 /// The 12 families other than the greedy response y*.
-const NON_ARGMAX: [&str; 12] = [
-    "chosen",
-    "rejected",
-    "chosen_initial",
-    "chosen_gptsemantic",
-    "chosen_gptformat",
-    "reject_gptsemantic",
-    "reject_gptformat",
-    "irr_train",
-    "irr_test",
-    "irr_hum",
-    "random_permute",
-    "random_nonhum",
-];
+fn non_argmax() -> Vec<&'static str> {
+    Family::ALL
+        .iter()
+        .filter(|f| **f != Family::Argmax)
+        .map(|f| f.key())
+        .collect()
+}
 
 fn load(name: &str) -> Summary {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -47,7 +41,8 @@ fn d(s: &FamilyStats) -> f64 {
 
 /// Mean over the 12 non-argmax families of their drop (start − end).
 fn mean_drop(f: &BTreeMap<String, FamilyStats>) -> f64 {
-    NON_ARGMAX.iter().map(|k| -d(&f[*k])).sum::<f64>() / NON_ARGMAX.len() as f64
+    let keys = non_argmax();
+    keys.iter().map(|k| -d(&f[*k])).sum::<f64>() / keys.len() as f64
 }
 
 fn peak_drop(s: &FamilyStats) -> f64 {
@@ -92,7 +87,7 @@ fn dpo_offpolicy_sample() {
     let s = load("dpo_offpolicy");
     let f = &s.families;
     let rejected = d(&f["rejected"]);
-    for k in NON_ARGMAX.iter().filter(|k| **k != "rejected") {
+    for k in non_argmax().iter().filter(|k| **k != "rejected") {
         assert!(rejected < d(&f[*k]), "rejected falls most ({k})");
     }
     let c = &f["chosen"];
@@ -104,7 +99,7 @@ fn dpo_offpolicy_sample() {
     // response sat in a valley the top-1 probability rises (tests/app.rs), but over all of
     // chosen's positions the distribution flattens a little, and y* ends below its start.
     assert!(d(&f["argmax"]) < 0.0, "y* falls: {:?}", f["argmax"]);
-    let falling = NON_ARGMAX.iter().filter(|k| d(&f[**k]) < 0.0).count();
+    let falling = non_argmax().iter().filter(|k| d(&f[**k]) < 0.0).count();
     assert!(falling >= 10, "{falling} of 12 families fall");
 }
 
