@@ -1052,3 +1052,83 @@ fn on_policy_resamples_every_k_updates() {
     bad.extend(["--on-policy", "--resample-every", "0"]);
     assert!(fails(&bad).contains("--resample-every must be positive"));
 }
+
+#[test]
+fn train_into_a_full_disk_fails_with_one_line() {
+    if !Path::new("/dev/full").exists() {
+        eprintln!("skipped: no /dev/full");
+        return;
+    }
+    let model = fixtures().join("llama");
+    let data = fixtures().join("probes_all.jsonl");
+    let err = fails(&train_args(p(&model), p(&data), "/dev/full", "dpo"));
+    assert!(err.contains("/dev/full"), "{err}");
+    assert!(err.contains("cannot write run record"), "{err}");
+}
+
+/// A training error (here: the trained model cannot be saved) followed by a failure to write
+/// the end record (the file-size limit is reached exactly there) reports the training error.
+#[test]
+fn a_training_error_is_not_replaced_by_the_end_record_write_error() {
+    if Command::new("bash").arg("-c").arg("true").output().is_err() {
+        eprintln!("skipped: no bash");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("blocker");
+    std::fs::write(&blocker, "a file, not a folder").unwrap();
+    // A long path makes the end record (which carries the error message) over 2 KB long.
+    let mut save = blocker.clone();
+    for _ in 0..10 {
+        save.push("x".repeat(200));
+    }
+    let model = fixtures().join("llama");
+    let data = fixtures().join("probes_all.jsonl");
+    let run = |out: &Path, limit_blocks: Option<u64>| {
+        let mut args = train_args(p(&model), p(&data), p(out), "dpo");
+        args.extend(["--save-model", p(&save)]);
+        let mut script = String::from("trap '' XFSZ; ");
+        if let Some(l) = limit_blocks {
+            script.push_str(&format!("ulimit -f {l}; "));
+        }
+        script.push_str("exec \"$0\" \"$@\"");
+        Command::new("bash")
+            .arg("-c")
+            .arg(script)
+            .arg(env!("CARGO_BIN_EXE_ldviz"))
+            .args(&args)
+            .output()
+            .unwrap()
+    };
+    // Without a limit: the save error is reported and the end record is written.
+    let free = dir.path().join("a.jsonl");
+    let o = run(&free, None);
+    assert!(!o.status.success());
+    let text = std::fs::read_to_string(&free).unwrap();
+    let last = text.trim_end().lines().last().unwrap();
+    assert!(last.contains("\"type\":\"end\""), "{last}");
+    assert!(last.len() > 2100, "end record only {} bytes", last.len());
+    let before_end = (text.len() - last.len() - 1) as u64;
+    // With the limit between the records before the end record and the end record's end.
+    let limited = dir.path().join("b.jsonl");
+    let blocks = (before_end + 100) / 1024 + 1;
+    let o = run(&limited, Some(blocks));
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!o.status.success());
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: "), "{err}");
+    assert!(err.contains("blocker"), "the training error is lost: {err}");
+    assert!(
+        err.contains("cannot create"),
+        "the training error is lost: {err}"
+    );
+    assert!(
+        err.contains("end record could not be written"),
+        "the write failure is not mentioned: {err}"
+    );
+    let written = std::fs::read(&limited).unwrap();
+    assert!(
+        written.len() < text.len(),
+        "the end record was written whole"
+    );
+}

@@ -300,8 +300,8 @@ impl Session {
                 message: Some(format!("{e:#}")),
             },
         };
-        sink.emit(end)?;
-        result.map(|_| ())
+        let written = sink.emit(end);
+        finish(result, written)
     }
 
     fn epoch(&self, examples: usize) -> f64 {
@@ -890,6 +890,18 @@ struct LoopState {
     /// Examples seen at the last transfer-matrix evaluation.
     last_transfer: Option<usize>,
     paused: bool,
+}
+
+/// The outcome of a run once its end record was emitted (`written`): a training error is never
+/// replaced by a failure to write the end record; the write failure is added to its message.
+fn finish(result: Result<bool>, written: Result<()>) -> Result<()> {
+    match (result, written) {
+        (Ok(_), w) => w,
+        (Err(e), Ok(())) => Err(e),
+        (Err(e), Err(w)) => Err(anyhow!(
+            "{e:#} (the end record could not be written either: {w:#})"
+        )),
+    }
 }
 
 /// Where events go: the run file (if any) and the channel.
