@@ -90,14 +90,12 @@ struct SqueezeArgs {
     classes: Option<usize>,
     #[arg(long, default_value_t = 0.5)]
     ratio: f64,
-    /// Push this class's log-prob down (0-based index).
-    #[arg(
-        long,
-        conflicts_with = "positive",
-        required_unless_present = "positive"
-    )]
+    /// Push this class's log-prob down (0-based index); with --positive both steps are taken
+    /// at once.
+    #[arg(long, required_unless_present = "positive")]
     negative: Option<usize>,
-    /// Push this class's log-prob up (0-based index).
+    /// Push this class's log-prob up (0-based index); with --negative both steps are taken at
+    /// once.
     #[arg(long)]
     positive: Option<usize>,
     /// Step size η' on the logits.
@@ -1001,22 +999,39 @@ fn bench_frame(_a: &BenchArgs) -> Result<()> {
 }
 
 fn squeeze(a: SqueezeArgs) -> Result<()> {
-    use ldviz::squeeze::{Sign, check_probs, geometric, ratios, step};
+    use ldviz::squeeze::{Sign, check_probs, geometric, ratios, step_many};
     let p0 = match a.classes {
         Some(v) if v < 2 => bail!("--classes must be at least 2"),
         Some(v) => geometric(v, a.ratio),
         None => check_probs(&a.probs).context("--probs")?,
     };
-    let (c, sign) = match (a.negative, a.positive) {
-        (Some(c), _) => (c, Sign::Negative),
-        (None, Some(c)) => (c, Sign::Positive),
-        (None, None) => bail!("give --negative I or --positive I"),
-    };
-    if c >= p0.len() {
-        bail!(
-            "class {c} is out of range: there are {} classes (0-based)",
-            p0.len()
-        );
+    let mut terms = Vec::new();
+    if let Some(c) = a.positive {
+        terms.push((c, Sign::Positive));
+    }
+    if let Some(c) = a.negative {
+        terms.push((c, Sign::Negative));
+    }
+    if terms.is_empty() {
+        bail!("give --negative I or --positive I (or both)");
+    }
+    for &(c, sign) in &terms {
+        let flag = if sign == Sign::Negative {
+            "--negative"
+        } else {
+            "--positive"
+        };
+        if c >= p0.len() {
+            bail!(
+                "{flag}: class {c} is out of range: there are {} classes (0-based)",
+                p0.len()
+            );
+        }
+    }
+    if let (Some(i), Some(j)) = (a.positive, a.negative)
+        && i == j
+    {
+        bail!("--positive and --negative name the same class {i}: the two steps cancel");
     }
     if !(a.eta.is_finite() && a.eta >= 0.0) {
         bail!("--eta must be a non-negative number");
@@ -1024,14 +1039,27 @@ fn squeeze(a: SqueezeArgs) -> Result<()> {
     let mut p = p0.clone();
     let mut history = Vec::new();
     for _ in 0..a.steps.max(1) {
-        p = step(&p, c, sign, a.eta);
+        p = step_many(&p, &terms, a.eta);
         history.push(p.clone());
     }
     let alpha = ratios(&p0, &p);
+    let sign_name = |sign: Sign| {
+        if sign == Sign::Negative {
+            "negative"
+        } else {
+            "positive"
+        }
+    };
     if a.json {
+        let changes: Vec<serde_json::Value> = terms
+            .iter()
+            .map(|&(c, sign)| {
+                serde_json::json!({"class": c, "step": sign_name(sign), "before": p0[c], "after": p[c], "alpha": alpha[c]})
+            })
+            .collect();
         println!(
             "{}",
-            serde_json::json!({"before": p0, "after": p, "alpha": alpha, "steps": history})
+            serde_json::json!({"before": p0, "after": p, "alpha": alpha, "steps": history, "changes": changes})
         );
         return Ok(());
     }
@@ -1041,18 +1069,27 @@ fn squeeze(a: SqueezeArgs) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let what = terms
+        .iter()
+        .map(|&(c, sign)| format!("{} step(s) on class {c}", sign_name(sign)))
+        .collect::<Vec<_>>()
+        .join(" and ");
     println!("before: [{}]", fmt(&p0));
     println!(
-        "after {} {} step(s) on class {c} with eta {}: [{}]",
+        "after {} {what} with eta {}: [{}]",
         a.steps.max(1),
-        if sign == Sign::Negative {
-            "negative"
-        } else {
-            "positive"
-        },
         a.eta,
         fmt(&p)
     );
+    for &(c, sign) in &terms {
+        println!(
+            "class {c} ({}): {:.4} -> {:.4} (alpha {:.4})",
+            sign_name(sign),
+            p0[c],
+            p[c],
+            alpha[c]
+        );
+    }
     println!("alpha (after / before): [{}]", fmt(&alpha));
     println!(
         "rose: {:?} (argmax before: {})",

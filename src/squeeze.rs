@@ -6,6 +6,9 @@
 //! z ← z ± η'·(e_c − π)
 //! ```
 //!
+//! A positive step on I and a negative step on J at once add both terms:
+//! z ← z + η'·((e_I − π) − (e_J − π)).
+//!
 //! so for a negative step every other class i gains η'·π_i in logit — in proportion to how
 //! likely it already is — and after renormalizing each class is scaled by α_i ∝ exp(η'·π_i):
 //! the argmax always rises, unlikely classes fall with the pushed-down one.
@@ -41,18 +44,24 @@ pub fn check_probs(p: &[f64]) -> Result<Vec<f64>> {
 
 /// One step on class `c` with step size `eta` (η' of PAPER.md §2); returns the new π.
 pub fn step(p: &[f64], c: usize, sign: Sign, eta: f64) -> Vec<f64> {
-    let s = match sign {
-        Sign::Positive => 1.0,
-        Sign::Negative => -1.0,
-    };
-    let z: Vec<f64> = p
-        .iter()
-        .enumerate()
-        .map(|(i, &pi)| {
+    step_many(p, &[(c, sign)], eta)
+}
+
+/// One step of several class terms at once, each ±η'·(e_c − π) with π the distribution before
+/// the step: a positive step on I with a negative step on J is z ← z + η'·((e_I − π) − (e_J − π))
+/// (the π terms cancel: z_I rises by η', z_J falls by η'). Returns the new π.
+pub fn step_many(p: &[f64], terms: &[(usize, Sign)], eta: f64) -> Vec<f64> {
+    let mut z: Vec<f64> = p.iter().map(|pi| pi.ln()).collect();
+    for &(c, sign) in terms {
+        let s = match sign {
+            Sign::Positive => 1.0,
+            Sign::Negative => -1.0,
+        };
+        for (i, (zi, &pi)) in z.iter_mut().zip(p).enumerate() {
             let e = if i == c { 1.0 } else { 0.0 };
-            pi.ln() + s * eta * (e - pi)
-        })
-        .collect();
+            *zi += s * eta * (e - pi);
+        }
+    }
     softmax(&z)
 }
 
@@ -129,6 +138,35 @@ mod tests {
         let r = step(&p, 2, Sign::Positive, 1.0);
         assert!(r[2] > p[2]);
         assert!((r.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn positive_and_negative_step_together_match_a_hand_computation() {
+        let p = [0.5, 0.3, 0.15, 0.05];
+        let (i, j, eta) = (2, 0, 0.7);
+        let q = step_many(&p, &[(i, Sign::Positive), (j, Sign::Negative)], eta);
+        // z_k = ln p_k + η((e_I − π) − (e_J − π))_k = ln p_k + η([k = I] − [k = J]).
+        let w: Vec<f64> = (0..4)
+            .map(|k| {
+                let d = f64::from(u8::from(k == i)) - f64::from(u8::from(k == j));
+                p[k] * (eta * d).exp()
+            })
+            .collect();
+        let s: f64 = w.iter().sum();
+        for k in 0..4 {
+            assert!(
+                (q[k] - w[k] / s).abs() < 1e-12,
+                "{k}: {} vs {}",
+                q[k],
+                w[k] / s
+            );
+        }
+        assert!(q[i] > p[i] && q[j] < p[j]);
+        // One term alone is `step`.
+        assert_eq!(
+            step_many(&p, &[(j, Sign::Negative)], eta),
+            step(&p, j, Sign::Negative, eta)
+        );
     }
 
     #[test]

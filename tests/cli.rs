@@ -1132,3 +1132,80 @@ fn a_training_error_is_not_replaced_by_the_end_record_write_error() {
         "the end record was written whole"
     );
 }
+
+#[test]
+fn squeeze_takes_a_positive_and_a_negative_step_at_once() {
+    // The README's example with every optional flag filled in.
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.starts_with("ldviz squeeze"))
+        .expect("README has a squeeze example");
+    let line = line
+        .replace("[--steps N]", "--steps 2")
+        .replace("[--positive I]", "--positive 1");
+    assert!(!line.contains('['), "unfilled option in {line}");
+    let args: Vec<&str> = line.split_whitespace().skip(1).collect();
+    let text = ok(&args);
+    assert!(
+        text.contains("positive step(s) on class 1 and negative step(s) on class 4"),
+        "{text}"
+    );
+    assert!(text.contains("class 1 (positive): 0.3000 -> "), "{text}");
+    assert!(text.contains("class 4 (negative): 0.0100 -> "), "{text}");
+    // JSON: equals the hand computation. Each step is z ← ln π + η((e_I − π) − (e_J − π)),
+    // i.e. π_k ∝ π_k·exp(η([k = I] − [k = J])); two steps of η = 1 multiply by exp(2·d_k).
+    let mut json_args = args.clone();
+    json_args.push("--json");
+    let v: Value = serde_json::from_str(&ok(&json_args)).unwrap();
+    let after: Vec<f64> = serde_json::from_value(v["after"].clone()).unwrap();
+    let p0 = [0.5, 0.3, 0.15, 0.04, 0.01];
+    let w: Vec<f64> = p0
+        .iter()
+        .enumerate()
+        .map(|(k, &pk)| {
+            let d: f64 = match k {
+                1 => 1.0,
+                4 => -1.0,
+                _ => 0.0,
+            };
+            pk * (2.0 * d).exp()
+        })
+        .collect();
+    let s: f64 = w.iter().sum();
+    for k in 0..5 {
+        assert!((after[k] - w[k] / s).abs() < 1e-12, "{k}: {after:?}");
+    }
+    let changes = v["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 2);
+    assert_eq!(changes[0]["class"], 1);
+    assert_eq!(changes[0]["step"], "positive");
+    assert!(changes[0]["after"].as_f64().unwrap() > 0.3);
+    assert_eq!(changes[1]["class"], 4);
+    assert_eq!(changes[1]["step"], "negative");
+    assert!(changes[1]["after"].as_f64().unwrap() < 0.01);
+    // The same class both ways cancels: refused.
+    let err = fails(&[
+        "squeeze",
+        "--probs",
+        "0.5,0.5",
+        "--positive",
+        "1",
+        "--negative",
+        "1",
+    ]);
+    assert!(err.contains("same class"), "{err}");
+    assert!(
+        fails(&[
+            "squeeze",
+            "--probs",
+            "0.5,0.5",
+            "--positive",
+            "3",
+            "--negative",
+            "0"
+        ])
+        .contains("--positive")
+    );
+}
