@@ -275,12 +275,17 @@ struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
-    /// Run file to write.
+    /// Run file to write (an existing file is refused without --force).
     #[arg(long)]
     out: PathBuf,
-    /// Also save the trained weights as a Hugging Face folder (e.g. to start DPO from an SFT run).
+    /// Also save the trained weights as a Hugging Face folder (e.g. to start DPO from an SFT run;
+    /// a folder that is not empty is refused without --force).
     #[arg(long)]
     save_model: Option<PathBuf>,
+    /// Replace an existing --out file, and write --save-model into a folder that is not empty
+    /// (replacing its files of the same names).
+    #[arg(long)]
+    force: bool,
     /// Hallucination transfer: at every evaluation, log π(y_j⁺ | x_i) for the first M probes'
     /// prompts i and chosen responses j (0 = off).
     #[arg(long, default_value_t = 16)]
@@ -599,8 +604,37 @@ fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
     o.to_config()
 }
 
+/// Refuses, before training, to overwrite an existing run file or to save the model into a
+/// folder that is not empty, unless `--force`.
+fn check_outputs(a: &TrainArgs) -> Result<()> {
+    if !a.force && a.out.is_file() {
+        bail!(
+            "--out {}: the file exists; give --force to replace it",
+            a.out.display()
+        );
+    }
+    if let Some(dir) = &a.save_model {
+        if dir.exists() && !dir.is_dir() {
+            bail!("--save-model {}: exists and is not a folder", dir.display());
+        }
+        if !a.force && dir.is_dir() {
+            let mut entries = std::fs::read_dir(dir).with_context(|| {
+                format!("--save-model {}: cannot read the folder", dir.display())
+            })?;
+            if entries.next().is_some() {
+                bail!(
+                    "--save-model {}: the folder is not empty; give --force to write the model into it",
+                    dir.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 fn train(a: TrainArgs) -> Result<()> {
     let cfg = train_config(&a)?;
+    check_outputs(&a)?;
     let handle = ldviz::train::spawn(cfg, Some(a.out.clone()));
     let mut bar: Option<indicatif::ProgressBar> = None;
     let mut last_loss = f64::NAN;

@@ -938,7 +938,8 @@ fn cdpo_with_label_smoothing_and_an_influence_target_end_to_end() {
         p(&dir.path().join("x.jsonl")),
     ]);
     assert!(err.contains("robust, cdpo, simpo"), "{err}");
-    let mut bad = train_args(p(&model), p(&data), p(&run), "cdpo");
+    let fresh = dir.path().join("bad.jsonl");
+    let mut bad = train_args(p(&model), p(&data), p(&fresh), "cdpo");
     bad.extend(["--label-smoothing", "0.5"]);
     assert!(fails(&bad).contains("--label-smoothing"));
     // (argument errors come from clap, which lists the possible values)
@@ -1008,7 +1009,7 @@ fn on_policy_resamples_every_k_updates() {
     let samples = |extra: &[&str]| -> Vec<(usize, Vec<usize>)> {
         let run = dir.path().join("s.jsonl");
         let mut a = train_args(p(&model), p(&data), p(&run), "dpo");
-        a.push("--on-policy");
+        a.extend(["--on-policy", "--force"]);
         a.extend(extra);
         ok(&a);
         std::fs::read_to_string(&run)
@@ -1207,5 +1208,52 @@ fn squeeze_takes_a_positive_and_a_negative_step_at_once() {
             "0"
         ])
         .contains("--positive")
+    );
+}
+
+#[test]
+fn train_refuses_to_overwrite_without_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run.jsonl");
+    let model = fixtures().join("llama");
+    let data = fixtures().join("probes_all.jsonl");
+    std::fs::write(&run, "keep me\n").unwrap();
+    let err = fails(&train_args(p(&model), p(&data), p(&run), "sft"));
+    assert!(
+        err.contains("run.jsonl") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&run).unwrap(), "keep me\n");
+    // --force replaces it.
+    let mut args = train_args(p(&model), p(&data), p(&run), "sft");
+    args.push("--force");
+    ok(&args);
+    assert_eq!(ldviz::run::read_run(&run).unwrap().steps.len(), 4);
+
+    // --save-model into a folder that is not empty: refused before training (no run file).
+    let saved = dir.path().join("saved");
+    std::fs::create_dir(&saved).unwrap();
+    std::fs::write(saved.join("notes.txt"), "mine").unwrap();
+    let run2 = dir.path().join("run2.jsonl");
+    let mut args = train_args(p(&model), p(&data), p(&run2), "sft");
+    args.extend(["--save-model", p(&saved)]);
+    let err = fails(&args);
+    assert!(err.contains("saved") && err.contains("--force"), "{err}");
+    assert!(!run2.exists(), "training started");
+    assert!(!saved.join("model.safetensors").exists());
+    // an empty folder is fine; with --force the model is written next to the other files
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let mut args = train_args(p(&model), p(&data), p(&run2), "sft");
+    args.extend(["--save-model", p(&empty)]);
+    ok(&args);
+    assert!(empty.join("model.safetensors").exists());
+    let mut args = train_args(p(&model), p(&data), p(&run2), "sft");
+    args.extend(["--save-model", p(&saved), "--force"]);
+    ok(&args);
+    assert!(saved.join("model.safetensors").exists());
+    assert_eq!(
+        std::fs::read_to_string(saved.join("notes.txt")).unwrap(),
+        "mine"
     );
 }

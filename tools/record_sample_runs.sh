@@ -34,8 +34,8 @@ DPO="--optimizer adamw --lr ${DPO_LR:-1e-4} --beta ${BETA:-0.1} --epochs ${DPO_E
 
 t() { local s=$(date +%s.%N); "$@"; local e=$(date +%s.%N); printf '%8.1f s  %s\n' "$(echo "$e - $s" | bc)" "$*" >&2; }
 
-t $L train --quiet --algo sft $SFT --save-model "$SFT_MODEL" --out "$S/sft.jsonl"
-t $L train --quiet --model "$SFT_MODEL" --algo dpo $DPO --out "$S/dpo_offpolicy.jsonl"
-t $L train --quiet --algo extended --sft-lr "$SFT_LR" --sft-epochs "$EXT_EPOCHS" $DPO --out "$S/extended_then_dpo.jsonl"
+t $L train --quiet --force --algo sft $SFT --save-model "$SFT_MODEL" --out "$S/sft.jsonl"
+t $L train --quiet --force --model "$SFT_MODEL" --algo dpo $DPO --out "$S/dpo_offpolicy.jsonl"
+t $L train --quiet --force --algo extended --sft-lr "$SFT_LR" --sft-epochs "$EXT_EPOCHS" $DPO --out "$S/extended_then_dpo.jsonl"
 # on-policy: the batch's rejected responses are sampled from the policy before every update
-t $L train --quiet --model "$SFT_MODEL" --algo dpo --on-policy --resample-every 1 $DPO --out "$S/dpo_onpolicy.jsonl"
+t $L train --quiet --force --model "$SFT_MODEL" --algo dpo --on-policy --resample-every 1 $DPO --out "$S/dpo_onpolicy.jsonl"
