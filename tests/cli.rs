@@ -1257,3 +1257,67 @@ fn train_refuses_to_overwrite_without_force() {
         "mine"
     );
 }
+
+/// A run file from a newer writer: a record of an unknown type in the middle and an unknown
+/// field in an eval record are skipped and counted; a newer header version is refused.
+#[test]
+fn run_files_with_unknown_records_and_fields_are_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run.jsonl");
+    let model = fixtures().join("llama");
+    let data = fixtures().join("probes_all.jsonl");
+    ok(&train_args(p(&model), p(&data), p(&run), "dpo"));
+    let text = std::fs::read_to_string(&run).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    let mut evals = 0;
+    for (i, l) in lines.iter().enumerate() {
+        if i == lines.len() / 2 {
+            out.push(r#"{"type":"future_thing","x":1}"#.to_string());
+        }
+        if let Some(rest) = l.strip_prefix(r#"{"type":"eval","#) {
+            evals += 1;
+            out.push(format!(r#"{{"type":"eval","new_field":1,{rest}"#));
+        } else {
+            out.push(l.to_string());
+        }
+    }
+    assert!(evals > 0);
+    let newer = dir.path().join("newer.jsonl");
+    std::fs::write(&newer, out.join("\n") + "\n").unwrap();
+
+    let a: Value = serde_json::from_str(&ok(&["inspect", p(&run), "--json"])).unwrap();
+    let b: Value = serde_json::from_str(&ok(&["inspect", p(&newer), "--json"])).unwrap();
+    assert_eq!(a["skipped_records"], 0);
+    assert_eq!(b["skipped_records"], 1);
+    assert_eq!(a["families"], b["families"]);
+    assert_eq!(a["steps"], b["steps"]);
+    assert_eq!(a["evaluations"], b["evaluations"]);
+    let t = ok(&["inspect", p(&newer)]);
+    assert_eq!(t.matches("skipped records: 1").count(), 1, "{t}");
+    assert!(!ok(&["inspect", p(&run)]).contains("skipped records"));
+    let r = ldviz::run::read_run(&newer).unwrap();
+    assert_eq!(r.skipped_records, 1);
+    assert_eq!(r, {
+        let mut o = ldviz::run::read_run(&run).unwrap();
+        o.skipped_records = 1;
+        o
+    });
+
+    // A header of a newer version: an error naming both versions.
+    let v2 = dir.path().join("v2.jsonl");
+    let first = lines[0].replacen(r#""version":1"#, r#""version":2"#, 1);
+    assert_ne!(first, lines[0]);
+    std::fs::write(
+        &v2,
+        [first.as_str()]
+            .into_iter()
+            .chain(lines[1..].iter().copied())
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n",
+    )
+    .unwrap();
+    let err = fails(&["inspect", p(&v2)]);
+    assert!(err.contains("version 2") && err.contains("(1)"), "{err}");
+}

@@ -340,6 +340,20 @@ pub enum EndReason {
     Error,
 }
 
+/// The `"type"` of every record this version writes and reads (one per [`Event`] variant);
+/// records of any other type come from a newer writer and are skipped by the reader.
+pub const RECORD_TYPES: [&str; 9] = [
+    "header",
+    "vocab",
+    "phase",
+    "step",
+    "eval",
+    "influence",
+    "samples",
+    "state",
+    "end",
+];
+
 /// Everything a trainer reports, in order. Each is one line of the run file.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

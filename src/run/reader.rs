@@ -7,8 +7,8 @@ use std::path::Path;
 use anyhow::{Context, Result, anyhow, bail};
 
 use super::event::{
-    EndReason, EvalLine, EvalRecord, Event, FORMAT, InfluenceRecord, RunHeader, StepRecord, Traces,
-    VERSION,
+    EndReason, EvalLine, EvalRecord, Event, FORMAT, InfluenceRecord, RECORD_TYPES, RunHeader,
+    StepRecord, Traces, VERSION,
 };
 use crate::data::Family;
 use crate::train::config::Algo;
@@ -33,6 +33,8 @@ pub struct Run {
     pub end: Option<(EndReason, usize, Option<String>)>,
     /// True when the last line was incomplete and skipped.
     pub truncated: bool,
+    /// Records of a type this version does not know (written by a newer ldviz), skipped.
+    pub skipped_records: usize,
 }
 
 impl Run {
@@ -47,6 +49,7 @@ impl Run {
             influence: Vec::new(),
             end: None,
             truncated: false,
+            skipped_records: 0,
         }
     }
 
@@ -150,16 +153,38 @@ fn cut_tokens(text: &str) -> Option<(String, &str)> {
     None
 }
 
+/// One parsed line.
+enum Line {
+    Record(Event),
+    /// A valid JSON object whose `"type"` this version does not know.
+    Unknown,
+    Invalid(String),
+}
+
 /// Parses one line: evaluation records without their per-token traces (kept as raw text until
-/// used), everything else through the tagged [`Event`] enum.
-fn parse_line(text: &str) -> std::result::Result<Event, String> {
+/// used), everything else through the tagged [`Event`] enum. Fields a record type does not
+/// have are ignored; a record whose type is unknown is [`Line::Unknown`].
+fn parse_line(text: &str) -> Line {
     if text.starts_with("{\"type\":\"eval\"")
         && let Some((rest, tokens)) = cut_tokens(text)
         && let Ok(l) = serde_json::from_str::<EvalLine>(&rest)
     {
-        return Ok(Event::Eval(Box::new(l.with_tokens(Traces::raw(tokens)))));
+        return Line::Record(Event::Eval(Box::new(l.with_tokens(Traces::raw(tokens)))));
     }
-    serde_json::from_str(text).map_err(|e| e.to_string())
+    match serde_json::from_str(text) {
+        Ok(ev) => Line::Record(ev),
+        Err(e) => {
+            #[derive(serde::Deserialize)]
+            struct Tagged {
+                #[serde(rename = "type")]
+                ty: String,
+            }
+            match serde_json::from_str::<Tagged>(text) {
+                Ok(t) if !RECORD_TYPES.contains(&t.ty.as_str()) => Line::Unknown,
+                _ => Line::Invalid(e.to_string()),
+            }
+        }
+    }
 }
 
 /// Loads a run file. Lines are parsed in parallel, then applied in order.
@@ -185,13 +210,13 @@ pub fn read_run(path: &Path) -> Result<Run> {
         }
     }
     // (line number, complete, parsed record; None for a blank line)
-    type Parsed = (usize, bool, Option<std::result::Result<Event, String>>);
+    type Parsed = (usize, bool, Option<Line>);
     let parsed: Vec<Parsed> = lines
         .par_iter()
         .map(|&(no, line, complete)| {
             let text = match std::str::from_utf8(line) {
                 Ok(t) => t.trim(),
-                Err(_) => return (no, complete, Some(Err("not UTF-8".to_string()))),
+                Err(_) => return (no, complete, Some(Line::Invalid("not UTF-8".to_string()))),
             };
             if text.is_empty() {
                 return (no, complete, None);
@@ -204,16 +229,28 @@ pub fn read_run(path: &Path) -> Result<Run> {
     for (line_no, complete, ev) in parsed {
         let Some(ev) = ev else { continue };
         let ev = match ev {
-            Ok(ev) => ev,
-            Err(_) if !complete => {
+            Line::Record(ev) => ev,
+            Line::Unknown if run.is_some() => {
+                if let Some(r) = run.as_mut() {
+                    r.skipped_records += 1;
+                }
+                continue;
+            }
+            Line::Unknown => bail!(
+                "{}:{line_no}: the first record must be the header",
+                path.display()
+            ),
+            Line::Invalid(_) if !complete => {
                 // A record cut by a killed writer: keep everything before it.
                 if let Some(r) = run.as_mut() {
                     r.truncated = true;
                 }
                 break;
             }
-            Err(e) if e == "not UTF-8" => bail!("{}:{line_no}: not UTF-8", path.display()),
-            Err(e) => bail!("{}:{line_no}: not a valid run record: {e}", path.display()),
+            Line::Invalid(e) if e == "not UTF-8" => {
+                bail!("{}:{line_no}: not UTF-8", path.display())
+            }
+            Line::Invalid(e) => bail!("{}:{line_no}: not a valid run record: {e}", path.display()),
         };
         match (&mut run, ev) {
             (None, Event::Header(h)) => {
@@ -248,6 +285,37 @@ pub fn read_run(path: &Path) -> Result<Run> {
 mod tests {
     use super::*;
 
+    fn parse(text: &str) -> std::result::Result<Event, String> {
+        match parse_line(text) {
+            Line::Record(ev) => Ok(ev),
+            Line::Unknown => Err("unknown record type".to_string()),
+            Line::Invalid(e) => Err(e),
+        }
+    }
+
+    #[test]
+    fn record_types_are_exactly_the_event_variants() {
+        let Err(e) = serde_json::from_str::<Event>(r#"{"type":"future_thing"}"#) else {
+            panic!("an unknown type parsed");
+        };
+        let msg = e.to_string();
+        let expected = msg
+            .split("expected one of ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{msg}"));
+        let names: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+        assert_eq!(names, RECORD_TYPES.to_vec(), "{msg}");
+        assert!(matches!(
+            parse_line(r#"{"type":"future_thing","x":1}"#),
+            Line::Unknown
+        ));
+        assert!(matches!(
+            parse_line(r#"{"type":"step","x":1}"#),
+            Line::Invalid(_)
+        ));
+        assert!(matches!(parse_line(r#"{"x":1}"#), Line::Invalid(_)));
+    }
+
     #[test]
     fn tokens_are_cut_out_of_eval_lines_in_any_member_order() {
         let traces = r#"[{"chosen":{"logp":[-1.0],"entropy":[0.5],"top":[[[3,-0.1]]]},"rejected":{"logp":[],"entropy":[],"top":[]},"argmax":{"ids":[3],"logp":[-0.1]}}]"#;
@@ -262,7 +330,7 @@ mod tests {
             );
             let (rest, t) = cut_tokens(&line).unwrap();
             assert_eq!(t, traces);
-            let Ok(Event::Eval(e)) = parse_line(&line) else {
+            let Ok(Event::Eval(e)) = parse(&line) else {
                 panic!("{rest}")
             };
             assert_eq!(e.step, 3);
@@ -276,14 +344,14 @@ mod tests {
         );
         let (_, t) = cut_tokens(&line).unwrap();
         assert_eq!(t, traces);
-        let Ok(Event::Eval(e)) = parse_line(&line) else {
+        let Ok(Event::Eval(e)) = parse(&line) else {
             panic!()
         };
         assert_eq!(e.phase, "a]}[\"x");
         assert_eq!(e.tokens.len(), 1);
         // Malformed per-token data: the record loads, the traces read as empty with a reason.
         let line = r#"{"type":"eval","step":1,"examples":4,"epoch":0.0,"phase":"p","logps":{},"tokens":[{"chosen":{"logp":"x"}}]}"#;
-        let Ok(Event::Eval(e)) = parse_line(line) else {
+        let Ok(Event::Eval(e)) = parse(line) else {
             panic!()
         };
         assert!(e.tokens.is_empty());
@@ -304,7 +372,7 @@ mod tests {
             if whole {
                 serde_json::from_str::<Event>(&line).map_err(|e| e.to_string())
             } else {
-                parse_line(&line)
+                parse(&line)
             }
         };
         for whole in [false, true] {
@@ -337,12 +405,12 @@ mod tests {
         }
         // an influence record from before the target choice used the chosen log-prob
         let inf = r#"{"type":"influence","step":1,"phase":"dpo","lr":0.1,"optimizer":"sgd","batch":[0],"observed":[{"probe":0,"family":"chosen"}],"actual":[0.1],"predicted":[0.1],"contributions":[[0.1]],"cosine":[[0.5]],"wall_ms":1.0}"#;
-        let Ok(Event::Influence(r)) = parse_line(inf) else {
+        let Ok(Event::Influence(r)) = parse(inf) else {
             panic!("influence")
         };
         assert_eq!(r.target, InfluenceTarget::Chosen);
         let with = inf.replace(r#""wall_ms""#, r#""target":"loss","wall_ms""#);
-        let Ok(Event::Influence(r)) = parse_line(&with) else {
+        let Ok(Event::Influence(r)) = parse(&with) else {
             panic!("influence with target")
         };
         assert_eq!(r.target, InfluenceTarget::Loss);

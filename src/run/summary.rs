@@ -146,6 +146,8 @@ pub struct Summary {
     pub phases: Vec<PhaseSummary>,
     pub end: Option<String>,
     pub truncated: bool,
+    /// Records of a type this ldviz does not know (from a newer writer), skipped.
+    pub skipped_records: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub influence: Option<InfluenceSummary>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -210,6 +212,7 @@ pub fn summarize(run: &Run) -> Summary {
             }
         }),
         truncated: run.truncated,
+        skipped_records: run.skipped_records,
         influence: influence_summary(run),
         transfer: transfer_summary(run),
     }
@@ -239,6 +242,12 @@ pub fn render_text(run: &Run, s: &Summary) -> String {
             ""
         }
     ));
+    if s.skipped_records > 0 {
+        out.push_str(&format!(
+            "skipped records: {} (of types this ldviz does not know; written by a newer version)\n",
+            s.skipped_records
+        ));
+    }
     if let Some(e) = &s.end {
         out.push_str(&format!("end: {e}\n"));
     }
