@@ -106,6 +106,36 @@ fn low_precision_compute_keeps_f32_masters_and_gradients() {
     }
 }
 
+/// The on-policy reference (the frozen copy of the starting weights that scores the sampled
+/// rejected responses) computes in the policy's precision: with f16 compute (bf16's stand-in on
+/// the CPU) on f32 masters it scores exactly as the policy did, not as an f32 copy would, so
+/// the DPO margins do not mix precisions; later updates of the policy leave it unchanged.
+#[test]
+fn the_frozen_reference_scores_in_the_policys_precision() {
+    let mut low = Model::load(&fixtures().join("llama"), &Device::Cpu).unwrap();
+    low.compute = DType::F16;
+    let pairs = pairs(&low);
+    let policy = scores(&low, &pairs);
+    let f32_scores = scores(&low.to_dtype(DType::F32).unwrap(), &pairs);
+    assert!(policy.iter().zip(&f32_scores).any(|(a, b)| a != b));
+    let reference = low.frozen_copy().unwrap();
+    assert_eq!(reference.compute, DType::F16);
+    assert!(
+        reference
+            .params
+            .vars()
+            .iter()
+            .all(|v| v.dtype() == DType::F32)
+    );
+    assert_eq!(scores(&reference, &pairs), policy);
+    // an update of the policy does not reach the reference
+    for v in low.params.vars() {
+        v.set(&v.as_tensor().affine(1.0, 0.01).unwrap()).unwrap();
+    }
+    assert_ne!(scores(&low, &pairs), policy);
+    assert_eq!(scores(&reference, &pairs), policy);
+}
+
 #[cfg(feature = "cuda")]
 mod gpu {
     use super::*;

@@ -428,6 +428,16 @@ impl Model {
         })
     }
 
+    /// A frozen copy: the weights detached into their own storage (later updates of this model
+    /// leave it unchanged), computing in this model's precision (bf16 compute on f32 masters
+    /// stays bf16 compute), so that it scores exactly as this model does now. The on-policy
+    /// reference is made this way.
+    pub fn frozen_copy(&self) -> Result<Model> {
+        let mut m = self.to_dtype(self.dtype())?;
+        m.compute = self.compute;
+        Ok(m)
+    }
+
     /// The weights' dtype.
     pub fn dtype(&self) -> DType {
         self.params

@@ -414,10 +414,11 @@ impl Session {
                 None
             };
             let mut rejected: Vec<Seq> = self.pairs.iter().map(|p| p.rejected.clone()).collect();
-            // On-policy: the frozen reference weights score the policy's samples.
+            // On-policy: the frozen reference weights score the policy's samples, in the
+            // policy's compute precision (as the chosen references were scored).
             let on_policy = phase.on_policy && !phase.algo.is_sft();
             let ref_model = if on_policy {
-                Some(self.model.to_dtype(self.model.dtype())?)
+                Some(self.model.frozen_copy()?)
             } else {
                 None
             };
