@@ -1321,3 +1321,61 @@ fn run_files_with_unknown_records_and_fields_are_read() {
     let err = fails(&["inspect", p(&v2)]);
     assert!(err.contains("version 2") && err.contains("(1)"), "{err}");
 }
+
+/// A diverged run (SGD at lr 1e12) keeps its records, NaN included: inspect reports the step it
+/// diverged at (text and --json), export writes the CSVs with `nan` where values were NaN.
+#[test]
+fn a_diverged_run_inspects_and_exports() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixtures().join("llama");
+    let data = fixtures().join("probes_all.jsonl");
+    let run = dir.path().join("div.jsonl");
+    let mut a = train_args(p(&model), p(&data), p(&run), "dpo");
+    let lr = a.iter().position(|x| *x == "--lr").unwrap() + 1;
+    a[lr] = "1e12";
+    let every = a.iter().position(|x| *x == "--eval-every").unwrap() + 1;
+    a[every] = "4";
+    let o = ldviz(&a);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("training stopped, every earlier record is kept"),
+        "{err}"
+    );
+    let text = ok(&["inspect", p(&run)]);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("diverged at step "))
+        .unwrap_or_else(|| panic!("{text}"));
+    let json: Value = serde_json::from_str(&ok(&["inspect", p(&run), "--json"])).unwrap();
+    let at = json["diverged_at_step"].as_u64().unwrap() as usize;
+    assert!(
+        line.starts_with(&format!("diverged at step {at}:")),
+        "{line}"
+    );
+    let r = ldviz::run::read_run(&run).unwrap();
+    // the first evaluation after an update has non-finite log-probs; before it, all finite
+    let first_bad = r
+        .evals
+        .iter()
+        .find(|e| e.logps.values().flatten().any(|v| !v.is_finite()))
+        .unwrap();
+    assert!(at <= first_bad.step && at >= 1, "{at}");
+    assert!(
+        r.evals.iter().filter(|e| e.step < at).all(|e| e
+            .logps
+            .values()
+            .flatten()
+            .all(|v| v.is_finite()))
+    );
+    let csv = dir.path().join("div.csv");
+    ok(&["export", p(&run), "--csv", p(&csv)]);
+    let rows = std::fs::read_to_string(&csv).unwrap();
+    assert!(rows.lines().any(|l| l.ends_with(",nan")), "{rows}");
+    assert!(!rows.contains("NaN"));
+    // a finite run reports no divergence
+    let fine = dir.path().join("fine.jsonl");
+    ok(&train_args(p(&model), p(&data), p(&fine), "dpo"));
+    assert!(!ok(&["inspect", p(&fine)]).contains("diverged"));
+    let json: Value = serde_json::from_str(&ok(&["inspect", p(&fine), "--json"])).unwrap();
+    assert!(json["diverged_at_step"].is_null());
+}

@@ -1,6 +1,7 @@
 //! `ldviz export RUN --csv FILE`: a long table `step,examples,probe,family,logp` (probe = the
 //! record's index in the data file) and, beside it, `FILE-stem.metrics.csv` with one row per
-//! optimizer step: `step,examples,epoch,phase,<metric>...` (TRL metric names).
+//! optimizer step: `step,examples,epoch,phase,<metric>...` (TRL metric names). Non-finite
+//! values are written `nan`, `inf`, `-inf`.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -17,6 +18,16 @@ pub fn metrics_path(csv: &Path) -> PathBuf {
         .map(|s| s.to_string_lossy().to_string())
         .unwrap_or_else(|| "run".into());
     csv.with_file_name(format!("{stem}.metrics.csv"))
+}
+
+/// A number as the CSVs write it: non-finite values as `nan`, `inf`, `-inf` (which pandas and
+/// most CSV readers take as floats).
+pub fn num(v: f64) -> String {
+    if v.is_nan() {
+        "nan".to_string()
+    } else {
+        v.to_string()
+    }
 }
 
 /// Writes both CSV files; returns the metrics path.
@@ -37,7 +48,7 @@ pub fn write_csv(run: &Run, path: &Path) -> Result<PathBuf> {
                     e.examples,
                     p.index,
                     fam.key(),
-                    v
+                    num(*v)
                 )
                 .with_context(ctx)?;
             }
@@ -59,7 +70,7 @@ pub fn write_csv(run: &Run, path: &Path) -> Result<PathBuf> {
         for n in &names {
             row.push(',');
             if let Some(v) = s.metrics.get(*n) {
-                row.push_str(&v.to_string());
+                row.push_str(&num(*v));
             }
         }
         writeln!(m, "{row}").with_context(mctx)?;

@@ -425,9 +425,12 @@ pub fn score(model: &Model, seqs: &[Seq], chunk: usize) -> Result<Vec<f64>> {
 /// of the next-token distribution, and its top-k tokens.
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct TokenTrace {
+    #[serde(with = "crate::run::nonfinite")]
     pub logp: Vec<f32>,
+    #[serde(with = "crate::run::nonfinite")]
     pub entropy: Vec<f32>,
     /// top-k (token id, log-prob) per position, most likely first.
+    #[serde(with = "crate::run::nonfinite")]
     pub top: Vec<Vec<(u32, f32)>>,
 }
 
@@ -435,6 +438,7 @@ pub struct TokenTrace {
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Greedy {
     pub ids: Vec<u32>,
+    #[serde(with = "crate::run::nonfinite")]
     pub logp: Vec<f32>,
 }
 

@@ -112,6 +112,7 @@ pub struct StepRecord {
     pub batch: Vec<usize>,
     /// TRL's names: loss, logps/chosen, logps/rejected, rewards/chosen, rewards/rejected,
     /// rewards/margins, rewards/accuracies, grad_norm, learning_rate.
+    #[serde(with = "super::nonfinite")]
     pub metrics: BTreeMap<String, f64>,
     pub wall_ms: f64,
 }
@@ -219,10 +220,11 @@ pub struct EvalLine {
     pub examples: usize,
     pub epoch: f64,
     pub phase: String,
+    #[serde(with = "super::nonfinite")]
     pub logps: BTreeMap<Family, Vec<f64>>,
     #[serde(default, deserialize_with = "diag_3_or_4")]
     pub diag: BTreeMap<Family, Vec<Diag>>,
-    #[serde(default)]
+    #[serde(default, with = "super::nonfinite")]
     pub transfer: Vec<Vec<f64>>,
 }
 
@@ -249,6 +251,7 @@ pub struct EvalRecord {
     pub epoch: f64,
     pub phase: String,
     /// Summed log-prob per family, one value per probe (header order).
+    #[serde(with = "super::nonfinite")]
     pub logps: BTreeMap<Family, Vec<f64>>,
     /// Per-token traces of chosen, rejected and argmax, one per probe (header order). Loaded
     /// lazily from run files (they are most of a file's bytes).
@@ -259,21 +262,26 @@ pub struct EvalRecord {
     #[serde(
         default,
         skip_serializing_if = "BTreeMap::is_empty",
+        serialize_with = "super::nonfinite::serialize",
         deserialize_with = "diag_3_or_4"
     )]
     pub diag: BTreeMap<Family, Vec<Diag>>,
     /// Hallucination transfer: log π(y_j⁺ | x_i) for the first M probes (header order),
     /// `transfer[i][j]` = prompt i with probe j's chosen response. Empty when off.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        with = "super::nonfinite"
+    )]
     pub transfer: Vec<Vec<f64>>,
 }
 
 /// Reads `diag` maps whose entries have 3 values (runs recorded before the authors' ‖A‖_F,
-/// which then reads as NaN) or 4; `null` values (a NaN written by serde_json) read as NaN.
+/// which then reads as NaN) or 4; non-finite values as [`super::nonfinite`] reads them.
 fn diag_3_or_4<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<BTreeMap<Family, Vec<Diag>>, D::Error> {
-    let raw = BTreeMap::<Family, Vec<Vec<Option<f64>>>>::deserialize(d)?;
+    let raw: BTreeMap<Family, Vec<Vec<f64>>> = super::nonfinite::deserialize(d)?;
     raw.into_iter()
         .map(|(f, rows)| {
             let rows = rows
@@ -288,7 +296,7 @@ fn diag_3_or_4<'de, D: serde::Deserializer<'de>>(
                     }
                     let mut out = [f64::NAN; 4];
                     for (o, v) in out.iter_mut().zip(r) {
-                        *o = v.unwrap_or(f64::NAN);
+                        *o = v;
                     }
                     Ok(out)
                 })
@@ -318,12 +326,16 @@ pub struct InfluenceRecord {
     pub batch: Vec<usize>,
     pub observed: Vec<Observed>,
     /// Δf_o: the summed log-prob after the update minus before.
+    #[serde(with = "super::nonfinite")]
     pub actual: Vec<f64>,
     /// ⟨∇θ f_o, Δθ⟩ with Δθ the update actually applied.
+    #[serde(with = "super::nonfinite")]
     pub predicted: Vec<f64>,
     /// [o][u]: example u's share of the prediction, −(lr·κ/B)⟨∇f_o, c ⊙ ∇L_u⟩.
+    #[serde(with = "super::nonfinite")]
     pub contributions: Vec<Vec<f64>>,
     /// [o][u]: ⟨∇f_o, ∇f_u⟩ / (‖∇f_o‖‖∇f_u‖), f_u as `target` says.
+    #[serde(with = "super::nonfinite")]
     pub cosine: Vec<Vec<f64>>,
     /// The training-example function f_u of `cosine` (records before this field: chosen).
     #[serde(default = "crate::train::InfluenceTarget::recorded_before_choice")]

@@ -3,6 +3,7 @@
 //! The format is documented in RUNFILE.md.
 
 pub mod event;
+pub mod nonfinite;
 pub mod reader;
 pub mod store;
 pub mod summary;

@@ -79,6 +79,30 @@ impl Run {
         s.max(e)
     }
 
+    /// The step at which the run diverged: the first step whose loss, or the mean summed
+    /// log-prob of any family at an evaluation, is not finite (NaN or ±∞). None when every
+    /// recorded loss and mean is finite.
+    pub fn diverged_at_step(&self) -> Option<usize> {
+        let loss = self
+            .steps
+            .iter()
+            .find(|s| s.metrics.get("loss").is_some_and(|l| !l.is_finite()))
+            .map(|s| s.step);
+        let eval = self
+            .evals
+            .iter()
+            .find(|e| {
+                e.logps
+                    .values()
+                    .any(|v| !v.is_empty() && !(v.iter().sum::<f64>() / v.len() as f64).is_finite())
+            })
+            .map(|e| e.step);
+        match (loss, eval) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
     /// Mean over probes of one family at each evaluation: (step, mean).
     pub fn family_means(&self, f: Family) -> Vec<(usize, f64)> {
         self.evals
@@ -426,5 +450,140 @@ mod tests {
         v.as_object_mut().unwrap().remove("influence_target");
         let old: crate::train::TrainConfig = serde_json::from_value(v).unwrap();
         assert_eq!(old.influence_target, InfluenceTarget::Chosen);
+    }
+
+    /// Files written before non-finite values had their own encoding hold `null` wherever a
+    /// value was NaN or infinite (serde_json's default): every such number reads as NaN.
+    #[test]
+    fn old_files_with_null_numbers_read_them_as_nan() {
+        let step = r#"{"type":"step","step":2,"examples":8,"epoch":1.0,"phase":"dpo","batch":[0],"metrics":{"loss":null,"grad_norm":3.5},"wall_ms":1.0}"#;
+        let Ok(Event::Step(s)) = parse(step) else {
+            panic!("step")
+        };
+        assert!(s.metrics["loss"].is_nan());
+        assert_eq!(s.metrics["grad_norm"], 3.5);
+        let traces = r#"[{"chosen":{"logp":[null,-1.0],"entropy":[null,0.5],"top":[[[3,null]]]},"rejected":{"logp":[],"entropy":[],"top":[]},"argmax":{"ids":[3],"logp":[null]}}]"#;
+        let eval = format!(
+            r#"{{"type":"eval","step":2,"examples":8,"epoch":1.0,"phase":"dpo","logps":{{"chosen":[null,-3.0]}},"tokens":{traces},"diag":{{"chosen":[[null,0.5,null,null]]}},"transfer":[[null,1.0]]}}"#
+        );
+        for whole in [false, true] {
+            let e = if whole {
+                serde_json::from_str::<Event>(&eval).map_err(|e| e.to_string())
+            } else {
+                parse(&eval)
+            };
+            let Ok(Event::Eval(e)) = e else {
+                panic!("eval: {e:?}")
+            };
+            assert!(e.logps[&Family::Chosen][0].is_nan());
+            assert_eq!(e.logps[&Family::Chosen][1], -3.0);
+            assert!(e.diag[&Family::Chosen][0][0].is_nan());
+            assert!(e.transfer[0][0].is_nan());
+            assert!(e.tokens.parse_error().is_none());
+            let t = &e.tokens[0];
+            assert!(t.chosen.logp[0].is_nan() && t.chosen.entropy[0].is_nan());
+            assert!(t.chosen.top[0][0].1.is_nan() && t.argmax.logp[0].is_nan());
+        }
+        let infl = r#"{"type":"influence","step":2,"phase":"dpo","lr":0.1,"optimizer":"sgd","batch":[0],"observed":[{"probe":0,"family":"chosen"}],"actual":[null],"predicted":[null],"contributions":[[null]],"cosine":[[null]],"target":"loss","wall_ms":1.0}"#;
+        let Ok(Event::Influence(r)) = parse(infl) else {
+            panic!("influence")
+        };
+        assert!(r.actual[0].is_nan() && r.predicted[0].is_nan());
+        assert!(r.contributions[0][0].is_nan() && r.cosine[0][0].is_nan());
+    }
+
+    /// NaN, +∞ and −∞ in every recorded number survive the writer and the reader exactly.
+    #[test]
+    fn non_finite_values_round_trip_through_writer_and_reader() {
+        use crate::run::synth::{SynthSpec, events};
+        let spec = SynthSpec {
+            steps: 4,
+            eval_every: 2,
+            probes: 2,
+            tokens: 2,
+            top_k: 1,
+            vocab: 8,
+        };
+        let odd = [f64::NAN, f64::INFINITY, f64::NEG_INFINITY];
+        let mut evs = events(spec, 5).unwrap();
+        let mut last_step = None;
+        for ev in evs.iter_mut() {
+            match ev {
+                Event::Step(s) => {
+                    s.metrics.insert("loss".into(), odd[s.step % 3]);
+                    s.metrics.insert("grad_norm".into(), f64::INFINITY);
+                    last_step = Some(s.step);
+                }
+                Event::Eval(e) => {
+                    for v in e.logps.values_mut() {
+                        v[0] = f64::NEG_INFINITY;
+                        v[1] = f64::NAN;
+                    }
+                    e.diag
+                        .insert(Family::Chosen, vec![[odd[0], odd[1], odd[2], 1.0]; 2]);
+                    e.transfer = vec![odd.to_vec(), vec![1.0, 2.0, 3.0]];
+                    let mut t = e.tokens.get_all().to_vec();
+                    t[0].chosen.logp[0] = f32::NEG_INFINITY;
+                    t[0].chosen.entropy[0] = f32::INFINITY;
+                    t[0].chosen.top[0][0].1 = f32::NAN;
+                    t[0].argmax.logp[0] = f32::NEG_INFINITY;
+                    e.tokens = Traces::new(t);
+                }
+                _ => {}
+            }
+        }
+        let step = last_step.unwrap();
+        let influence = InfluenceRecord {
+            step,
+            phase: "dpo".into(),
+            lr: 0.1,
+            optimizer: crate::train::OptimKind::Sgd,
+            batch: vec![0, 1],
+            observed: vec![],
+            actual: odd.to_vec(),
+            predicted: vec![f64::INFINITY, 2.0],
+            contributions: vec![odd.to_vec()],
+            cosine: vec![vec![f64::NEG_INFINITY, f64::NAN]],
+            target: crate::train::InfluenceTarget::Loss,
+            wall_ms: 1.0,
+        };
+        let end = evs.len() - usize::from(matches!(evs.last(), Some(Event::End { .. })));
+        evs.insert(end, Event::Influence(Box::new(influence)));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("odd.jsonl");
+        let mut w = crate::run::Writer::create(&path).unwrap();
+        for ev in &evs {
+            w.write(ev).unwrap();
+        }
+        drop(w);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"-Infinity\"") && text.contains("\"Infinity\""));
+        assert!(!text.contains("NaN"), "NaN is written as null");
+        let run = read_run(&path).unwrap();
+        let mut want = Run::new(match &evs[0] {
+            Event::Header(h) => (**h).clone(),
+            _ => panic!("header first"),
+        });
+        for ev in evs.iter().skip(1) {
+            want.apply(ev.clone());
+        }
+        // Debug prints NaN, inf and -inf, so equal text is equal bits here
+        assert!(!run.evals.is_empty() && run.influence.len() == 1);
+        assert_eq!(format!("{:?}", run.steps), format!("{:?}", want.steps));
+        assert_eq!(
+            format!("{:?}", run.influence),
+            format!("{:?}", want.influence)
+        );
+        for (a, b) in run.evals.iter().zip(&want.evals) {
+            assert_eq!(format!("{:?}", a.logps), format!("{:?}", b.logps));
+            assert_eq!(format!("{:?}", a.diag), format!("{:?}", b.diag));
+            assert_eq!(format!("{:?}", a.transfer), format!("{:?}", b.transfer));
+            assert!(a.tokens.parse_error().is_none());
+            assert_eq!(
+                format!("{:?}", a.tokens.get_all()),
+                format!("{:?}", b.tokens.get_all())
+            );
+        }
+        assert_eq!(run.diverged_at_step(), Some(0));
     }
 }

@@ -148,6 +148,9 @@ pub struct Summary {
     pub truncated: bool,
     /// Records of a type this ldviz does not know (from a newer writer), skipped.
     pub skipped_records: usize,
+    /// The first step whose loss or a family's mean log-prob is not finite
+    /// ([`Run::diverged_at_step`]); null when the run did not diverge.
+    pub diverged_at_step: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub influence: Option<InfluenceSummary>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -213,6 +216,7 @@ pub fn summarize(run: &Run) -> Summary {
         }),
         truncated: run.truncated,
         skipped_records: run.skipped_records,
+        diverged_at_step: run.diverged_at_step(),
         influence: influence_summary(run),
         transfer: transfer_summary(run),
     }
@@ -250,6 +254,11 @@ pub fn render_text(run: &Run, s: &Summary) -> String {
     }
     if let Some(e) = &s.end {
         out.push_str(&format!("end: {e}\n"));
+    }
+    if let Some(d) = s.diverged_at_step {
+        out.push_str(&format!(
+            "diverged at step {d}: first non-finite (NaN or infinite) loss or mean log-prob\n"
+        ));
     }
     let table = |fams: &BTreeMap<String, FamilyStats>, out: &mut String| {
         out.push_str(&format!(
