@@ -46,7 +46,8 @@ pub enum Band {
 }
 
 /// One family's curve: (x, mean, band low, band high) per evaluation, drawn as separate lines
-/// from each index in `starts` (one line, `[0]`, unless re-zeroed per phase).
+/// from each index in `starts` (one line, `[0]`, unless re-zeroed per phase or broken by a gap:
+/// evaluations whose mean or band is not finite are left out and end the line before them).
 #[derive(Clone, Debug, PartialEq)]
 pub struct FamilyCurve {
     pub family: Family,
@@ -156,6 +157,14 @@ pub fn family_curves(
                     Band::MinMax => (v[0], v[v.len() - 1]),
                     Band::Interquartile => (quantile(&v, 0.25), quantile(&v, 0.75)),
                 };
+                if !(mean.is_finite() && lo.is_finite() && hi.is_finite()) {
+                    // a gap: a diverged (NaN or infinite) evaluation ends the line
+                    if !line.is_empty() {
+                        starts.push(points.len());
+                        points.append(&mut line);
+                    }
+                    continue;
+                }
                 line.push((eval_x(e, x), mean, lo, hi));
             }
             if !line.is_empty() {
@@ -470,4 +479,65 @@ pub fn svg_string(run: &Run, o: &PlotOptions) -> Result<String> {
         draw(&root, &[("", run)], o)?;
     }
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::Event;
+
+    /// Evaluations with NaN or infinite log-probs (a diverged run) leave gaps: the curve skips
+    /// them and starts a new line after them; the plot renders with finite axes.
+    #[test]
+    fn non_finite_evaluations_leave_gaps() {
+        let spec = crate::run::synth::SynthSpec {
+            steps: 8,
+            eval_every: 2,
+            probes: 2,
+            tokens: 2,
+            top_k: 1,
+            vocab: 8,
+        };
+        let evs = crate::run::synth::events(spec, 1).unwrap();
+        let Some(Event::Header(h)) = evs.first() else {
+            panic!("header first")
+        };
+        let mut run = Run::new((**h).clone());
+        for ev in evs.into_iter().skip(1) {
+            run.apply(ev);
+        }
+        assert!(run.evals.len() >= 5);
+        run.evals[2].logps.get_mut(&Family::Chosen).unwrap()[0] = f64::NAN;
+        run.evals[3].logps.get_mut(&Family::Chosen).unwrap()[1] = f64::NEG_INFINITY;
+        for band in [Band::None, Band::MinMax, Band::Interquartile] {
+            let c = family_curves(
+                &run,
+                &[Family::Chosen],
+                YMode::Absolute,
+                XMode::Step,
+                band,
+                None,
+                Quantity::LogProb,
+            );
+            let c = &c[0];
+            assert_eq!(c.points.len(), run.evals.len() - 2);
+            let lines: Vec<_> = c.lines().collect();
+            assert_eq!(lines.len(), 2, "{c:?}");
+            assert_eq!(lines[0].len(), 2);
+            assert!(
+                c.points
+                    .iter()
+                    .all(|p| p.1.is_finite() && p.2.is_finite() && p.3.is_finite())
+            );
+        }
+        let opts = PlotOptions {
+            families: vec![Family::Chosen],
+            ..PlotOptions::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let svg = dir.path().join("gap.svg");
+        write_svg(&run, &svg, &opts).unwrap();
+        let text = std::fs::read_to_string(&svg).unwrap();
+        assert!(!text.contains("NaN") && !text.contains("inf"));
+    }
 }
