@@ -517,3 +517,53 @@ fn a_two_phase_run_defaults_to_change_since_phase_start() {
     assert_eq!(h.state().curves.settings.y, None);
     assert_eq!(h.state().curves.shown_y, Some(YMode::PhaseDelta));
 }
+
+/// A diverged run (NaN and infinite log-probs from some evaluation on) is marked on the
+/// timeline with the step it diverged at; clicking the mark moves the cursor to that evaluation.
+#[test]
+fn the_timeline_marks_where_a_run_diverged() {
+    use ldviz::run::Event;
+    let spec = ldviz::run::synth::SynthSpec {
+        steps: 8,
+        eval_every: 2,
+        probes: 2,
+        tokens: 2,
+        top_k: 1,
+        vocab: 8,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("diverged.jsonl");
+    let mut w = ldviz::run::Writer::create(&path).unwrap();
+    let mut k = 0;
+    let mut at = None;
+    for mut ev in ldviz::run::synth::events(spec, 2).unwrap() {
+        if let Event::Eval(e) = &mut ev {
+            k += 1;
+            if k >= 3 {
+                at.get_or_insert(e.step);
+                for v in e.logps.values_mut() {
+                    v[0] = f64::NAN;
+                    v[1] = f64::NEG_INFINITY;
+                }
+            }
+        }
+        w.write(&ev).unwrap();
+    }
+    drop(w);
+    let at = at.unwrap();
+    let launch = Launch {
+        runs: vec![path],
+        ..Launch::default()
+    };
+    let mut h = harness(LdvizApp::new(&launch));
+    h.step();
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+    assert_eq!(h.state().active_run().unwrap().diverged_at_step(), Some(at));
+    h.key_press(egui::Key::Home);
+    h.step();
+    assert_eq!(h.state().timeline.cursor, 0);
+    h.get_by_label(&format!("diverged at step {at}")).click();
+    h.step();
+    assert_eq!(h.state().timeline.cursor, 2);
+    assert_eq!(h.state().timeline.mode, Mode::Paused);
+}

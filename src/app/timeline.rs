@@ -1,6 +1,8 @@
 //! The timeline: a cursor over the active run's evaluations in one of three states — Following
 //! (tails a live run), Paused, Playing (replays at a speed) — with a draggable slider and keys:
-//! space play/pause, ←/→ one evaluation, Home/End. Every view reads the cursor.
+//! space play/pause, ←/→ one evaluation, Home/End. Every view reads the cursor. A diverged run
+//! (a NaN or infinite loss or mean log-prob) is marked with the step it diverged at; clicking
+//! the mark moves the cursor there.
 
 use crate::run::{RunStore, XAxis};
 
@@ -191,6 +193,21 @@ impl Timeline {
                     .text("evals/s"),
             );
             ui.separator();
+            if let Some(d) = store.and_then(|s| s.diverged_at_step()) {
+                let text = egui::RichText::new(format!("diverged at step {d}"))
+                    .color(egui::Color32::from_rgb(220, 50, 50));
+                let r = ui.button(text).on_hover_text(
+                    "the first step whose loss or a family's mean log-prob is NaN or infinite; \
+                     click to move the cursor to the first evaluation from there",
+                );
+                if r.clicked()
+                    && let Some(i) =
+                        store.and_then(|s| s.run.evals.iter().position(|e| e.step >= d))
+                {
+                    self.cursor = i;
+                    self.mode = Mode::Paused;
+                }
+            }
             if n == 0 {
                 ui.label("no evaluations yet");
                 return;

@@ -83,24 +83,34 @@ impl Run {
     /// log-prob of any family at an evaluation, is not finite (NaN or ±∞). None when every
     /// recorded loss and mean is finite.
     pub fn diverged_at_step(&self) -> Option<usize> {
+        let (loss, eval) = self.first_non_finite(0, 0);
+        min_step(loss, eval)
+    }
+
+    /// The step of the first step record from `steps_from` on whose loss is not finite, and of
+    /// the first evaluation from `evals_from` on with a family's non-finite mean log-prob.
+    pub fn first_non_finite(
+        &self,
+        steps_from: usize,
+        evals_from: usize,
+    ) -> (Option<usize>, Option<usize>) {
         let loss = self
             .steps
             .iter()
+            .skip(steps_from)
             .find(|s| s.metrics.get("loss").is_some_and(|l| !l.is_finite()))
             .map(|s| s.step);
         let eval = self
             .evals
             .iter()
+            .skip(evals_from)
             .find(|e| {
                 e.logps
                     .values()
                     .any(|v| !v.is_empty() && !(v.iter().sum::<f64>() / v.len() as f64).is_finite())
             })
             .map(|e| e.step);
-        match (loss, eval) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        (loss, eval)
     }
 
     /// Mean over probes of one family at each evaluation: (step, mean).
@@ -115,6 +125,14 @@ impl Run {
                 Some((e.step, v.iter().sum::<f64>() / v.len() as f64))
             })
             .collect()
+    }
+}
+
+/// The earlier of two optional steps.
+pub fn min_step(a: Option<usize>, b: Option<usize>) -> Option<usize> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

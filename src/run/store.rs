@@ -362,6 +362,9 @@ pub struct RunStore {
     metric_cache: HashMap<(String, XAxis, Option<usize>), MetricSeries>,
     /// Phase records seen when the phase-dependent caches were filled.
     cache_phases: usize,
+    /// Divergence scan so far: (steps scanned, evaluations scanned, first non-finite loss's
+    /// step, first non-finite evaluation's step).
+    divergence: std::cell::Cell<(usize, usize, Option<usize>, Option<usize>)>,
 }
 
 /// Linear-interpolated quantile of sorted values (NaN when empty).
@@ -397,7 +400,30 @@ impl RunStore {
             transfer_cache: (Vec::new(), Vec::new()),
             metric_cache: HashMap::new(),
             cache_phases: 0,
+            divergence: std::cell::Cell::new((0, 0, None, None)),
         }
+    }
+
+    /// [`Run::diverged_at_step`], scanning only the records added since the last call.
+    pub fn diverged_at_step(&self) -> Option<usize> {
+        let (ns, ne, mut loss, mut eval) = self.divergence.get();
+        let (l, e) = self.run.first_non_finite(
+            if loss.is_some() {
+                self.run.steps.len()
+            } else {
+                ns
+            },
+            if eval.is_some() {
+                self.run.evals.len()
+            } else {
+                ne
+            },
+        );
+        loss = loss.or(l);
+        eval = eval.or(e);
+        self.divergence
+            .set((self.run.steps.len(), self.run.evals.len(), loss, eval));
+        super::reader::min_step(loss, eval)
     }
 
     /// A live run that starts with its header.
@@ -820,6 +846,47 @@ pub fn envelope(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A live run's divergence is found as its records arrive, by a non-finite loss or a
+    /// non-finite evaluation mean, whichever step is earlier.
+    #[test]
+    fn live_divergence_follows_the_records() {
+        let spec = crate::run::synth::SynthSpec {
+            steps: 6,
+            eval_every: 2,
+            probes: 2,
+            tokens: 2,
+            top_k: 1,
+            vocab: 8,
+        };
+        let mut evs = crate::run::synth::events(spec, 4).unwrap().into_iter();
+        let Some(Event::Header(h)) = evs.next() else {
+            panic!("header first")
+        };
+        let mut store = RunStore::live("live".into(), None, *h);
+        let mut want = None;
+        for mut ev in evs {
+            match &mut ev {
+                Event::Eval(e) if e.step >= 4 => {
+                    e.logps.values_mut().for_each(|v| v[0] = f64::INFINITY);
+                }
+                Event::Step(s) if s.step == 5 => {
+                    s.metrics.insert("loss".into(), f64::NAN);
+                }
+                _ => {}
+            }
+            let step = match &ev {
+                Event::Eval(e) if e.step >= 4 => Some(e.step),
+                Event::Step(s) if s.step == 5 => Some(5),
+                _ => None,
+            };
+            store.apply(ev);
+            want = crate::run::reader::min_step(want, step);
+            assert_eq!(store.diverged_at_step(), want);
+            assert_eq!(store.run.diverged_at_step(), want);
+        }
+        assert_eq!(want, Some(4));
+    }
 
     #[test]
     fn ema_matches_tensorboard_debiasing() {
