@@ -132,6 +132,32 @@ fn the_train_panel_offers_cdpo_with_its_label_smoothing_and_the_influence_target
 }
 
 #[test]
+fn the_train_panel_offers_resampling_before_every_update() {
+    let mut app = LdvizApp::new(&Launch::default());
+    app.setup.options.algo = ldviz::train::Algo::Dpo;
+    let mut h = harness(app);
+    h.step();
+    assert!(!label_contains(&h, "resample before every update"));
+    h.get_by_label("on-policy (rejected sampled from the policy)")
+        .click();
+    h.step();
+    assert!(h.state().setup.options.on_policy);
+    assert_eq!(h.state().setup.options.resample_every, None);
+    h.get_by_label("resample before every update (online DPO)")
+        .click();
+    h.step();
+    assert_eq!(h.state().setup.options.resample_every, Some(1));
+    let cfg = h.state().setup.options.to_config().unwrap();
+    let dpo = cfg.phases.iter().find(|p| !p.algo.is_sft()).unwrap();
+    assert!(dpo.on_policy && dpo.resample_every == Some(1));
+    // turning on-policy off drops the resampling choice with it
+    h.get_by_label("on-policy (rejected sampled from the policy)")
+        .click();
+    h.step();
+    assert_eq!(h.state().setup.options.resample_every, None);
+}
+
+#[test]
 fn keyboard_moves_the_cursor_and_the_token_inspector_follows() {
     let launch = Launch {
         runs: vec![sample("dpo_offpolicy")],

@@ -347,10 +347,18 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui, actions: &mut Vec<Action>) {
                 ui.add(egui::TextEdit::singleline(&mut s.out_dir).desired_width(140.0));
                 ui.end_row();
             });
-        ui.checkbox(
-            &mut s.options.on_policy,
-            "on-policy (resample rejected each epoch)",
-        );
+        ui.checkbox(&mut s.options.on_policy, "on-policy (rejected sampled from the policy)");
+        if s.options.on_policy {
+            let mut every_update = s.options.resample_every == Some(1);
+            ui.checkbox(&mut every_update, "resample before every update (online DPO)")
+                .on_hover_text(
+                    "on: the batch's rejected responses are sampled before each update; \
+                     off: every record's once per epoch (they go stale within the epoch)",
+                );
+            s.options.resample_every = every_update.then_some(1);
+        } else {
+            s.options.resample_every = None;
+        }
     });
     if pick_model {
         app.dialog(&ctx, DialogKind::Model);
