@@ -346,7 +346,7 @@ struct ExportArgs {
     x: XArg,
     #[arg(long, value_enum, default_value = "iqr")]
     band: BandArg,
-    /// Plot a diagnostic of PAPER.md §5 instead of the summed log-prob.
+    /// Plot a diagnostic (‖A‖_F, ‖π − e_y‖, energy) instead of the summed log-prob.
     #[arg(long, value_enum, default_value = "logprob")]
     quantity: QuantityArg,
     /// Comma-separated family keys [default: all of the run's].

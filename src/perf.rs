@@ -1,5 +1,5 @@
 //! CPU settings for fast training: flush-to-zero / denormals-are-zero on every thread that does
-//! math (subnormal gradients made the backward pass 3–18× slower, see DESIGN.md).
+//! math (subnormal gradients made the backward pass 3–18× slower, measured).
 
 /// candle's CPU element-wise ops hand work to a pool whose idle workers spin (25,000 pause
 /// instructions by default, about a millisecond) before parking. On a 2-core machine that spin

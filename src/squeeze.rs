@@ -1,4 +1,4 @@
-//! The squeezing effect on a single softmax (PAPER.md §2), as `ldviz squeeze` and the app's
+//! The squeezing effect on a single softmax, as `ldviz squeeze` and the app's
 //! playground compute it: one gradient step on the logits z of π = softmax(z) for a chosen
 //! class c, positive (raise log π_c) or negative (lower it), with step size η':
 //!
@@ -42,7 +42,7 @@ pub fn check_probs(p: &[f64]) -> Result<Vec<f64>> {
     Ok(p.iter().map(|x| x / s).collect())
 }
 
-/// One step on class `c` with step size `eta` (η' of PAPER.md §2); returns the new π.
+/// One step on class `c` with step size `eta` (η', the step in logit space); returns the new π.
 pub fn step(p: &[f64], c: usize, sign: Sign, eta: f64) -> Vec<f64> {
     step_many(p, &[(c, sign)], eta)
 }

@@ -396,7 +396,7 @@ fn playground_shows_the_valley_and_peak_cases() {
         ..Launch::default()
     }));
     h.step();
-    // The valley preset (PAPER.md §2): only the argmax rises.
+    // The valley preset: only the argmax rises.
     assert!(label_contains(
         &h,
         "after: [0.5689, 0.2795, 0.1203, 0.0287, 0.0026]"

@@ -505,7 +505,7 @@ fn bad_run_files_give_one_line_errors() {
 
 #[test]
 fn squeeze_reproduces_the_worked_numbers() {
-    // PAPER.md §2: a negative step on index 4 with η' = 1 and 5, and on the peak (index 0).
+    // The worked example: a negative step on index 4 with η' = 1 and 5, and on the peak (index 0).
     let cases: [(&[&str], &str); 4] = [
         (
             &["--negative", "4", "--eta", "1"],

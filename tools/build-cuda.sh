@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds ldviz with the `cuda` feature on a machine WITHOUT a CUDA toolkit or GPU driver
-# (the recipe of ../shared/GPU.md): CUDA 13.0 pip wheels as the toolkit, a link-time stub
+# (a verified recipe): CUDA 13.0 pip wheels as the toolkit, a link-time stub
 # libcuda, and CUDA_COMPUTE_CAP instead of nvidia-smi.
 #
 #   tools/build-cuda.sh [--compute-cap 90] [--out DIR] [--tests] [-- extra cargo args]

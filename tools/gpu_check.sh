@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU verification of issue #7, as one script for a GPU machine (run from the repository
+# The GPU verification, as one script for a GPU machine (run from the repository
 # root with the binaries of `tools/build-cuda.sh --tests` in gpu-bin/):
 #   1. the GPU and driver;
 #   2. tests/device.rs on the GPU: fixture log-probs vs the CPU (1e-3), the 6-step SGD DPO

@@ -19,7 +19,7 @@ Writes:
   python3 tools/make_fixtures.py --only cdpo   writes just dpo_losses.json and the cdpo
                                                trajectory (merged into trajectories.json)
 
-ldviz conventions reproduced here (see shared/DESIGN.md "Conventions"):
+ldviz conventions reproduced here (RUNFILE.md and the run header's `conventions`):
   prompt and response are tokenized SEPARATELY (no special tokens) and concatenated;
   EOS (id 0) is appended to the response; a sequence log-prob is the SUM over response
   tokens incl. EOS of log_softmax(logits[t-1])[ids[t]], in float64 from float32 logits.

@@ -245,7 +245,7 @@ fn controls(app: &mut LdvizApp, ui: &mut egui::Ui) {
                 }
             })
             .response
-            .on_hover_text("what is plotted per probe: the summed log-prob, or a diagnostic of PAPER.md §5 (mean over response positions)");
+            .on_hover_text("what is plotted per probe: the summed log-prob, or a diagnostic of the update's decomposition (‖A‖_F, ‖π − e_y‖, energy; mean over response positions)");
         ui.label("y:");
         let store = app.runs.get(app.active);
         let current = s.y_mode(store);

@@ -1,7 +1,7 @@
 //! The squeezing playground: one softmax, adjustable initial distribution (typed probabilities
 //! or a peakiness slider), positive or negative gradient steps on a class with a step size;
 //! bars of the distribution before and after, and each class's ratio α = after / before.
-//! Presets are PAPER.md §2's valley and peak cases. The math is crate::squeeze (also
+//! Presets are the paper's valley and peak cases. The math is crate::squeeze (also
 //! `ldviz squeeze`).
 
 use egui::{Color32, RichText};
@@ -39,7 +39,7 @@ impl Default for Playground {
 }
 
 impl Playground {
-    /// PAPER.md §2: a negative step on an unlikely class of a peaky distribution.
+    /// A negative step on an unlikely class of a peaky distribution (a valley).
     pub fn preset_valley(&mut self) {
         self.typed = "0.5, 0.3, 0.15, 0.04, 0.01".into();
         self.use_typed = true;
@@ -49,7 +49,7 @@ impl Playground {
         self.steps = 1;
     }
 
-    /// PAPER.md §2: a negative step on the peak.
+    /// A negative step on the peak.
     pub fn preset_peak(&mut self) {
         self.preset_valley();
         self.class = 0;

@@ -1,7 +1,7 @@
 //! The hallucination-transfer view: log π(y_j⁺ | x_i) for M probe prompts i and M probes'
 //! chosen answers j, as change since t = 0 at the cursor (rows: prompts, columns: whose
 //! answer), and the mean diagonal vs mean off-diagonal as curves. Off-diagonal rising during SFT
-//! is one prompt's answer transferring to others — a path to hallucination (PAPER.md).
+//! is one prompt's answer transferring to others — a path to hallucination.
 
 use egui::{Color32, RichText};
 use egui_plot::{Line, Plot, PlotPoints, VLine};

@@ -1,4 +1,4 @@
-//! The response families the authors track on every probe prompt (PAPER.md §3), their
+//! The response families the authors track on every probe prompt, their
 //! probe-file keys, plain-text symbols, and the groups the plots colour them by.
 
 use std::fmt;
@@ -138,7 +138,7 @@ impl Family {
         }
     }
 
-    /// A one-line description of the family (PAPER.md §3), for tooltips and legends.
+    /// A one-line description of the family, for tooltips and legends.
     pub fn description(self) -> &'static str {
         match self {
             Family::Chosen => "the preferred response",

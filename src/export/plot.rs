@@ -189,7 +189,7 @@ pub struct PlotOptions {
     pub x: XMode,
     pub band: Band,
     pub probe: Option<usize>,
-    /// Summed log-prob or one of PAPER.md §5's diagnostics.
+    /// Summed log-prob or one of the diagnostics (‖A‖_F, ‖π − e_y‖, energy).
     pub quantity: Quantity,
     /// A vertical cursor line at this x.
     pub cursor: Option<f64>,

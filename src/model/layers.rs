@@ -1,6 +1,6 @@
 //! Differentiable building blocks shared by the architectures. Every op here is a composition of
 //! candle ops that have a backward pass (matmul, exp, sum, broadcast, narrow, cat, sqrt…); never
-//! use candle_nn's fused `*_no_bwd` kernels here (see DESIGN.md: they silently drop gradients).
+//! use candle_nn's fused `*_no_bwd` kernels here (they silently drop gradients: backward() succeeds, the gradient just stops).
 
 use candle_core::{D, DType, Device, Result, Tensor};
 

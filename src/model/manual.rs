@@ -3,7 +3,7 @@
 //! candle's autograd builds one node per op and, in the backward, zero-fills and adds every
 //! gradient (`GradStore::or_insert` + `add`), copies views into contiguous tensors and runs each
 //! element-wise op as its own pass: ~40% of a training step that the matmuls alone would take
-//! (`perf`, issue #3). Here the forward keeps the activations the backward needs in plain
+//! (measured with `perf`). Here the forward keeps the activations the backward needs in plain
 //! buffers, and the backward writes each weight's gradient once, with direct gemm calls on
 //! row-major buffers (no transposes or copies: heads are read in place with strides, grouped-query
 //! heads share their key/value head without a repeat).

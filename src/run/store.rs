@@ -14,7 +14,7 @@ use super::reader::{Run, read_run};
 use crate::data::Family;
 use crate::train::config::Algo;
 
-/// What is plotted per probe: the summed log-prob, or one of PAPER.md §5's diagnostics
+/// What is plotted per probe: the summed log-prob, or one of the diagnostics
 /// (means over response positions).
 #[derive(
     Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,

@@ -1,4 +1,4 @@
-//! First-order influence of one update (PAPER.md §1): for observed responses o (a few probes ×
+//! First-order influence of one update (Δf ≈ −η⟨∇θ f, ∇θ L⟩ for plain SGD): for observed responses o (a few probes ×
 //! families), the actual change Δf_o of the summed log-prob over the step, the first-order
 //! prediction ⟨∇θ f_o, Δθ⟩ with Δθ the step's actual update, its split over the batch's training
 //! examples u, and the gradient cosine ⟨∇f_o, ∇f_u⟩ / (‖∇f_o‖‖∇f_u‖) (a kernel view) with f_u

@@ -1,4 +1,4 @@
-//! Losses of the SFT and DPO families (TRL's definitions, see ANCHORS.md), on summed response
+//! Losses of the SFT and DPO families (TRL's definitions), on summed response
 //! log-probs, plus the per-step metrics under TRL's names.
 
 use std::collections::BTreeMap;
