@@ -628,7 +628,7 @@ fn transfer_matrix_and_diagnostics_agree_with_the_probe_scores() {
 fn export_plots_a_diagnostic() {
     let dir = tempfile::tempdir().unwrap();
     let svg = dir.path().join("energy.svg");
-    let run = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sample_runs/dpo_offpolicy.jsonl");
+    let run = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sample_runs/dpo_offpolicy.jsonl.gz");
     ok(&["export", p(&run), "--quantity", "energy", "--svg", p(&svg)]);
     let text = std::fs::read_to_string(&svg).unwrap();
     assert!(text.contains("Δ energy 1 − π(y)"), "axis label missing");
@@ -1378,4 +1378,56 @@ fn a_diverged_run_inspects_and_exports() {
     assert!(!ok(&["inspect", p(&fine)]).contains("diverged"));
     let json: Value = serde_json::from_str(&ok(&["inspect", p(&fine), "--json"])).unwrap();
     assert!(json["diverged_at_step"].is_null());
+}
+
+#[test]
+fn a_copied_binary_trains_the_embedded_demo_and_reads_the_sample_runs_anywhere() {
+    // The binary carries the default model, the demo data and the sample runs: copied into an
+    // empty folder and run from there (a fresh cache folder, no source tree paths given), it
+    // trains the demo and inspects a sample run it unpacked itself.
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("ldviz-copy");
+    std::fs::copy(env!("CARGO_BIN_EXE_ldviz"), &bin).unwrap();
+    let cache = dir.path().join("cache");
+    let run = |args: &[&str]| {
+        let o = Command::new(&bin)
+            .args(args)
+            .current_dir(dir.path())
+            .env("LDVIZ_CACHE", &cache)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    };
+    run(&[
+        "train",
+        "--algo",
+        "sft",
+        "--steps",
+        "2",
+        "--eval-every",
+        "8",
+        "--quiet",
+        "--out",
+        "demo.jsonl",
+    ]);
+    let s: Value = serde_json::from_str(&run(&["inspect", "demo.jsonl", "--json"])).unwrap();
+    assert_eq!(s["steps"], 2);
+    assert_eq!(s["families"].as_object().unwrap().len(), 13);
+    let unpacked: Vec<PathBuf> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(unpacked.len(), 1, "{unpacked:?}");
+    let sample = unpacked[0].join("sample_runs/dpo_offpolicy.jsonl.gz");
+    let s: Value = serde_json::from_str(&run(&["inspect", p(&sample), "--json"])).unwrap();
+    assert!(s["evaluations"].as_u64().unwrap() > 10, "{s}");
+    assert!(
+        unpacked[0].join("model/model.safetensors").exists()
+            && unpacked[0].join("demo.jsonl").exists()
+    );
 }

@@ -23,7 +23,7 @@ fn non_argmax() -> Vec<&'static str> {
 fn load(name: &str) -> Summary {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("sample_runs")
-        .join(format!("{name}.jsonl"));
+        .join(format!("{name}.jsonl.gz"));
     let size = std::fs::metadata(&p).unwrap().len();
     assert!(size < 20 * 1024 * 1024, "{name}: {size} bytes");
     let run = ldviz::run::read_run(&p).unwrap();

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Checks the demo's learning-dynamics findings on a directory of recorded runs. Reads
-sft.jsonl, dpo_offpolicy.jsonl, extended_then_dpo.jsonl and dpo_onpolicy.jsonl as written by
-tools/record_sample_runs.sh through `ldviz inspect --json` (the one definition of the per-family
+sft.jsonl.gz, dpo_offpolicy.jsonl.gz, extended_then_dpo.jsonl.gz and dpo_onpolicy.jsonl.gz as
+written by tools/record_sample_runs.sh through `ldviz inspect --json` (the one definition of the per-family
 statistics, phases and transfer figures), prints every finding with its figure and PASS/FAIL, and
 exits 1 if one fails.
 
@@ -32,7 +32,7 @@ def inspect(path):
 
 def main():
     d = sys.argv[1] if len(sys.argv) > 1 else "sample_runs"
-    runs = {n: inspect(os.path.join(d, n + ".jsonl"))
+    runs = {n: inspect(os.path.join(d, n + ".jsonl.gz"))
             for n in ["sft", "dpo_offpolicy", "extended_then_dpo", "dpo_onpolicy"]}
     results = []
 

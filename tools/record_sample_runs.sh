@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Records the sample runs with the embedded default model and demo data. Every run is what these
-# commands write; nothing is edited by hand. Run from the repository root after
-# `cargo build --release`. Prints each command's wall time.
+# commands write, then gzipped (`gzip -9 -n`: the next build embeds sample_runs/*.jsonl.gz in the
+# binary); nothing is edited by hand. Run from the repository root after `cargo build --release`.
+# Prints each command's wall time.
 #
 #   bash tools/record_sample_runs.sh [--seed N] [--out-dir DIR]
 #
@@ -39,3 +40,8 @@ t $L train --quiet --force --model "$SFT_MODEL" --algo dpo $DPO --out "$S/dpo_of
 t $L train --quiet --force --algo extended --sft-lr "$SFT_LR" --sft-epochs "$EXT_EPOCHS" $DPO --out "$S/extended_then_dpo.jsonl"
 # on-policy: the batch's rejected responses are sampled from the policy before every update
 t $L train --quiet --force --model "$SFT_MODEL" --algo dpo --on-policy --resample-every 1 $DPO --out "$S/dpo_onpolicy.jsonl"
+
+# store them gzipped (ldviz reads .jsonl.gz run files; the build embeds these)
+for r in sft dpo_offpolicy extended_then_dpo dpo_onpolicy; do
+  gzip -9 -n -f "$S/$r.jsonl"
+done

@@ -229,11 +229,113 @@ fn parse_line(text: &str) -> Line {
     }
 }
 
-/// Loads a run file. Lines are parsed in parallel, then applied in order.
+/// The gzip magic bytes: a run file that starts with them is read through a decompressor.
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// The bytes of a run file, plain or gzipped (detected by content, not by name). A gzipped file
+/// is decompressed as a stream; one cut short (a copy interrupted, a download stopped) yields
+/// what was decompressed before the cut, and `true`.
+pub fn read_run_bytes(path: &Path) -> Result<(Vec<u8>, bool)> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)
+        .with_context(|| format!("{}: cannot open run file", path.display()))?;
+    let mut head = [0u8; 2];
+    let mut got = 0;
+    while got < 2 {
+        let n = f
+            .read(&mut head[got..])
+            .with_context(|| format!("{}: cannot read run file", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    let mut bytes = head[..got].to_vec();
+    if got < 2 || head != GZIP_MAGIC {
+        f.read_to_end(&mut bytes)
+            .with_context(|| format!("{}: cannot read run file", path.display()))?;
+        return Ok((bytes, false));
+    }
+    let stream = std::io::Cursor::new(head).chain(std::io::BufReader::new(f));
+    let mut dec = flate2::read::MultiGzDecoder::new(stream);
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match dec.read(&mut buf) {
+            Ok(0) => return Ok((out, false)),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !out.is_empty() => {
+                return Ok((out, true));
+            }
+            Err(e) => {
+                return Err(anyhow::anyhow!(
+                    "{}: not a readable gzip file after {} decompressed bytes: {e}",
+                    path.display(),
+                    out.len()
+                ));
+            }
+        }
+    }
+}
+
+/// A run's display name: the file name without `.gz` and `.jsonl` (`runs/sft.jsonl.gz` → `sft`).
+pub fn run_name(path: &Path) -> String {
+    let mut name = path
+        .file_name()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default();
+    for ext in [".gz", ".jsonl"] {
+        if let Some(n) = name.strip_suffix(ext)
+            && !n.is_empty()
+        {
+            name = n.to_string();
+        }
+    }
+    if name.is_empty() { "run".into() } else { name }
+}
+
+/// Whether a file looks like an ldviz run file, plain or gzipped: its first line is a run
+/// header (reads at most the first 4 KiB of its content).
+pub fn looks_like_run_file(path: &Path) -> bool {
+    use std::io::Read;
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut head = Vec::new();
+    if (&mut f).take(2).read_to_end(&mut head).is_err() {
+        return false;
+    }
+    let mut first = Vec::new();
+    let read = if head == GZIP_MAGIC {
+        let stream = std::io::Cursor::new(head).chain(std::io::BufReader::new(f));
+        flate2::read::MultiGzDecoder::new(stream)
+            .take(4096)
+            .read_to_end(&mut first)
+    } else {
+        first = head;
+        f.take(4094).read_to_end(&mut first)
+    };
+    if read.is_err() && first.is_empty() {
+        return false;
+    }
+    let s = String::from_utf8_lossy(&first);
+    s.starts_with("{\"type\":\"header\"") && s.contains("\"format\":\"ldviz-run\"")
+}
+
+/// Loads a run file (plain JSON Lines or gzipped). Lines are parsed in parallel, then applied
+/// in order.
 pub fn read_run(path: &Path) -> Result<Run> {
+    let (bytes, cut_stream) = read_run_bytes(path)?;
+    let mut run = parse_run(path, &bytes)?;
+    run.truncated |= cut_stream;
+    Ok(run)
+}
+
+/// Parses the (decompressed) bytes of a run file as [`read_run`] does; `path` names the file in
+/// errors.
+pub fn parse_run(path: &Path, bytes: &[u8]) -> Result<Run> {
     use rayon::prelude::*;
-    let bytes =
-        std::fs::read(path).with_context(|| format!("{}: cannot open run file", path.display()))?;
     // Line slices (1-based line numbers); the last may lack its newline (a killed writer).
     let mut lines: Vec<(usize, &[u8], bool)> = Vec::new();
     let mut start = 0usize;
@@ -326,6 +428,63 @@ pub fn read_run(path: &Path) -> Result<Run> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn run_names_and_run_file_detection() {
+        assert_eq!(run_name(Path::new("runs/sft.jsonl.gz")), "sft");
+        assert_eq!(run_name(Path::new("a.jsonl")), "a");
+        assert_eq!(run_name(Path::new("b.txt")), "b.txt");
+        assert_eq!(run_name(Path::new(".jsonl")), ".jsonl");
+        let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample_runs/sft.jsonl.gz");
+        assert!(looks_like_run_file(&sample));
+        let dir = tempfile::tempdir().unwrap();
+        let (plain, _) = read_run_bytes(&sample).unwrap();
+        let p = dir.path().join("x.jsonl");
+        std::fs::write(&p, &plain[..100]).unwrap();
+        assert!(looks_like_run_file(&p));
+        std::fs::write(&p, gzip(b"{\"prompt\": \"q\"}")).unwrap();
+        assert!(!looks_like_run_file(&p));
+        std::fs::write(&p, b"").unwrap();
+        assert!(!looks_like_run_file(&p));
+    }
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(bytes).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn gzipped_run_files_read_like_plain_ones_and_a_cut_one_keeps_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample_runs/sft.jsonl.gz");
+        let (plain, cut) = read_run_bytes(&sample).unwrap();
+        assert!(!cut);
+        let plain_path = dir.path().join("plain.jsonl");
+        std::fs::write(&plain_path, &plain).unwrap();
+        let a = read_run(&plain_path).unwrap();
+        let b = read_run(&sample).unwrap();
+        assert_eq!(a, b);
+        assert!(!b.truncated && b.evals.len() > 2);
+        // The name does not matter, the content does.
+        let odd = dir.path().join("run.txt");
+        std::fs::write(&odd, gzip(&plain)).unwrap();
+        assert_eq!(read_run(&odd).unwrap(), a);
+        // A gzip stream cut in the middle: every record before the cut, marked truncated.
+        let gz = gzip(&plain);
+        let cut_path = dir.path().join("cut.jsonl.gz");
+        std::fs::write(&cut_path, &gz[..gz.len() / 2]).unwrap();
+        let c = read_run(&cut_path).unwrap();
+        assert!(c.truncated);
+        assert!(!c.evals.is_empty() && c.evals.len() < a.evals.len());
+        assert_eq!(c.evals[..], a.evals[..c.evals.len()]);
+        // Gzip garbage is an error naming the file, not a panic.
+        let bad = dir.path().join("bad.jsonl.gz");
+        std::fs::write(&bad, [0x1f, 0x8b, 0xff, 0xff, 0x00]).unwrap();
+        let e = format!("{:#}", read_run(&bad).unwrap_err());
+        assert!(e.contains("bad.jsonl.gz"), "{e}");
+    }
 
     fn parse(text: &str) -> std::result::Result<Event, String> {
         match parse_line(text) {

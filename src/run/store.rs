@@ -382,10 +382,7 @@ impl RunStore {
     /// Loads a run file.
     pub fn open(path: &Path) -> Result<RunStore> {
         let run = read_run(path)?;
-        let name = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().to_string())
-            .unwrap_or_else(|| "run".into());
+        let name = super::reader::run_name(path);
         Ok(RunStore::from_run(name, Some(path.to_path_buf()), run))
     }
 
