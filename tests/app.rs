@@ -1,6 +1,8 @@
 //! The app, driven headlessly by egui_kittest: it starts on the embedded default, Start trains
 //! and plots points, the keyboard moves the cursor and the token inspector follows, export
-//! writes valid PNG and SVG files, and bad inputs show errors while the app keeps working.
+//! writes valid PNG and SVG files through the path window, a native dialog that cannot open is
+//! reported and replaced by the path window, and bad inputs show errors while the app keeps
+//! working.
 #![cfg(feature = "gui")]
 
 use std::path::{Path, PathBuf};
@@ -8,13 +10,13 @@ use std::time::{Duration, Instant};
 
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
-use ldviz::app::{Launch, LdvizApp, Mode, Tab};
+use ldviz::app::{DialogKind, Launch, LdvizApp, Mode, Picked, Tab, dialog_outcome};
 use ldviz::data::Family;
 
 fn sample(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("sample_runs")
-        .join(format!("{name}.jsonl"))
+        .join(format!("{name}.jsonl.gz"))
 }
 
 fn harness(app: LdvizApp) -> Harness<'static, LdvizApp> {
@@ -247,8 +249,30 @@ fn squeezing_is_visible_in_the_token_inspector() {
     assert!(label_contains(&h, "squeezing"));
 }
 
+/// Opens the export path window from the Export menu ("Save to path…").
+fn open_export_window(h: &mut Harness<'_, LdvizApp>) {
+    h.get_by_label("Export").click();
+    h.step();
+    h.step();
+    h.get_by_label("Save to path…").click();
+    h.run_steps(3);
+    assert!(h.state().path_window(DialogKind::SavePng).is_some());
+}
+
+/// Types `text` into the (cleared) field labelled `label`.
+fn type_path(h: &mut Harness<'_, LdvizApp>, label: &str, text: &str) {
+    for w in h.state_mut().path_windows.iter_mut() {
+        w.text.clear();
+    }
+    h.step();
+    let field = h.get_by_label(label);
+    field.focus();
+    field.type_text(text);
+    h.step();
+}
+
 #[test]
-fn export_writes_png_and_svg_and_csv() {
+fn export_path_window_saves_png_svg_and_csv_with_the_save_button() {
     let dir = tempfile::tempdir().unwrap();
     let launch = Launch {
         runs: vec![sample("sft")],
@@ -256,28 +280,29 @@ fn export_writes_png_and_svg_and_csv() {
     };
     let mut h = harness(LdvizApp::new(&launch));
     h.step();
-    for (ext, button) in [
-        ("png", "Save PNG"),
-        ("svg", "Save SVG"),
-        ("csv", "Save CSV"),
-    ] {
+    for ext in ["png", "svg", "csv"] {
         let out = dir.path().join(format!("plot.{ext}"));
-        h.get_by_label("Export").click();
-        h.step();
-        h.step();
-        h.state_mut().export.path.clear();
-        let field = h.get_by_label("Export path");
-        field.focus();
-        field.type_text(&out.display().to_string());
-        h.step();
-        h.get_by_label(button).click();
+        open_export_window(&mut h);
+        // The window is not a menu: it stays open while its field is clicked and typed into.
+        type_path(&mut h, "Export file path", &out.display().to_string());
+        assert!(h.state().path_window(DialogKind::SavePng).is_some());
+        // The format follows the typed extension.
+        assert_eq!(
+            h.state().path_window(DialogKind::SavePng).unwrap().kind,
+            match ext {
+                "png" => DialogKind::SavePng,
+                "svg" => DialogKind::SaveSvg,
+                _ => DialogKind::SaveCsv,
+            }
+        );
+        h.get_by_label("Save").click();
         h.step();
         h.step();
         assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
         assert!(out.exists(), "{} not written", out.display());
-        // Close the menu.
-        h.key_press(egui::Key::Escape);
-        h.step();
+        // Written: the window closed, the messages say where.
+        assert!(h.state().path_window(DialogKind::SavePng).is_none());
+        assert!(label_contains(&h, &format!("wrote {}", out.display())));
     }
     let png = std::fs::read(dir.path().join("plot.png")).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
@@ -289,6 +314,173 @@ fn export_writes_png_and_svg_and_csv() {
     let csv = std::fs::read_to_string(dir.path().join("plot.csv")).unwrap();
     assert!(csv.starts_with("step,examples,probe,family,logp\n"));
     assert!(dir.path().join("plot.metrics.csv").exists());
+}
+
+#[test]
+fn export_path_window_saves_on_enter_and_keeps_a_bad_path_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let launch = Launch {
+        runs: vec![sample("sft")],
+        ..Launch::default()
+    };
+    let mut h = harness(LdvizApp::new(&launch));
+    h.step();
+    open_export_window(&mut h);
+    // A folder that does not exist: the error is shown in the window, which stays open.
+    let bad = dir.path().join("missing").join("plot.png");
+    type_path(&mut h, "Export file path", &bad.display().to_string());
+    h.key_press(egui::Key::Enter);
+    h.step();
+    h.step();
+    assert!(!bad.exists());
+    let w = h.state().path_window(DialogKind::SavePng).unwrap();
+    let err = w.error.clone().unwrap();
+    assert!(err.contains("missing"), "{err}");
+    assert!(label_contains(&h, &err));
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+    // Enter with a good path writes the file and closes the window.
+    let out = dir.path().join("plot.png");
+    type_path(&mut h, "Export file path", &out.display().to_string());
+    h.key_press(egui::Key::Enter);
+    h.step();
+    h.step();
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+    let png = std::fs::read(&out).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert!(image::load_from_memory(&png).is_ok());
+    assert!(h.state().path_window(DialogKind::SavePng).is_none());
+    // CSV the same way.
+    open_export_window(&mut h);
+    let csv = dir.path().join("data.csv");
+    type_path(&mut h, "Export file path", &csv.display().to_string());
+    h.key_press(egui::Key::Enter);
+    h.step();
+    h.step();
+    let text = std::fs::read_to_string(&csv).unwrap();
+    assert!(text.starts_with("step,examples,probe,family,logp\n"));
+}
+
+#[test]
+fn an_unavailable_native_dialog_says_so_and_opens_the_path_window() {
+    // rfd answers None for a cancel and for a dialog that could not open; a None faster than a
+    // person can cancel is the latter.
+    let fast = Duration::from_millis(5);
+    let slow = ldviz::app::NO_DIALOG_WITHIN + Duration::from_millis(700);
+    assert_eq!(
+        dialog_outcome(DialogKind::SavePng, None, fast),
+        Some(Picked::Unavailable(DialogKind::SavePng))
+    );
+    assert_eq!(dialog_outcome(DialogKind::SavePng, None, slow), None);
+    let p = Picked::ExportPng("x.png".into());
+    assert_eq!(
+        dialog_outcome(DialogKind::SavePng, Some(p.clone()), fast),
+        Some(p)
+    );
+
+    let launch = Launch {
+        runs: vec![sample("sft")],
+        ..Launch::default()
+    };
+    let mut h = harness(LdvizApp::new(&launch));
+    h.step();
+    // What the dialog thread sends when the PNG dialog came back empty within a few ms.
+    let tx = h.state().picked_sender();
+    tx.send(dialog_outcome(DialogKind::SavePng, None, fast).unwrap())
+        .unwrap();
+    h.step();
+    h.step();
+    let msg = ldviz::app::unavailable_message(DialogKind::SavePng);
+    assert!(!msg.contains('\n'));
+    assert!(msg.contains("no native file dialog is available here"));
+    assert!(label_contains(&h, &msg));
+    assert!(h.state().path_window(DialogKind::SavePng).is_some());
+    assert!(label_contains(&h, "Export PNG"));
+    assert!(label_contains(&h, "Export file path"));
+    // The field has the focus: typing goes straight into it, Enter saves.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("shot.png");
+    h.state()
+        .picked_sender()
+        .send(Picked::Unavailable(DialogKind::SavePng))
+        .unwrap();
+    h.step();
+    h.step();
+    h.event(egui::Event::Text(out.display().to_string()));
+    h.step();
+    h.key_press(egui::Key::Enter);
+    h.step();
+    h.step();
+    assert!(out.exists(), "{:?}", h.state().path_windows);
+    // The model folder's dialog: its own window; a folder that is not there is refused in it.
+    tx.send(Picked::Unavailable(DialogKind::Model)).unwrap();
+    h.step();
+    h.step();
+    assert!(label_contains(&h, "Choose model folder"));
+    type_path(&mut h, "Model folder path", "/no/such/model");
+    h.get_by_label("OK").click();
+    h.step();
+    h.step();
+    assert!(label_contains(&h, "/no/such/model: no such folder"));
+    let model = dir.path().to_path_buf();
+    type_path(&mut h, "Model folder path", &model.display().to_string());
+    h.get_by_label("OK").click();
+    h.step();
+    h.step();
+    assert_eq!(h.state().setup.options.model, model.display().to_string());
+    assert!(h.state().path_window(DialogKind::Model).is_none());
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+}
+
+#[test]
+fn open_path_window_opens_a_run_and_keeps_a_missing_file_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut h = harness(LdvizApp::new(&Launch::default()));
+    h.step();
+    h.get_by_label("Open path…").click();
+    // The click's frame opens the window; the next lays it out unseen, the third shows it.
+    h.run_steps(3);
+    assert!(label_contains(&h, "Open run file"));
+    let missing = dir.path().join("nope.jsonl");
+    type_path(&mut h, "Run file path", &missing.display().to_string());
+    h.get_by_label("OK").click();
+    h.step();
+    h.step();
+    assert!(h.state().runs.is_empty());
+    let w = h.state().path_window(DialogKind::Runs).unwrap();
+    let err = w.error.clone().unwrap();
+    assert!(
+        err.contains("nope.jsonl") && err.contains("cannot open run file"),
+        "{err}"
+    );
+    assert!(label_contains(&h, "nope.jsonl: cannot open run file"));
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+    // An empty path is refused in the window too.
+    type_path(&mut h, "Run file path", "");
+    h.get_by_label("OK").click();
+    h.step();
+    h.step();
+    assert!(label_contains(&h, "type a path first"));
+    // The sample run opens with Enter and the window closes.
+    type_path(
+        &mut h,
+        "Run file path",
+        &sample("sft").display().to_string(),
+    );
+    h.key_press(egui::Key::Enter);
+    h.step();
+    h.step();
+    assert_eq!(h.state().runs.len(), 1);
+    assert_eq!(h.state().active_run().unwrap().name, "sft");
+    assert!(h.state().path_window(DialogKind::Runs).is_none());
+    // Cancel closes without opening anything.
+    h.get_by_label("Open path…").click();
+    // The click's frame opens the window; the next lays it out unseen, the third shows it.
+    h.run_steps(3);
+    assert!(h.state().path_window(DialogKind::Runs).is_some());
+    h.get_by_label("Cancel").click();
+    h.step();
+    assert!(h.state().path_window(DialogKind::Runs).is_none());
+    assert_eq!(h.state().runs.len(), 1);
 }
 
 #[test]

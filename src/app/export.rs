@@ -1,9 +1,10 @@
 //! Export of what the curves view shows: PNG and SVG through the same plotters code as
-//! `ldviz export`, and the run's data as CSV. Targets come from a native dialog or a path field.
+//! `ldviz export`, and the run's data as CSV. Targets come from a native dialog or the export
+//! path window (dialogs.rs).
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use super::curves::{BandKind, CurveSettings};
 use super::{Action, DialogKind, LdvizApp};
@@ -19,8 +20,6 @@ pub enum Target {
 
 #[derive(Default)]
 pub struct ExportView {
-    /// Path field of the export menu (the dialog-free way).
-    pub path: String,
     /// Path field of "open run" in the runs list.
     pub open_path: String,
 }
@@ -65,6 +64,16 @@ pub fn write(
     let Some(store) = runs.first() else {
         anyhow::bail!("nothing to export: open or record a run first");
     };
+    // Said with the path: the plotting backend's own error names neither file nor folder.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.is_dir()
+    {
+        anyhow::bail!(
+            "{}: cannot write there: the folder {} does not exist",
+            path.display(),
+            dir.display()
+        );
+    }
     let mut o = plot_options(store, s, probe, cursor);
     if runs.len() > 1 {
         o.families = vec![s.overlay_family];
@@ -73,11 +82,13 @@ pub fn write(
         runs.iter().map(|r| (r.name.as_str(), &r.run)).collect();
     match t {
         Target::Png => {
-            crate::export::plot::write_png_runs(&pairs, path, &o)?;
+            crate::export::plot::write_png_runs(&pairs, path, &o)
+                .with_context(|| path.display().to_string())?;
             Ok(format!("wrote {}", path.display()))
         }
         Target::Svg => {
-            crate::export::plot::write_svg_runs(&pairs, path, &o)?;
+            crate::export::plot::write_svg_runs(&pairs, path, &o)
+                .with_context(|| path.display().to_string())?;
             Ok(format!("wrote {}", path.display()))
         }
         Target::Csv => {
@@ -111,25 +122,19 @@ pub fn menu(app: &mut LdvizApp, ui: &mut egui::Ui, actions: &mut Vec<Action>) {
                 ui.close();
             }
             ui.separator();
-            let l = ui.label("Export path");
-            ui.add(
-                egui::TextEdit::singleline(&mut app.export.path)
-                    .hint_text("/path/to/file")
-                    .desired_width(220.0),
-            )
-            .labelled_by(l.id);
-            ui.horizontal(|ui| {
-                let p = app.export.path.trim().to_string();
-                for (label, t) in [
-                    ("Save PNG", Target::Png),
-                    ("Save SVG", Target::Svg),
-                    ("Save CSV", Target::Csv),
-                ] {
-                    if ui.button(label).clicked() && !p.is_empty() {
-                        actions.push(Action::Export(t, p.clone().into()));
-                    }
-                }
-            });
+            if ui
+                .button("Save to path…")
+                .on_hover_text("type the file's path (PNG, SVG or CSV) in a window")
+                .clicked()
+            {
+                // An open export window keeps its format; a new one starts on PNG.
+                let kind = app
+                    .path_window(DialogKind::SavePng)
+                    .map(|w| w.kind)
+                    .unwrap_or(DialogKind::SavePng);
+                actions.push(Action::PathWindow(kind));
+                ui.close();
+            }
         });
     });
 }

@@ -3,10 +3,13 @@
 //! no math: it feeds the engine's [`Event`]s into [`RunStore`]s and every view re-reads the
 //! stores each frame. UI actions that change shared state are queued as [`Action`]s and applied
 //! at the end of the frame. File dialogs run on their own threads and report back over a
-//! channel; every dialog action is also reachable through a path field or a CLI argument.
+//! channel; every dialog action is also reachable through a path window (dialogs.rs: opened
+//! from the top bar, and by itself when no native dialog can open), a path field or a CLI
+//! argument.
 
 pub mod bench;
 mod curves;
+mod dialogs;
 mod export;
 pub mod influence;
 pub mod playground;
@@ -25,6 +28,7 @@ use crate::run::{Event, RunStore};
 use crate::train::{Command, TrainerHandle};
 
 pub use curves::CurvesView;
+pub use dialogs::{NO_DIALOG_WITHIN, PathWindow, dialog_outcome, unavailable_message};
 pub use export::{ExportView, Target as ExportTarget};
 pub use setup::SetupView;
 pub use timeline::{Mode, Timeline};
@@ -56,7 +60,7 @@ pub enum Tab {
     Playground,
 }
 
-/// A file chosen in a native dialog, and what it is for.
+/// A file chosen in a native dialog (or typed in a path window), and what it is for.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Picked {
     Run(Vec<PathBuf>),
@@ -65,6 +69,8 @@ pub enum Picked {
     ExportPng(PathBuf),
     ExportSvg(PathBuf),
     ExportCsv(PathBuf),
+    /// No native dialog of this kind could open (see [`NO_DIALOG_WITHIN`]).
+    Unavailable(DialogKind),
 }
 
 /// Changes to shared state requested during a frame, applied after it.
@@ -76,6 +82,8 @@ pub enum Action {
     Trainer(Command),
     Picked(Picked),
     Export(export::Target, PathBuf),
+    /// Open (or raise) the path window of this kind.
+    PathWindow(DialogKind),
 }
 
 /// Settings kept between launches.
@@ -121,8 +129,10 @@ pub struct LdvizApp {
     pub tab: Tab,
     /// Visible error messages (newest last); each can be dismissed.
     pub errors: Vec<String>,
-    /// One-line confirmations (exports written, runs opened).
+    /// One-line confirmations (exports written, runs opened) and notes (no native dialog).
     pub notice: Option<String>,
+    /// Open path windows, at most one of each sort (dialogs.rs).
+    pub path_windows: Vec<PathWindow>,
     pub persisted: Persisted,
     pub sample_runs: Vec<PathBuf>,
     actions: Vec<Action>,
@@ -197,6 +207,7 @@ impl LdvizApp {
             tab,
             errors: Vec::new(),
             notice: None,
+            path_windows: Vec::new(),
             persisted,
             sample_runs: sample_runs(),
             actions: Vec::new(),
@@ -241,29 +252,33 @@ impl LdvizApp {
 
     /// Opens a run file; a bad file becomes a visible error and nothing else changes.
     pub fn open_run(&mut self, path: &Path) {
+        if let Err(e) = self.try_open_run(path) {
+            self.errors.push(format!("{e:#}"));
+        }
+    }
+
+    /// Opens a run file (or shows it, when it is open already); a bad file changes nothing.
+    fn try_open_run(&mut self, path: &Path) -> Result<()> {
         if let Some(i) = self
             .runs
             .iter()
             .position(|r| r.path.as_deref() == Some(path))
         {
             self.active = i;
-            return;
+            return Ok(());
         }
-        match RunStore::open(path) {
-            Ok(store) => {
-                if store.run.truncated {
-                    self.notice = Some(format!(
-                        "{}: the last record was cut off (the writer was killed); everything before it is loaded",
-                        path.display()
-                    ));
-                }
-                self.runs.push(store);
-                self.active = self.runs.len() - 1;
-                self.timeline.jump_end(self.runs.last());
-                push_recent(&mut self.persisted.recent_runs, path.to_path_buf());
-            }
-            Err(e) => self.errors.push(format!("{e:#}")),
+        let store = RunStore::open(path)?;
+        if store.run.truncated {
+            self.notice = Some(format!(
+                "{}: the last record was cut off (the writer was killed); everything before it is loaded",
+                path.display()
+            ));
         }
+        self.runs.push(store);
+        self.active = self.runs.len() - 1;
+        self.timeline.jump_end(self.runs.last());
+        push_recent(&mut self.persisted.recent_runs, path.to_path_buf());
+        Ok(())
     }
 
     /// Starts the trainer with the train panel's options. Invalid options are reported and
@@ -394,7 +409,11 @@ impl LdvizApp {
                 Action::StartTraining => self.start_training(),
                 Action::Trainer(c) => self.command(c),
                 Action::Picked(p) => self.on_picked(p),
-                Action::Export(t, p) => self.export_to(t, &p),
+                Action::Export(t, p) => {
+                    let r = self.try_export(t, &p).map(Some);
+                    self.settle(DialogKind::export(t), r);
+                }
+                Action::PathWindow(k) => self.open_path_window(k),
             }
         }
     }
@@ -429,27 +448,60 @@ impl LdvizApp {
         }
     }
 
+    /// A path from a native dialog or a path window: opened, set or written; the outcome
+    /// closes the path window of its kind or shows the error there (`settle`).
     fn on_picked(&mut self, p: Picked) {
-        match p {
+        let kind = p.kind();
+        let r = match p {
+            Picked::Unavailable(kind) => {
+                self.dialog_unavailable(kind);
+                return;
+            }
             Picked::Run(paths) => {
                 for p in paths {
-                    self.open_run(&p);
+                    let r = self.try_open_run(&p).map(|()| None);
+                    self.settle(kind, r);
+                }
+                return;
+            }
+            Picked::Data(p) => {
+                if p.is_file() {
+                    self.setup.options.data = p.display().to_string();
+                    Ok(None)
+                } else {
+                    Err(anyhow!("{}: no such dataset file", p.display()))
                 }
             }
-            Picked::Data(p) => self.setup.options.data = p.display().to_string(),
-            Picked::Model(p) => self.setup.options.model = p.display().to_string(),
-            Picked::ExportPng(p) => self.export_to(export::Target::Png, &p),
-            Picked::ExportSvg(p) => self.export_to(export::Target::Svg, &p),
-            Picked::ExportCsv(p) => self.export_to(export::Target::Csv, &p),
-        }
+            Picked::Model(p) => {
+                if p.is_dir() {
+                    self.setup.options.model = p.display().to_string();
+                    Ok(None)
+                } else {
+                    Err(anyhow!(
+                        "{}: no such folder (a model folder holds config.json, the safetensors weights and tokenizer.json)",
+                        p.display()
+                    ))
+                }
+            }
+            Picked::ExportPng(p) => self.try_export(export::Target::Png, &p).map(Some),
+            Picked::ExportSvg(p) => self.try_export(export::Target::Svg, &p).map(Some),
+            Picked::ExportCsv(p) => self.try_export(export::Target::Csv, &p).map(Some),
+        };
+        self.settle(kind, r);
     }
 
     /// Writes the visible curves (PNG/SVG) or their data (CSV); errors are shown.
     pub fn export_to(&mut self, t: export::Target, path: &Path) {
+        match self.try_export(t, path) {
+            Ok(msg) => self.notice = Some(msg),
+            Err(e) => self.errors.push(format!("{e:#}")),
+        }
+    }
+
+    /// Writes the visible curves (PNG/SVG) or their data (CSV); returns a confirmation line.
+    fn try_export(&self, t: export::Target, path: &Path) -> Result<String> {
         let Some(store) = self.runs.get(self.active) else {
-            self.errors
-                .push("nothing to export: open or record a run first".into());
-            return;
+            return Err(anyhow!("nothing to export: open or record a run first"));
         };
         let cursor = self.timeline.cursor_x(store, self.curves.settings.x);
         // What the curves view shows: the active run, or the overlay (active run first).
@@ -464,58 +516,14 @@ impl LdvizApp {
         if self.curves.overlay.is_empty() {
             runs.truncate(1);
         }
-        match export::write(
+        export::write(
             t,
             &runs,
             &self.curves.settings,
             self.curves.probe,
             cursor,
             path,
-        ) {
-            Ok(msg) => self.notice = Some(msg),
-            Err(e) => self.errors.push(format!("{e:#}")),
-        }
-    }
-
-    /// Opens a native file dialog on its own thread (never on the UI thread).
-    pub fn dialog(&self, ctx: &egui::Context, kind: DialogKind) {
-        let tx = self.picked_tx.clone();
-        let ctx = ctx.clone();
-        let _ = std::thread::Builder::new()
-            .name("ldviz-dialog".into())
-            .spawn(move || {
-                let d = rfd::FileDialog::new();
-                let picked = match kind {
-                    DialogKind::Runs => d
-                        .add_filter("run files", &["jsonl"])
-                        .pick_files()
-                        .map(Picked::Run),
-                    DialogKind::Data => d
-                        .add_filter("preference data", &["jsonl", "json", "gz"])
-                        .pick_file()
-                        .map(Picked::Data),
-                    DialogKind::Model => d.pick_folder().map(Picked::Model),
-                    DialogKind::SavePng => d
-                        .add_filter("PNG", &["png"])
-                        .set_file_name("ldviz.png")
-                        .save_file()
-                        .map(Picked::ExportPng),
-                    DialogKind::SaveSvg => d
-                        .add_filter("SVG", &["svg"])
-                        .set_file_name("ldviz.svg")
-                        .save_file()
-                        .map(Picked::ExportSvg),
-                    DialogKind::SaveCsv => d
-                        .add_filter("CSV", &["csv"])
-                        .set_file_name("ldviz.csv")
-                        .save_file()
-                        .map(Picked::ExportCsv),
-                };
-                if let Some(p) = picked {
-                    let _ = tx.send(p);
-                    ctx.request_repaint();
-                }
-            });
+        )
     }
 
     /// Files dropped on the window: run files open as runs, folders become the model, other
@@ -578,6 +586,9 @@ impl LdvizApp {
             Tab::Transfer => transfer::show(self, ui),
             Tab::Influence => influence::show(self, ui),
         });
+        let mut actions = Vec::new();
+        dialogs::show_windows(self, &ctx, &mut actions);
+        self.actions.extend(actions);
         self.apply_actions();
 
         let training = self.live.as_ref().is_some_and(|l| !l.finished);
@@ -594,6 +605,13 @@ impl LdvizApp {
             ui.separator();
             if ui.button("Open run…").clicked() {
                 self.dialog(&ctx, DialogKind::Runs);
+            }
+            if ui
+                .button("Open path…")
+                .on_hover_text("type the path of a run file")
+                .clicked()
+            {
+                self.actions.push(Action::PathWindow(DialogKind::Runs));
             }
             ui.menu_button("Recent", |ui| {
                 if self.persisted.recent_runs.is_empty() {
@@ -708,7 +726,7 @@ pub fn install_fonts(ctx: &egui::Context) {
     ctx.set_fonts(fonts);
 }
 
-/// Which native dialog to open.
+/// Which native dialog (or path window) to open.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DialogKind {
     Runs,
