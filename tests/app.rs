@@ -3,6 +3,7 @@
 //! writes valid PNG and SVG files through the path window, a native dialog that cannot open is
 //! reported and replaced by the path window, and bad inputs show errors while the app keeps
 //! working.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic: that is its failure
 #![cfg(feature = "gui")]
 
 use std::path::{Path, PathBuf};
@@ -582,7 +583,7 @@ fn runs_overlay_and_dropped_files() {
 }
 
 #[test]
-fn playground_shows_the_valley_and_peak_cases() {
+fn playground_shows_the_valley_peak_and_dpo_cases() {
     let mut h = harness(LdvizApp::new(&Launch {
         tab: Some("playground".into()),
         ..Launch::default()
@@ -602,6 +603,16 @@ fn playground_shows_the_valley_and_peak_cases() {
         "after: [0.3246, 0.4335, 0.1865, 0.0446, 0.0108]"
     ));
     assert!(label_contains(&h, "classes that rose: [1, 2, 3, 4]"));
+    // The DPO-like case: a positive step on class 1 and a negative one on class 4 at once move
+    // z_1 up and z_4 down by η' (the π terms cancel): softmax(ln π + (0, 1, 0, 0, −1)).
+    h.get_by_label("DPO preset").click();
+    h.step();
+    h.step();
+    assert!(label_contains(
+        &h,
+        "after: [0.3313, 0.5404, 0.0994, 0.0265, 0.0024]"
+    ));
+    assert!(label_contains(&h, "classes that rose: [1]"));
     // A bad distribution is an error in the view, not a crash.
     h.state_mut().playground.typed = "0.5, 0.9".into();
     h.step();

@@ -1,5 +1,6 @@
 //! The `ldviz` binary end to end on the fixture models: train + inspect, logprob, export, run
 //! files cut mid-record, and a one-line error with a non-zero exit for every bad input.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic: that is its failure
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -1,4 +1,5 @@
 //! The trainer thread obeys Pause / Step / Resume / Stop, and a stopped run keeps its file.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic: that is its failure
 
 use std::path::PathBuf;
 
@@ -50,37 +51,56 @@ fn config(steps: usize) -> TrainConfig {
 
 #[test]
 fn pause_step_resume_and_stop() {
+    use std::time::{Duration as Wait, Instant};
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("live.jsonl");
     let h = ldviz::train::spawn(config(1000), Some(out.clone()));
     // queued before the first update: the trainer pauses before training
     h.commands.send(Command::Pause).unwrap();
+    let paused_seen = loop {
+        match h.events.recv_timeout(Wait::from_secs(60)).unwrap() {
+            Event::State { paused: true, step } => {
+                assert_eq!(step, 0);
+                break true;
+            }
+            Event::Step(s) => panic!("update {} before the queued pause", s.step),
+            _ => {}
+        }
+    };
+    // Each Step applies exactly one update, and nothing runs between Steps while paused.
     let mut steps = 0;
-    let mut paused_seen = false;
-    let mut stepped_while_paused = 0;
+    for k in 1..=2 {
+        h.commands.send(Command::Step).unwrap();
+        loop {
+            if let Event::Step(s) = h.events.recv_timeout(Wait::from_secs(60)).unwrap() {
+                assert_eq!(s.step, k);
+                steps += 1;
+                break;
+            }
+        }
+        let quiet_until = Instant::now() + Wait::from_millis(500);
+        while let Some(left) = quiet_until.checked_duration_since(Instant::now()) {
+            match h.events.recv_timeout(left) {
+                Ok(Event::Step(s)) => panic!("update {} ran while paused after Step {k}", s.step),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    }
+    assert_eq!(steps, 2);
+    h.commands.send(Command::Resume).unwrap();
     let mut sent_pause = false;
     let mut stopped_at = None;
     for ev in h.events.iter() {
         match ev {
-            Event::State { paused: true, step } if !paused_seen => {
-                paused_seen = true;
-                assert_eq!(step, 0);
-                h.commands.send(Command::Step).unwrap();
-                h.commands.send(Command::Step).unwrap();
-            }
             Event::State { paused: true, step } => {
                 // paused again: stop while paused, so the stop step is deterministic
                 stopped_at = Some(step);
                 h.commands.send(Command::Stop).unwrap();
             }
-            Event::Step(_) => {
+            Event::Step(s) => {
                 steps += 1;
-                if paused_seen && steps <= 2 {
-                    stepped_while_paused += 1;
-                }
-                if steps == 2 {
-                    h.commands.send(Command::Resume).unwrap();
-                }
+                assert_eq!(s.step, steps);
                 if steps == 5 && !sent_pause {
                     h.commands.send(Command::Pause).unwrap();
                     sent_pause = true;
@@ -95,7 +115,6 @@ fn pause_step_resume_and_stop() {
     }
     h.join().unwrap();
     assert!(paused_seen);
-    assert_eq!(stepped_while_paused, 2);
     // no update after the pause that preceded the stop
     let k = stopped_at.unwrap();
     assert!(k >= 5);

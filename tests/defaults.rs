@@ -1,5 +1,6 @@
 //! The embedded default: the demo dataset passes validation with every family, the default model
 //! loads and tokenizes it, and `ldviz train` with the defaults (shortened) records every family.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic: that is its failure
 
 use std::path::PathBuf;
 use std::process::Command;

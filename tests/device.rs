@@ -7,6 +7,7 @@
 //! With `--features cuda` (tools/gpu_check.sh runs these on a GPU machine): fixture log-probs
 //! on the GPU equal the CPU's within 1e-3, a 6-step SGD DPO trajectory on the GPU follows the
 //! CPU's within 1e-3 (relative), and bf16 stays within the tolerance documented in README.md.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic: that is its failure
 
 use std::path::PathBuf;
 

@@ -2,6 +2,7 @@
 //! prediction ⟨∇f_o, Δθ⟩ tracks the actual change (Pearson r ≥ 0.95), the per-example split sums
 //! to the prediction (exactly for SGD, and for AdamW's first step, where all of the update is
 //! this step's gradient), and `inspect --json` reports it.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic: that is its failure
 
 use std::path::Path;
 use std::process::Command;

@@ -3,6 +3,7 @@
 //! tests/gradients.rs and against transformers in tests/reference.rs): the log-probs and every
 //! weight's gradient, for llama, tied llama, qwen2 (q/k/v biases) and grouped-query attention,
 //! in f64 (to rounding) and in f32.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic: that is its failure
 
 use std::path::PathBuf;
 

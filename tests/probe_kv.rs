@@ -2,6 +2,7 @@
 //! (`EvalMode::SharedPrefix`) gives the same log-probs as one forward per pair and as a padded
 //! batch: on every fixture architecture against transformers, and on the default demo's whole
 //! evaluation (every family, traces, y*, diagnostics and the transfer matrix).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic: that is its failure
 
 use std::path::PathBuf;
 

@@ -1,5 +1,6 @@
 //! Sequence log-probs of our models against Hugging Face transformers (fixtures made by
 //! tools/make_fixtures.py with torch + transformers; committed, so this needs no Python).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic: that is its failure
 
 use std::path::PathBuf;
 

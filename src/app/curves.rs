@@ -13,7 +13,7 @@ use egui_plot::{FilledArea, Line, Plot, PlotPoints, VLine};
 use super::LdvizApp;
 use crate::data::{Family, FamilyGroup};
 use crate::export::plot::family_color;
-use crate::run::store::{PhaseMetric, decimate, ema, envelope, piece_points};
+use crate::run::store::{PhaseMetric, decimate_segments, ema, envelope, piece_points};
 use crate::run::{Quantity, RunStore, SeriesKey, XAxis, YMode};
 
 /// The band drawn around each mean.
@@ -129,10 +129,11 @@ pub fn run_color(i: usize) -> Color32 {
     Color32::from_rgb(r, g, b)
 }
 
-/// One line of a series (a series is one piece, or one per phase when re-zeroed per phase).
+/// One line of a series (a series is one piece, or one per phase when re-zeroed per phase),
+/// as segments: a non-finite evaluation (a diverged run) ends one, leaving a gap.
 pub struct DrawnPiece {
-    pub line: Vec<[f64; 2]>,
-    pub raw: Option<Vec<[f64; 2]>>,
+    pub line: Vec<Vec<[f64; 2]>>,
+    pub raw: Option<Vec<Vec<[f64; 2]>>>,
     pub band: Option<(Vec<f64>, Vec<f64>, Vec<f64>)>,
 }
 
@@ -192,8 +193,8 @@ pub fn family_series(
                 *slot = *v;
             }
         }
-        let line = decimate(&px, &smooth, b);
-        let raw = (s.smoothing > 0.0).then(|| decimate(&px, &mean, b));
+        let line = decimate_segments(&px, &smooth, b);
+        let raw = (s.smoothing > 0.0).then(|| decimate_segments(&px, &mean, b));
         // Bands are envelopes (lowest low, highest high per bucket), so coarser buckets stay
         // faithful: every probe's excursion is still covered.
         let band_buckets = (b / 3).max(16);
@@ -490,7 +491,7 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
                                 .allow_hover(false),
                         );
                     }
-                    if let Some(raw) = piece.raw.take() {
+                    for raw in piece.raw.take().unwrap_or_default() {
                         pui.line(
                             Line::new(d.name.clone(), PlotPoints::new(raw))
                                 .color(d.color.gamma_multiply(0.3))
@@ -498,14 +499,13 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
                                 .allow_hover(false),
                         );
                     }
-                    pui.line(
-                        Line::new(
-                            d.name.clone(),
-                            PlotPoints::new(std::mem::take(&mut piece.line)),
-                        )
-                        .color(d.color)
-                        .width(d.width),
-                    );
+                    for seg in std::mem::take(&mut piece.line) {
+                        pui.line(
+                            Line::new(d.name.clone(), PlotPoints::new(seg))
+                                .color(d.color)
+                                .width(d.width),
+                        );
+                    }
                 }
             }
             boundaries(pui, &marks, cursor_x);
@@ -553,7 +553,7 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
             let ys = ema(&part.ys, s.smoothing);
             // Each phase gets the bucket columns of its share of the x range.
             let b = ((buckets as f64 * x_span(part) / all) as usize).max(16);
-            let pts = decimate(&part.xs, &ys, b);
+            let segs = decimate_segments(&part.xs, &ys, b);
             let name = if n_loss > 1 {
                 format!("loss · {}", part.label)
             } else {
@@ -576,7 +576,11 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
             .link_axis(group, [true, false])
             .link_cursor(group, [true, false])
             .show(ui, |pui| {
-                pui.line(Line::new(name, PlotPoints::new(pts)).color(Color32::from_gray(90)));
+                for seg in segs {
+                    pui.line(
+                        Line::new(name.clone(), PlotPoints::new(seg)).color(Color32::from_gray(90)),
+                    );
+                }
                 boundaries(pui, &marks, cursor_x);
             });
         }
@@ -686,7 +690,13 @@ pub fn show_metrics(app: &mut LdvizApp, ui: &mut egui::Ui) {
             .partition_point(|st| st.step <= cs)
             .checked_sub(1)
     });
-    type Series = (String, Vec<[f64; 2]>, Option<Vec<[f64; 2]>>, Option<f64>);
+    /// (name, line segments, raw segments under smoothing, value at the cursor)
+    type Series = (
+        String,
+        Vec<Vec<[f64; 2]>>,
+        Option<Vec<Vec<[f64; 2]>>>,
+        Option<f64>,
+    );
     let at_x = at_idx
         .and_then(|i| store.run.steps.get(i))
         .map(|st| match s.x {
@@ -707,8 +717,9 @@ pub fn show_metrics(app: &mut LdvizApp, ui: &mut egui::Ui) {
         if by_phase.len() > 1 {
             for part in by_phase {
                 let ys_s = ema(&part.ys, s.smoothing);
-                let pts = decimate(&part.xs, &ys_s, buckets);
-                let raw = (s.smoothing > 0.0).then(|| decimate(&part.xs, &part.ys, buckets));
+                let pts = decimate_segments(&part.xs, &ys_s, buckets);
+                let raw =
+                    (s.smoothing > 0.0).then(|| decimate_segments(&part.xs, &part.ys, buckets));
                 let inside = at_x.is_some_and(|x| {
                     part.xs.first().is_some_and(|&a| x >= a)
                         && part.xs.last().is_some_and(|&b| x <= b)
@@ -720,8 +731,8 @@ pub fn show_metrics(app: &mut LdvizApp, ui: &mut egui::Ui) {
         }
         let (xs, ys) = store.metric(name, s.x);
         let ys_s = ema(ys, s.smoothing);
-        let pts = decimate(xs, &ys_s, buckets);
-        let raw = (s.smoothing > 0.0).then(|| decimate(xs, ys, buckets));
+        let pts = decimate_segments(xs, &ys_s, buckets);
+        let raw = (s.smoothing > 0.0).then(|| decimate_segments(xs, ys, buckets));
         series.push((name.clone(), pts, raw, at));
     }
     let cols = 2usize;
@@ -748,15 +759,17 @@ pub fn show_metrics(app: &mut LdvizApp, ui: &mut egui::Ui) {
                             .link_axis(group, [true, false])
                             .link_cursor(group, [true, false])
                             .show(ui, |pui| {
-                                if let Some(raw) = raw {
-                                    pui.line(Line::new(name.clone(), PlotPoints::new(raw)).color(
+                                for seg in raw.unwrap_or_default() {
+                                    pui.line(Line::new(name.clone(), PlotPoints::new(seg)).color(
                                         Color32::from_rgb(31, 119, 180).gamma_multiply(0.3),
                                     ));
                                 }
-                                pui.line(
-                                    Line::new(name.clone(), PlotPoints::new(pts))
-                                        .color(Color32::from_rgb(31, 119, 180)),
-                                );
+                                for seg in pts {
+                                    pui.line(
+                                        Line::new(name.clone(), PlotPoints::new(seg))
+                                            .color(Color32::from_rgb(31, 119, 180)),
+                                    );
+                                }
                                 boundaries(pui, &marks, cursor_x);
                             });
                     });
@@ -766,4 +779,52 @@ pub fn show_metrics(app: &mut LdvizApp, ui: &mut egui::Ui) {
                 }
             });
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::Event;
+
+    /// One diverged evaluation in the middle of a run: the family's line stops before it and
+    /// starts again after it (two segments), in the live store as in a reloaded file.
+    #[test]
+    fn a_non_finite_evaluation_leaves_a_gap_in_the_curve() {
+        let spec = crate::run::synth::SynthSpec {
+            steps: 12,
+            eval_every: 2,
+            probes: 2,
+            tokens: 2,
+            top_k: 1,
+            vocab: 8,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gap.jsonl");
+        let mut w = crate::run::Writer::create(&path).unwrap();
+        let mut k = 0;
+        for mut ev in crate::run::synth::events(spec, 3).unwrap() {
+            if let Event::Eval(e) = &mut ev {
+                k += 1;
+                if k == 4 {
+                    for v in e.logps.values_mut() {
+                        v[0] = f64::NAN;
+                    }
+                }
+            }
+            w.write(&ev).unwrap();
+        }
+        drop(w);
+        let mut store = RunStore::open(&path).unwrap();
+        let s = CurveSettings::default();
+        for y in [YMode::Absolute, YMode::Delta] {
+            let xs = eval_xs(&store, s.x);
+            let d = family_series(&mut store, Family::Chosen, &s, y, None, 200, &xs);
+            assert_eq!(d.pieces.len(), 1);
+            let segs = &d.pieces[0].line;
+            assert_eq!(segs.len(), 2, "{y:?}: {segs:?}");
+            assert_eq!(segs[0].len(), 3, "{y:?}");
+            assert_eq!(segs[0].len() + segs[1].len(), k - 1, "{y:?}");
+            assert!(segs.iter().flatten().all(|p| p[1].is_finite()));
+        }
+    }
 }

@@ -145,18 +145,10 @@ pub struct LdvizApp {
     shot: std::sync::Arc<std::sync::Mutex<Option<std::sync::Arc<egui::ColorImage>>>>,
 }
 
-/// Sample runs shipped in sample_runs/ (listed in the app, opened on click).
-pub fn sample_runs() -> Vec<PathBuf> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sample_runs");
-    let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
+/// The sample runs embedded in the binary (listed in the app, opened on click); an error when
+/// they cannot be written out (see `assets::embedded_dir`).
+pub fn sample_runs() -> Result<Vec<PathBuf>> {
+    crate::assets::sample_runs()
 }
 
 fn push_recent<T: PartialEq + Clone>(list: &mut Vec<T>, item: T) {
@@ -209,7 +201,7 @@ impl LdvizApp {
             notice: None,
             path_windows: Vec::new(),
             persisted,
-            sample_runs: sample_runs(),
+            sample_runs: Vec::new(),
             actions: Vec::new(),
             picked_tx,
             picked_rx,
@@ -221,6 +213,12 @@ impl LdvizApp {
             screenshot_requested: false,
             shot: Default::default(),
         };
+        match sample_runs() {
+            Ok(v) => app.sample_runs = v,
+            Err(e) => app
+                .errors
+                .push(format!("the sample runs are not available: {e:#}")),
+        }
         for r in &launch.runs {
             app.open_run(r);
         }
@@ -737,18 +735,10 @@ pub enum DialogKind {
     SaveCsv,
 }
 
-/// Whether a file looks like an ldviz run file (its first line is a run header).
+/// Whether a file looks like an ldviz run file, plain or gzipped (its first line is a run
+/// header).
 pub fn is_run_file(p: &Path) -> bool {
-    use std::io::Read;
-    let Ok(f) = std::fs::File::open(p) else {
-        return false;
-    };
-    let mut first = Vec::new();
-    if f.take(4096).read_to_end(&mut first).is_err() {
-        return false;
-    }
-    let s = String::from_utf8_lossy(&first);
-    s.starts_with("{\"type\":\"header\"") && s.contains("\"format\":\"ldviz-run\"")
+    crate::run::looks_like_run_file(p)
 }
 
 fn save_png(img: &egui::ColorImage, path: &Path) -> Result<()> {

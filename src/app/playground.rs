@@ -1,12 +1,24 @@
 //! The squeezing playground: one softmax, adjustable initial distribution (typed probabilities
-//! or a peakiness slider), positive or negative gradient steps on a class with a step size;
-//! bars of the distribution before and after, and each class's ratio α = after / before.
-//! Presets are the paper's valley and peak cases. The math is crate::squeeze (also
+//! or a peakiness slider), a positive or a negative gradient step on a class, or both at once
+//! (a positive step on class I with a negative one on class J, the DPO-like case), with a step
+//! size; bars of the distribution before and after, and each class's ratio α = after / before.
+//! Presets are the paper's valley and peak cases and the DPO-like case. The math is crate::squeeze (also
 //! `ldviz squeeze`).
 
 use egui::{Color32, RichText};
 
-use crate::squeeze::{Sign, argmax, check_probs, geometric, ratios, rose, step};
+use crate::squeeze::{Sign, argmax, check_probs, geometric, ratios, rose, step_many};
+
+/// Which gradient steps one update applies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepKind {
+    /// A negative step on class c.
+    Negative,
+    /// A positive step on class c.
+    Positive,
+    /// A positive step on class c and a negative step on class `negative` (DPO-like).
+    Both,
+}
 
 pub struct Playground {
     /// Typed probabilities (comma-separated); used when `use_typed`.
@@ -15,8 +27,11 @@ pub struct Playground {
     pub classes: usize,
     /// Geometric ratio π_i ∝ r^i: small = peaky.
     pub ratio: f64,
+    /// The class of the step (the positive one under `StepKind::Both`).
     pub class: usize,
-    pub sign: Sign,
+    /// The negative class under `StepKind::Both`.
+    pub negative: usize,
+    pub kind: StepKind,
     pub eta: f64,
     pub steps: usize,
 }
@@ -29,7 +44,8 @@ impl Default for Playground {
             classes: 5,
             ratio: 0.5,
             class: 4,
-            sign: Sign::Negative,
+            negative: 4,
+            kind: StepKind::Negative,
             eta: 1.0,
             steps: 1,
         };
@@ -44,9 +60,32 @@ impl Playground {
         self.typed = "0.5, 0.3, 0.15, 0.04, 0.01".into();
         self.use_typed = true;
         self.class = 4;
-        self.sign = Sign::Negative;
+        self.kind = StepKind::Negative;
         self.eta = 1.0;
         self.steps = 1;
+    }
+
+    /// A positive step on a likely class with a negative step on an unlikely one (DPO's
+    /// chosen and rejected in one softmax).
+    pub fn preset_dpo(&mut self) {
+        self.preset_valley();
+        self.class = 1;
+        self.negative = 4;
+        self.kind = StepKind::Both;
+    }
+
+    /// The (class, sign) terms of one step.
+    pub fn terms(&self, classes: usize) -> Vec<(usize, Sign)> {
+        let last = classes.saturating_sub(1);
+        let c = self.class.min(last);
+        match self.kind {
+            StepKind::Negative => vec![(c, Sign::Negative)],
+            StepKind::Positive => vec![(c, Sign::Positive)],
+            StepKind::Both => vec![
+                (c, Sign::Positive),
+                (self.negative.min(last), Sign::Negative),
+            ],
+        }
     }
 
     /// A negative step on the peak.
@@ -73,10 +112,10 @@ impl Playground {
 
     /// The distribution after the steps.
     pub fn after(&self, p: &[f64]) -> Vec<f64> {
-        let c = self.class.min(p.len().saturating_sub(1));
+        let terms = self.terms(p.len());
         let mut q = p.to_vec();
         for _ in 0..self.steps.max(1) {
-            q = step(&q, c, self.sign, self.eta);
+            q = step_many(&q, &terms, self.eta);
         }
         q
     }
@@ -101,6 +140,15 @@ pub fn show(pg: &mut Playground, ui: &mut egui::Ui) {
         {
             pg.preset_peak();
         }
+        if ui
+            .button("DPO preset")
+            .on_hover_text(
+                "positive step on a likely class with a negative step on an unlikely one",
+            )
+            .clicked()
+        {
+            pg.preset_dpo();
+        }
         ui.separator();
         ui.selectable_value(&mut pg.use_typed, true, "typed probabilities");
         ui.selectable_value(&mut pg.use_typed, false, "peakiness slider");
@@ -123,10 +171,31 @@ pub fn show(pg: &mut Playground, ui: &mut egui::Ui) {
         }
     };
     pg.class = pg.class.min(before.len() - 1);
+    pg.negative = pg.negative.min(before.len() - 1);
     ui.horizontal_wrapped(|ui| {
-        ui.add(egui::Slider::new(&mut pg.class, 0..=before.len() - 1).text("class c"));
-        ui.selectable_value(&mut pg.sign, Sign::Negative, "negative step (push down)");
-        ui.selectable_value(&mut pg.sign, Sign::Positive, "positive step (pull up)");
+        ui.selectable_value(
+            &mut pg.kind,
+            StepKind::Negative,
+            "negative step (push down)",
+        );
+        ui.selectable_value(&mut pg.kind, StepKind::Positive, "positive step (pull up)");
+        ui.selectable_value(
+            &mut pg.kind,
+            StepKind::Both,
+            "both (positive on I, negative on J)",
+        );
+        let label = if pg.kind == StepKind::Both {
+            "class I (positive)"
+        } else {
+            "class c"
+        };
+        ui.add(egui::Slider::new(&mut pg.class, 0..=before.len() - 1).text(label));
+        if pg.kind == StepKind::Both {
+            ui.add(
+                egui::Slider::new(&mut pg.negative, 0..=before.len() - 1)
+                    .text("class J (negative)"),
+            );
+        }
         ui.add(
             egui::Slider::new(&mut pg.eta, 0.0..=10.0)
                 .text("η'")
@@ -159,12 +228,18 @@ pub fn show(pg: &mut Playground, ui: &mut egui::Ui) {
         .max(1e-9);
     for i in 0..before.len() {
         ui.horizontal(|ui| {
-            let name = if i == pg.class {
-                RichText::new(format!("class {i:>2} (c)"))
-                    .monospace()
-                    .strong()
+            let tag = match pg.kind {
+                StepKind::Both if i == pg.class && i == pg.negative => "(I,J)",
+                StepKind::Both if i == pg.class => "(I)  ",
+                StepKind::Both if i == pg.negative => "(J)  ",
+                _ if i == pg.class => "(c)  ",
+                _ => "     ",
+            };
+            let name = RichText::new(format!("class {i:>2} {tag}")).monospace();
+            let name = if tag.trim().is_empty() {
+                name
             } else {
-                RichText::new(format!("class {i:>2}    ")).monospace()
+                name.strong()
             };
             ui.label(name);
             ui.vertical(|ui| {

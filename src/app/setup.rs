@@ -461,10 +461,7 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui, actions: &mut Vec<Action>) {
     if !app.sample_runs.is_empty() {
         ui.label("Sample runs:");
         for p in &app.sample_runs {
-            let name = p
-                .file_stem()
-                .map(|s| s.to_string_lossy().to_string())
-                .unwrap_or_default();
+            let name = crate::run::run_name(p);
             if ui
                 .link(format!("open {name}"))
                 .on_hover_text(p.display().to_string())

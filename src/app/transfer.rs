@@ -8,7 +8,7 @@ use egui_plot::{Line, Plot, PlotPoints, VLine};
 
 use super::LdvizApp;
 use crate::data::Family;
-use crate::run::store::decimate;
+use crate::run::store::decimate_segments;
 
 /// Blue for a rise, red for a fall, white for none; `t` in [-1, 1].
 pub fn diverging(t: f64) -> Color32 {
@@ -72,8 +72,8 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
         off.get(at).copied().unwrap_or(f64::NAN),
     );
     let buckets = (ui.available_width().max(100.0) / 2.0) as usize;
-    let dline = decimate(&xs, diag, buckets);
-    let oline = decimate(&xs, off, buckets);
+    let dline = decimate_segments(&xs, diag, buckets);
+    let oline = decimate_segments(&xs, off, buckets);
     ui.label(
         RichText::new(format!(
             "step {step}: mean diagonal Δ {dv:+.3} (a prompt's own answer), mean off-diagonal Δ {ov:+.3} (other prompts' answers) · {m} prompts"
@@ -129,19 +129,23 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
             })
             .y_axis_label("mean Δ log-prob since t = 0")
             .show(ui, |pui| {
-                pui.line(
-                    Line::new("diagonal (own answer)", PlotPoints::new(dline))
-                        .color(Color32::from_rgb(0, 128, 0))
+                for seg in dline {
+                    pui.line(
+                        Line::new("diagonal (own answer)", PlotPoints::new(seg))
+                            .color(Color32::from_rgb(0, 128, 0))
+                            .width(2.0),
+                    );
+                }
+                for seg in oline {
+                    pui.line(
+                        Line::new(
+                            "off-diagonal (other prompts' answers)",
+                            PlotPoints::new(seg),
+                        )
+                        .color(Color32::from_rgb(30, 90, 220))
                         .width(2.0),
-                );
-                pui.line(
-                    Line::new(
-                        "off-diagonal (other prompts' answers)",
-                        PlotPoints::new(oline),
-                    )
-                    .color(Color32::from_rgb(30, 90, 220))
-                    .width(2.0),
-                );
+                    );
+                }
                 pui.add(VLine::new("cursor", cursor_x).color(Color32::from_rgb(255, 140, 0)));
             });
     });

@@ -421,6 +421,7 @@ fn linear<T: WithDType + 'static>(
 struct Shared<T>(*mut T);
 // SAFETY: only used for buffers whose elements the parallel tasks partition among themselves.
 unsafe impl<T> Send for Shared<T> {}
+// SAFETY: as for Send: shared between tasks that write disjoint elements only.
 unsafe impl<T> Sync for Shared<T> {}
 impl<T> Shared<T> {
     fn at(self, off: usize) -> *mut T {

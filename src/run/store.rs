@@ -796,6 +796,28 @@ pub fn decimate(xs: &[f64], ys: &[f64], buckets: usize) -> Vec<[f64; 2]> {
     out
 }
 
+/// [`decimate`] of each stretch of finite points: a non-finite y (a diverged evaluation, a NaN
+/// loss) ends a stretch, so one line per stretch leaves a gap there instead of bridging it. The
+/// buckets are shared among the stretches by their number of points (at least 16 each).
+pub fn decimate_segments(xs: &[f64], ys: &[f64], buckets: usize) -> Vec<Vec<[f64; 2]>> {
+    let n = xs.len().min(ys.len());
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < n {
+        if !(xs[i].is_finite() && ys[i].is_finite()) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < n && xs[i].is_finite() && ys[i].is_finite() {
+            i += 1;
+        }
+        let b = (buckets * (i - start)).div_ceil(n.max(1)).max(16);
+        out.push(decimate(&xs[start..i], &ys[start..i], b));
+    }
+    out
+}
+
 /// The band's envelope over `buckets` x buckets: per bucket the first x, the lowest low and
 /// the highest high (so a decimated band still covers every probe's excursion).
 pub fn envelope(
@@ -842,6 +864,28 @@ pub fn envelope(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn non_finite_points_split_a_line_into_segments() {
+        let xs: Vec<f64> = (0..10).map(f64::from).collect();
+        let mut ys: Vec<f64> = xs.iter().map(|x| x * 2.0).collect();
+        ys[3] = f64::NAN;
+        ys[4] = f64::NEG_INFINITY;
+        ys[9] = f64::INFINITY;
+        let seg = decimate_segments(&xs, &ys, 100);
+        assert_eq!(
+            seg,
+            vec![
+                vec![[0.0, 0.0], [1.0, 2.0], [2.0, 4.0]],
+                vec![[5.0, 10.0], [6.0, 12.0], [7.0, 14.0], [8.0, 16.0]],
+            ]
+        );
+        assert!(decimate_segments(&xs, &[f64::NAN; 10], 100).is_empty());
+        // all finite: one segment, the same as decimate
+        let ys: Vec<f64> = xs.iter().map(|x| x.sin()).collect();
+        assert_eq!(decimate_segments(&xs, &ys, 2), vec![decimate(&xs, &ys, 16)]);
+    }
+
     use super::*;
 
     /// A live run's divergence is found as its records arrive, by a non-finite loss or a
