@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use ldviz::data::DataFormat;
 use ldviz::probe::Lengths;
 use ldviz::run::Event;
-use ldviz::train::{Algo, InfluenceTarget, OptimKind, TrainConfig, TrainOptions};
+use ldviz::train::{TrainConfig, TrainOptions};
 
 #[derive(Parser)]
 #[command(
@@ -108,217 +108,21 @@ struct SqueezeArgs {
     json: bool,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum AlgoArg {
-    /// NLL of the chosen response.
-    Sft,
-    /// DPO, sigmoid loss.
-    Dpo,
-    /// IPO (per-token mean log-probs).
-    Ipo,
-    /// SLiC hinge.
-    Hinge,
-    /// Robust DPO (TRL's robust): unbiased under label noise --label-smoothing.
-    Robust,
-    /// Conservative DPO, cDPO (TRL's sigmoid with --label-smoothing).
-    Cdpo,
-    /// SimPO (no reference; --gamma).
-    Simpo,
-    /// SFT on chosen and rejected, then DPO referenced to it.
-    Extended,
-    /// SFT on chosen, then DPO from it.
-    SftThenDpo,
-}
-
-impl From<AlgoArg> for Algo {
-    fn from(a: AlgoArg) -> Algo {
-        match a {
-            AlgoArg::Sft => Algo::Sft,
-            AlgoArg::Dpo => Algo::Dpo,
-            AlgoArg::Ipo => Algo::Ipo,
-            AlgoArg::Hinge => Algo::Hinge,
-            AlgoArg::Robust => Algo::Robust,
-            AlgoArg::Cdpo => Algo::Cdpo,
-            AlgoArg::Simpo => Algo::Simpo,
-            AlgoArg::Extended => Algo::Extended,
-            AlgoArg::SftThenDpo => Algo::SftThenDpo,
-        }
-    }
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum OptArg {
-    Sgd,
-    Adamw,
-    Rmsprop,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum FormatArg {
-    Auto,
-    Probe,
-    Standard,
-    Implicit,
-    Conversational,
-    Hh,
-}
-
-impl FormatArg {
-    fn get(self) -> Option<DataFormat> {
-        match self {
-            FormatArg::Auto => None,
-            FormatArg::Probe => Some(DataFormat::Probe),
-            FormatArg::Standard => Some(DataFormat::Standard),
-            FormatArg::Implicit => Some(DataFormat::Implicit),
-            FormatArg::Conversational => Some(DataFormat::Conversational),
-            FormatArg::Hh => Some(DataFormat::Hh),
-        }
-    }
-}
-
 #[derive(Args)]
 struct TrainArgs {
-    /// Hugging Face model folder, or "default" for the embedded model.
-    #[arg(long, default_value = "default")]
-    model: String,
-    /// cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
-    #[arg(long, default_value = "cpu")]
-    device: ldviz::device::DeviceSpec,
-    /// Compute precision: f32, or bf16 (bf16 forward on f32 master weights; meant for GPUs).
-    #[arg(long, default_value = "f32")]
-    dtype: ldviz::device::Precision,
-    /// Preference data file (.jsonl, .json, .jsonl.gz), or "default" for the demo dataset.
-    #[arg(long, default_value = "default")]
-    data: String,
-    /// Held-out records (for irr_test and random_nonhum).
-    #[arg(long)]
-    test_data: Option<String>,
-    /// Hold out this fraction of the data file (its last records) as test records
-    /// [default: 0; for the demo dataset, its 64 held-out records].
-    #[arg(long)]
-    test_fraction: Option<f64>,
-    #[arg(long, value_enum, default_value = "auto")]
-    format: FormatArg,
-    /// Objective; sft-then-dpo (the default) is SFT on chosen, then DPO from that model.
-    #[arg(long, value_enum, default_value = "sft-then-dpo")]
-    algo: AlgoArg,
-    #[arg(long, value_enum, default_value = "adamw")]
-    optimizer: OptArg,
-    /// Learning rate [default: for the embedded model its demo recipe, else 1e-4 for SFT and
-    /// 1e-5 for preference losses].
-    #[arg(long)]
-    lr: Option<f64>,
-    /// SGD / RMSprop momentum.
-    #[arg(long, default_value_t = 0.0)]
-    momentum: f64,
-    #[arg(long, default_value_t = 0.0)]
-    weight_decay: f64,
-    /// Linear warm-up steps: lr·min(1, (s+1)/(warmup+1)).
-    #[arg(long, default_value_t = 0)]
-    warmup: usize,
-    /// Clip the global gradient norm.
-    #[arg(long)]
-    max_grad_norm: Option<f64>,
-    #[arg(long, default_value_t = 0.1)]
-    beta: f64,
-    /// SimPO's target margin.
-    #[arg(long, default_value_t = 0.5)]
-    gamma: f64,
-    /// Label smoothing ε in [0, 0.5) of robust (assumed label-noise rate) and cdpo
-    /// (conservative target).
-    #[arg(long, default_value_t = 0.1)]
-    label_smoothing: f64,
-    #[arg(long, default_value_t = 4)]
-    batch_size: usize,
-    /// Optimizer steps (of the DPO phase for extended / sft-then-dpo).
-    #[arg(long, conflicts_with = "epochs")]
-    steps: Option<usize>,
-    /// Epochs over the training records [default: the demo recipe for the embedded model, else 1].
-    #[arg(long)]
-    epochs: Option<f64>,
-    /// Steps of the SFT phase of extended / sft-then-dpo [default: as the DPO phase].
-    #[arg(long, conflicts_with = "sft_epochs")]
-    sft_steps: Option<usize>,
-    #[arg(long)]
-    sft_epochs: Option<f64>,
-    /// Learning rate of the SFT phase [default: 1e-4, or --lr].
-    #[arg(long)]
-    sft_lr: Option<f64>,
-    /// Evaluate the probes every N training examples (and at step 0 and at the end).
-    #[arg(long, default_value_t = 64)]
-    eval_every: usize,
-    /// Number of probes: the first N records, or "all".
-    #[arg(long, default_value = "32")]
-    probes: String,
-    /// Visit records in file order (batches of B, wrapping) instead of shuffling each epoch.
-    #[arg(long)]
-    no_shuffle: bool,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    #[arg(long, default_value_t = 256)]
-    max_prompt_len: usize,
-    #[arg(long, default_value_t = 512)]
-    max_len: usize,
-    /// DPO-family phases: each epoch, sample the rejected responses from the current policy.
-    #[arg(long)]
-    on_policy: bool,
-    /// With --on-policy: instead of once per epoch, resample the batch's rejected responses
-    /// every K updates (1 = before every update, as online DPO does).
-    #[arg(long, value_name = "K")]
-    resample_every: Option<usize>,
-    /// Temperature of on-policy samples.
-    #[arg(long, default_value_t = 1.0)]
-    sample_temperature: f64,
-    /// Top next tokens recorded per position of chosen and rejected.
-    #[arg(long, default_value_t = 5)]
-    top_k: usize,
+    /// Every training option (one definition with the app's train panel).
+    #[command(flatten)]
+    options: TrainOptions,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
     /// Run file to write (an existing file is refused without --force).
     #[arg(long)]
     out: PathBuf,
-    /// Also save the trained weights as a Hugging Face folder (e.g. to start DPO from an SFT run;
-    /// a folder that is not empty is refused without --force).
-    #[arg(long)]
-    save_model: Option<PathBuf>,
     /// Replace an existing --out file, and write --save-model into a folder that is not empty
     /// (replacing its files of the same names).
     #[arg(long)]
     force: bool,
-    /// Hallucination transfer: at every evaluation, log π(y_j⁺ | x_i) for the first M probes'
-    /// prompts i and chosen responses j (0 = off).
-    #[arg(long, default_value_t = 16)]
-    transfer_prompts: usize,
-    /// The transfer matrix every N examples (at evaluations, and at phase boundaries)
-    /// [default: 4 x --eval-every].
-    #[arg(long, default_value_t = 0)]
-    transfer_every: usize,
-    /// First-order influence (eNTK inner products) every K updates; 0 = off
-    /// [default: 100 for models up to 50M parameters, off above].
-    #[arg(long)]
-    influence_every: Option<usize>,
-    /// Influence: observe the first N probes…
-    #[arg(long, default_value_t = 8)]
-    influence_probes: usize,
-    /// …on these families (comma-separated).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "chosen,rejected,argmax,irr_train,chosen_gptsemantic"
-    )]
-    influence_families: Vec<String>,
-    /// Influence cosines: f_u of each training example is its loss (−L_u, both terms, as the
-    /// update applies them), its chosen or its rejected response's log-prob.
-    #[arg(long, value_enum, default_value = "loss")]
-    influence_target: InfluenceTargetArg,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum InfluenceTargetArg {
-    Loss,
-    Chosen,
-    Rejected,
 }
 
 #[derive(Args)]
@@ -415,8 +219,9 @@ struct LogprobArgs {
     dtype: ldviz::device::Precision,
     #[arg(long, default_value = "default")]
     data: String,
-    #[arg(long, value_enum, default_value = "auto")]
-    format: FormatArg,
+    /// Dataset format [default: detected from the first record].
+    #[arg(long, value_enum)]
+    format: Option<DataFormat>,
     /// Also print each response's tokens with their log-probs.
     #[arg(long)]
     tokens: bool,
@@ -544,64 +349,7 @@ fn main() -> ExitCode {
 }
 
 fn train_config(a: &TrainArgs) -> Result<TrainConfig> {
-    let o = TrainOptions {
-        model: a.model.clone(),
-        data: a.data.clone(),
-        test_data: a.test_data.clone(),
-        test_fraction: a.test_fraction,
-        format: a.format.get(),
-        algo: a.algo.into(),
-        optimizer: match a.optimizer {
-            OptArg::Sgd => OptimKind::Sgd,
-            OptArg::Adamw => OptimKind::Adamw,
-            OptArg::Rmsprop => OptimKind::Rmsprop,
-        },
-        lr: a.lr,
-        momentum: a.momentum,
-        weight_decay: a.weight_decay,
-        warmup: a.warmup,
-        max_grad_norm: a.max_grad_norm,
-        beta: a.beta,
-        gamma: a.gamma,
-        label_smoothing: a.label_smoothing,
-        batch_size: a.batch_size,
-        steps: a.steps,
-        epochs: a.epochs,
-        sft_steps: a.sft_steps,
-        sft_epochs: a.sft_epochs,
-        sft_lr: a.sft_lr,
-        eval_every: a.eval_every,
-        probes: a.probes.clone(),
-        shuffle: !a.no_shuffle,
-        seed: a.seed,
-        max_prompt_len: a.max_prompt_len,
-        max_len: a.max_len,
-        on_policy: a.on_policy,
-        resample_every: a.resample_every,
-        sample_temperature: a.sample_temperature,
-        top_k: a.top_k,
-        save_model: a.save_model.as_ref().map(|p| p.display().to_string()),
-        transfer_prompts: a.transfer_prompts,
-        transfer_every: a.transfer_every,
-        influence_every: a.influence_every,
-        influence_probes: a.influence_probes,
-        influence_families: a
-            .influence_families
-            .iter()
-            .map(|k| {
-                ldviz::data::Family::from_key(k.trim())
-                    .ok_or_else(|| anyhow::anyhow!("--influence-families: unknown family \"{k}\""))
-            })
-            .collect::<Result<Vec<_>>>()?,
-        influence_target: match a.influence_target {
-            InfluenceTargetArg::Loss => InfluenceTarget::Loss,
-            InfluenceTargetArg::Chosen => InfluenceTarget::Chosen,
-            InfluenceTargetArg::Rejected => InfluenceTarget::Rejected,
-        },
-        device: a.device,
-        precision: a.dtype,
-    };
-    o.to_config()
+    a.options.to_config()
 }
 
 /// Refuses, before training, to overwrite an existing run file or to save the model into a
@@ -613,7 +361,7 @@ fn check_outputs(a: &TrainArgs) -> Result<()> {
             a.out.display()
         );
     }
-    if let Some(dir) = &a.save_model {
+    if let Some(dir) = a.options.save_model.as_deref().map(std::path::Path::new) {
         if dir.exists() && !dir.is_dir() {
             bail!("--save-model {}: exists and is not a folder", dir.display());
         }
@@ -696,7 +444,7 @@ fn logprob(a: LogprobArgs) -> Result<()> {
         ldviz::data::ChatTemplate::from_tokenizer_config(&dir.join("tokenizer_config.json"))?;
     let ds = ldviz::data::load_dataset(
         &ldviz::train::trainer::resolve_data(&a.data)?,
-        a.format.get(),
+        a.format,
         chat.as_ref(),
     )?;
     let lim = Lengths {

@@ -796,3 +796,24 @@ fn the_timeline_marks_where_a_run_diverged() {
     assert_eq!(h.state().timeline.cursor, 2);
     assert_eq!(h.state().timeline.mode, Mode::Paused);
 }
+
+/// The app's fresh train panel trains with exactly what `ldviz train` does without flags: both
+/// are the engine's one `TrainOptions` (the CLI flattens it into its flags).
+#[test]
+fn the_train_panel_defaults_are_the_cli_defaults() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        options: ldviz::train::TrainOptions,
+    }
+    let cli = Cli::try_parse_from(["ldviz"]).unwrap().options;
+    let mut app = LdvizApp::new(&Launch::default());
+    let panel = app.setup.checked().unwrap();
+    assert_eq!(panel, cli);
+    assert_eq!(
+        panel.to_config().unwrap(),
+        cli.to_config().unwrap(),
+        "the run definitions differ"
+    );
+}

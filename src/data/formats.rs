@@ -64,13 +64,20 @@ use serde_json::{Map, Value};
 use super::{DataError, Family, PreferenceRecord, fingerprint_bytes, one_line};
 
 /// The supported dataset formats (see the module documentation).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum DataFormat {
+    /// The authors' probe schema (prompt, chosen, rejected and the family responses).
     Probe,
+    /// prompt / chosen / rejected strings.
     Standard,
+    /// chosen / rejected full texts with a shared prompt prefix.
     Implicit,
+    /// prompt / chosen / rejected as message lists (rendered with the chat template).
     Conversational,
+    /// Anthropic HH-RLHF ("\n\nHuman: … \n\nAssistant: …" transcripts).
     Hh,
 }
 

@@ -6,8 +6,9 @@ use serde::{Deserialize, Serialize};
 use crate::data::{DataFormat, ProbeCount};
 use crate::probe::Lengths;
 
-/// Training objective.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Training objective. The `--algo` values are the kebab-case names (`sft-then-dpo`); the run
+/// file and the app use [`Algo::key`] (`sft_then_dpo`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum Algo {
     /// NLL of the chosen response (batch mean of summed NLL).
@@ -33,6 +34,7 @@ pub enum Algo {
     /// SFT on chosen, then DPO from it (two phases; the demo the app's Start button runs).
     SftThenDpo,
     /// SFT on chosen and rejected responses alike (the first phase of `extended`).
+    #[value(skip)]
     SftBoth,
 }
 
@@ -119,7 +121,7 @@ impl std::fmt::Display for Algo {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum OptimKind {
     Sgd,
@@ -139,7 +141,7 @@ impl OptimKind {
 
 /// The training-example function f_u whose gradient the influence record's cosines compare with
 /// each observed ∇f_o (`--influence-target`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum InfluenceTarget {
     /// f_u = −L_u, the example's own loss negated: ∇f_u = −∇L_u is the direction the update
@@ -379,5 +381,73 @@ impl TrainConfig {
             Algo::SftThenDpo => vec![phase("sft", Algo::Sft, sft), phase("dpo", Algo::Dpo, main)],
             a => vec![phase(a.key(), a, main)],
         }
+    }
+
+    /// Checks every value a run needs in range; the one validation of a run definition, made
+    /// by `TrainOptions::to_config` (the CLI and the app) and again by the trainer before it
+    /// loads anything (for configurations built in code). Errors name the `ldviz train` flag.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        use anyhow::bail;
+        let positive = |v: f64| v > 0.0 && v.is_finite();
+        if self.batch_size == 0 {
+            bail!("--batch-size must be positive");
+        }
+        if self.eval_every == 0 {
+            bail!("--eval-every must be positive");
+        }
+        if !positive(self.beta) {
+            bail!("--beta must be a positive number, got {}", self.beta);
+        }
+        if !(0.0..0.5).contains(&self.label_smoothing) {
+            bail!(
+                "--label-smoothing must be in [0, 0.5), got {}",
+                self.label_smoothing
+            );
+        }
+        if !(0.0..1.0).contains(&self.test_fraction) {
+            bail!(
+                "--test-fraction must be in [0, 1), got {}",
+                self.test_fraction
+            );
+        }
+        if self.lengths.max_prompt == 0 || self.lengths.max_total <= self.lengths.max_prompt {
+            bail!("--max-len must be larger than --max-prompt-len (and both positive)");
+        }
+        if !(self.sample_temperature >= 0.0 && self.sample_temperature.is_finite()) {
+            bail!(
+                "--sample-temperature must be a non-negative number, got {}",
+                self.sample_temperature
+            );
+        }
+        if self.phases.is_empty() {
+            bail!("a run needs at least one phase");
+        }
+        // The last phase first: its values are the main flags (--lr, --steps, --epochs), and
+        // an SFT phase before it falls back to them, so a bad main value is reported under its
+        // own flag rather than under --sft-*.
+        for p in self.phases.iter().rev() {
+            let (lr_flag, steps_flag, epochs_flag) = if p.algo.is_sft() && self.phases.len() > 1 {
+                ("--sft-lr", "--sft-steps", "--sft-epochs")
+            } else {
+                ("--lr", "--steps", "--epochs")
+            };
+            if !positive(p.optim.lr) {
+                bail!("{lr_flag} must be a positive number, got {}", p.optim.lr);
+            }
+            match p.duration {
+                Duration::Steps(0) => bail!("{steps_flag} must be positive"),
+                Duration::Epochs(e) if !positive(e) => {
+                    bail!("{epochs_flag} must be a positive number, got {e}")
+                }
+                _ => {}
+            }
+            if p.resample_every == Some(0) {
+                bail!("--resample-every must be positive");
+            }
+            if p.resample_every.is_some() && !p.on_policy {
+                bail!("--resample-every needs --on-policy");
+            }
+        }
+        Ok(())
     }
 }

@@ -132,18 +132,7 @@ pub fn load_records(
 
 impl Session {
     pub fn prepare(cfg: &TrainConfig) -> Result<Session> {
-        if cfg.batch_size == 0 {
-            bail!("--batch-size must be at least 1");
-        }
-        if cfg.eval_every == 0 {
-            bail!("--eval-every must be at least 1");
-        }
-        if !(cfg.beta > 0.0 && cfg.beta.is_finite()) {
-            bail!("--beta must be a positive number");
-        }
-        if !(0.0..0.5).contains(&cfg.label_smoothing) {
-            bail!("--label-smoothing must be in [0, 0.5)");
-        }
+        cfg.validate()?;
         let model_dir = resolve_model(&cfg.model)?;
         let device = crate::device::open(cfg.device, cfg.precision)?;
         let mut model = Model::load(&model_dir, &device)?;
