@@ -78,6 +78,10 @@ pub struct PretrainReport {
     pub heldout_sha256: String,
     pub params: usize,
     pub weights_bytes: u64,
+    /// SHA-256 of the model.safetensors this run wrote (so a reproduction can be compared
+    /// byte for byte; empty in reports written before it was recorded).
+    #[serde(default)]
+    pub weights_sha256: String,
     pub final_train_loss: f64,
     /// exp(mean next-token NLL) on the held-out corpus.
     pub heldout_perplexity: f64,
@@ -318,6 +322,7 @@ pub fn pretrain(
         heldout_sha256: sha256_file(&c.heldout)?,
         params: model.n_params(),
         weights_bytes,
+        weights_sha256: sha256_file(&out.join("model.safetensors"))?,
         final_train_loss: last,
         heldout_perplexity,
         heldout_mean_entropy,

@@ -81,6 +81,11 @@ fn short_pretrain_is_deterministic_and_loads() {
         );
     }
     assert_eq!(ra.final_train_loss, rb.final_train_loss);
+    assert_eq!(ra.weights_sha256, rb.weights_sha256);
+    assert_eq!(
+        ra.weights_sha256,
+        ldviz::data::fingerprint_bytes(&std::fs::read(a.join("model.safetensors")).unwrap())
+    );
     assert!(ra.heldout_perplexity.is_finite() && ra.heldout_perplexity > 1.0);
     assert!(ra.heldout_mean_entropy > 0.0 && ra.heldout_mean_entropy <= ra.uniform_entropy + 1e-6);
     // the folder is a model ldviz (and transformers) can load
@@ -133,6 +138,12 @@ fn shipped_model_is_the_documented_recipe() {
         .len();
     assert!(w <= 25 * 1024 * 1024, "model.safetensors is {w} bytes");
     assert_eq!(w, report.weights_bytes);
+    // The weights are, byte for byte, the ones the recorded run wrote.
+    assert_eq!(
+        sha("assets/model/model.safetensors"),
+        report.weights_sha256,
+        "assets/model/model.safetensors is not the file `ldviz pretrain` wrote"
+    );
     let m = ldviz::model::Model::load(&dir, &candle_core::Device::Cpu).unwrap();
     assert_eq!(m.n_params(), report.params);
 }
