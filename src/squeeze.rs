@@ -110,7 +110,7 @@ mod tests {
     }
 
     #[test]
-    fn reproduces_the_worked_numbers_of_paper_section_2() {
+    fn reproduces_the_worked_valley_and_peak_numbers() {
         let p = [0.5, 0.3, 0.15, 0.04, 0.01];
         assert_eq!(
             round4(&step(&p, 4, Sign::Negative, 1.0)),

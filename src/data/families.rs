@@ -37,7 +37,8 @@ pub enum Family {
     IrrHum,
     /// y_urnd⁺: the words of y_u⁺ shuffled.
     RandomPermute,
-    /// y_rnd: the words of y_test⁺ shuffled.
+    /// y_rnd: the words of y_test⁺ shuffled (of irr_train's response when there are no test
+    /// records).
     RandomNonhum,
     /// y*: the teacher-forced greedy response along y_u⁺ (computed from the chosen logits).
     Argmax,
@@ -152,7 +153,9 @@ impl Family {
             Family::IrrTest => "the chosen response of a held-out prompt",
             Family::IrrHum => "an unrelated human-written sentence of similar length",
             Family::RandomPermute => "the words of the chosen response shuffled",
-            Family::RandomNonhum => "the words of a held-out chosen response shuffled",
+            Family::RandomNonhum => {
+                "the words of a held-out chosen response shuffled (another training prompt's without held-out records)"
+            }
             Family::Argmax => "teacher-forced greedy response along the chosen response",
         }
     }

@@ -93,8 +93,9 @@ impl ProbeRunner {
         })
     }
 
-    /// Also score the transfer matrix log π(y_j⁺ | x_i) over the first `m` probes at every
-    /// evaluation (m = 0: off).
+    /// Also score the transfer matrix log π(y_j⁺ | x_i) over the first `m` probes (m = 0: off),
+    /// at the evaluations the trainer asks for it (every `--transfer-every` examples and at
+    /// phase boundaries).
     pub fn with_transfer(
         mut self,
         model: &Model,

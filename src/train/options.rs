@@ -112,8 +112,8 @@ pub struct TrainOptions {
     /// a folder that is not empty is refused without --force).
     #[arg(long, value_name = "DIR")]
     pub save_model: Option<String>,
-    /// Hallucination transfer: at every evaluation, log π(y_j⁺ | x_i) for the first M probes'
-    /// prompts i and chosen responses j (0 = off).
+    /// Hallucination transfer: log π(y_j⁺ | x_i) for the first M probes' prompts i and chosen
+    /// responses j, every --transfer-every examples and at phase boundaries (0 = off).
     #[arg(long, default_value_t = d().transfer_prompts)]
     pub transfer_prompts: usize,
     /// The transfer matrix every N examples (at evaluations, and at phase boundaries)
