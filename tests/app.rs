@@ -762,11 +762,10 @@ fn the_timeline_marks_where_a_run_diverged() {
     };
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("diverged.jsonl");
-    let mut w = ldviz::run::Writer::create(&path).unwrap();
     let mut k = 0;
     let mut at = None;
-    for mut ev in ldviz::run::synth::events(spec, 2).unwrap() {
-        if let Event::Eval(e) = &mut ev {
+    ldviz::run::synth::write_edited(&path, spec, 2, |ev| {
+        if let Event::Eval(e) = ev {
             k += 1;
             if k >= 3 {
                 at.get_or_insert(e.step);
@@ -776,9 +775,8 @@ fn the_timeline_marks_where_a_run_diverged() {
                 }
             }
         }
-        w.write(&ev).unwrap();
-    }
-    drop(w);
+    })
+    .unwrap();
     let at = at.unwrap();
     let launch = Launch {
         runs: vec![path],

@@ -800,10 +800,9 @@ mod tests {
         };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gap.jsonl");
-        let mut w = crate::run::Writer::create(&path).unwrap();
         let mut k = 0;
-        for mut ev in crate::run::synth::events(spec, 3).unwrap() {
-            if let Event::Eval(e) = &mut ev {
+        crate::run::synth::write_edited(&path, spec, 3, |ev| {
+            if let Event::Eval(e) = ev {
                 k += 1;
                 if k == 4 {
                     for v in e.logps.values_mut() {
@@ -811,9 +810,8 @@ mod tests {
                     }
                 }
             }
-            w.write(&ev).unwrap();
-        }
-        drop(w);
+        })
+        .unwrap();
         let mut store = RunStore::open(&path).unwrap();
         let s = CurveSettings::default();
         for y in [YMode::Absolute, YMode::Delta] {

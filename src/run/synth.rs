@@ -226,11 +226,23 @@ pub fn events(spec: SynthSpec, seed: u64) -> Result<Vec<Event>> {
 
 /// Writes a synthetic run file (buffered; no per-record sync, unlike a live run).
 pub fn write(path: &std::path::Path, spec: SynthSpec, seed: u64) -> Result<()> {
+    write_edited(path, spec, seed, |_| {})
+}
+
+/// Writes a synthetic run file after `edit` has seen (and may have changed) each record in
+/// order, e.g. to make some evaluations diverge.
+pub fn write_edited(
+    path: &std::path::Path,
+    spec: SynthSpec,
+    seed: u64,
+    mut edit: impl FnMut(&mut Event),
+) -> Result<()> {
     use anyhow::Context;
     use std::io::Write;
     let ctx = || format!("{}: cannot write", path.display());
     let mut f = std::io::BufWriter::new(std::fs::File::create(path).with_context(ctx)?);
-    for ev in events(spec, seed)? {
+    for mut ev in events(spec, seed)? {
+        edit(&mut ev);
         serde_json::to_writer(&mut f, &ev).with_context(ctx)?;
         f.write_all(b"\n").with_context(ctx)?;
     }
