@@ -27,4 +27,5 @@ pub mod pretrain;
 pub mod probe;
 pub mod run;
 pub mod squeeze;
+pub mod stats;
 pub mod train;

@@ -112,7 +112,7 @@ fn adamw_split_is_exact_on_the_first_step() {
         "split error {}",
         split_error(&run)
     );
-    let r = ldviz::train::influence::pearson(&run.influence[0].predicted, &run.influence[0].actual);
+    let r = ldviz::stats::pearson(&run.influence[0].predicted, &run.influence[0].actual);
     assert!(r > 0.95, "Adam lr 1e-5 step 1: r = {r}");
 }
 

@@ -4,8 +4,6 @@
 //! predicted-vs-actual scatter of every record up to the cursor with its correlation; and the
 //! accumulated predicted and actual change per family over the updates.
 
-use std::collections::BTreeMap;
-
 use egui::{Color32, RichText};
 use egui_plot::{Line, Plot, PlotPoints, Points, VLine};
 
@@ -13,7 +11,6 @@ use super::LdvizApp;
 use super::curves::color;
 use super::transfer::diverging;
 use crate::data::Family;
-use crate::train::influence::pearson;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CellValue {
@@ -28,18 +25,19 @@ pub struct InfluenceView {
 }
 
 pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
-    let Some(store) = app.runs.get(app.active) else {
+    let cursor = app.timeline.index(app.runs.get(app.active));
+    let Some(store) = app.runs.get_mut(app.active) else {
         ui.label("No run open.");
         return;
     };
+    let accumulated = store.influence_accumulated().clone();
+    let store = &*store;
     let run = &store.run;
     if run.influence.is_empty() {
         ui.label("This run has no influence records. Record them with --influence-every K (on by default every 100 updates for models up to 50M parameters).");
         return;
     }
-    let cursor_step = app
-        .timeline
-        .index(Some(store))
+    let cursor_step = cursor
         .and_then(|i| run.evals.get(i))
         .map(|e| e.step)
         .unwrap_or(usize::MAX);
@@ -47,14 +45,10 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
     let Some(rec) = run.influence[..upto.max(1)].last() else {
         return;
     };
-    let shown = &run.influence[..upto.max(1)];
-    let (mut p, mut a) = (Vec::new(), Vec::new());
-    for r in shown {
-        p.extend_from_slice(&r.predicted);
-        a.extend_from_slice(&r.actual);
-    }
-    let r_all = pearson(&p, &a);
-    let r_rec = pearson(&rec.predicted, &rec.actual);
+    let n_shown = upto.max(1);
+    let fit = store.influence_fit(n_shown);
+    let r_all = fit.r;
+    let r_rec = crate::stats::pearson(&rec.predicted, &rec.actual);
     if upto == 0 {
         ui.label(
             RichText::new(format!(
@@ -72,9 +66,9 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
                 rec.optimizer.key(),
                 rec.lr,
                 r_rec,
-                shown.len(),
+                n_shown,
                 r_all,
-                p.len(),
+                fit.points,
                 rec.wall_ms
             ))
             .strong(),
@@ -191,14 +185,6 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
             let w = ui.available_width();
             let h = (h_avail - 60.0) / 2.0;
             // Predicted vs actual.
-            let mut by_family: BTreeMap<Family, Vec<[f64; 2]>> = BTreeMap::new();
-            for r in shown {
-                for ((o, pr), ac) in r.observed.iter().zip(&r.predicted).zip(&r.actual) {
-                    by_family.entry(o.family).or_default().push([*pr, *ac]);
-                }
-            }
-            let lo = p.iter().chain(&a).cloned().fold(f64::INFINITY, f64::min);
-            let hi = p.iter().chain(&a).cloned().fold(f64::NEG_INFINITY, f64::max);
             ui.label(format!("actual vs predicted Δ log-prob (r = {r_all:.4}); the line is y = x"));
             Plot::new("influence scatter")
                 .width(w)
@@ -206,13 +192,13 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
                 .x_axis_label("predicted ⟨∇f, Δθ⟩")
                 .y_axis_label("actual Δf")
                 .show(ui, |pui| {
-                    if lo.is_finite() && hi.is_finite() {
+                    if let Some((lo, hi)) = fit.range {
                         pui.line(
                             Line::new("y = x", PlotPoints::new(vec![[lo, lo], [hi, hi]]))
                                 .color(Color32::from_gray(120)),
                         );
                     }
-                    for (f, pts) in by_family {
+                    for (f, pts) in fit.by_family {
                         pui.add(
                             Points::new(f.key(), PlotPoints::new(pts))
                                 .color(color(f))
@@ -222,31 +208,16 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
                 });
             // Accumulated over updates: mean over probes per family, predicted and actual.
             ui.label("accumulated Δ log-prob over the recorded updates (mean over observed probes): solid actual, faint predicted");
-            // Per family: running predicted and actual sums and their points.
-            type Acc = (f64, f64, Vec<[f64; 2]>, Vec<[f64; 2]>);
-            let mut acc: BTreeMap<Family, Acc> = BTreeMap::new();
-            for r in &run.influence {
-                let mut sums: BTreeMap<Family, (f64, f64, usize)> = BTreeMap::new();
-                for ((o, pr), ac) in r.observed.iter().zip(&r.predicted).zip(&r.actual) {
-                    let e = sums.entry(o.family).or_default();
-                    e.0 += pr;
-                    e.1 += ac;
-                    e.2 += 1;
-                }
-                for (f, (sp, sa, n)) in sums {
-                    let e = acc.entry(f).or_insert((0.0, 0.0, Vec::new(), Vec::new()));
-                    e.0 += sp / n as f64;
-                    e.1 += sa / n as f64;
-                    e.2.push([r.step as f64, e.0]);
-                    e.3.push([r.step as f64, e.1]);
-                }
-            }
             Plot::new("influence accumulated")
                 .width(w)
                 .height(h.max(100.0))
                 .x_axis_label("step")
                 .show(ui, |pui| {
-                    for (f, (_, _, pred, act)) in acc {
+                    for (f, acc) in accumulated {
+                        let pts = |ys: &[f64]| -> Vec<[f64; 2]> {
+                            acc.steps.iter().zip(ys).map(|(&x, &y)| [x, y]).collect()
+                        };
+                        let (pred, act) = (pts(&acc.predicted), pts(&acc.actual));
                         pui.line(
                             Line::new(format!("{} predicted", f.key()), PlotPoints::new(pred))
                                 .color(color(f).gamma_multiply(0.4)),

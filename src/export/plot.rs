@@ -15,7 +15,8 @@ use crate::run::Run;
 /// What the y axis shows: the change since t = 0 (absolute sums are not comparable across
 /// families of different lengths), since the start of each phase, or the value itself.
 pub use crate::run::store::YMode;
-use crate::run::store::{phase_spans, piece_base, pieces, quantile};
+use crate::run::store::{phase_spans, piece_base, pieces};
+use crate::stats::quantile;
 
 /// The bundled DejaVu Sans (also the app's fallback font for symbols).
 pub static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");

@@ -3,7 +3,7 @@
 //! needs — debiased EMA smoothing and min/max (M4) bucketing, which never drops an extreme.
 //! Nothing here knows about egui; the app only re-reads a store every frame.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
@@ -12,6 +12,7 @@ use anyhow::Result;
 use super::event::{Event, RunHeader};
 use super::reader::{Run, read_run};
 use crate::data::Family;
+use crate::stats::quantile;
 use crate::train::config::Algo;
 
 /// What is plotted per probe: the summed log-prob, or one of the diagnostics
@@ -365,17 +366,30 @@ pub struct RunStore {
     /// Divergence scan so far: (steps scanned, evaluations scanned, first non-finite loss's
     /// step, first non-finite evaluation's step).
     divergence: std::cell::Cell<(usize, usize, Option<usize>, Option<usize>)>,
+    /// Influence records folded into `influence_acc` so far.
+    influence_seen: usize,
+    influence_acc: BTreeMap<Family, InfluenceAccum>,
 }
 
-/// Linear-interpolated quantile of sorted values (NaN when empty).
-pub fn quantile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let pos = q * (sorted.len() - 1) as f64;
-    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-    let w = pos - lo as f64;
-    sorted[lo] * (1.0 - w) + sorted[hi] * w
+/// One family's influence over the recorded updates: per record (in order), its step and the
+/// running sums of the predicted and of the actual change of the family's mean over the
+/// observed probes.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct InfluenceAccum {
+    pub steps: Vec<f64>,
+    pub predicted: Vec<f64>,
+    pub actual: Vec<f64>,
+}
+
+/// Predicted against actual changes of the influence records up to a point: the points per
+/// family, their Pearson correlation (all families) and their range.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct InfluenceFit {
+    pub by_family: BTreeMap<Family, Vec<[f64; 2]>>,
+    pub r: f64,
+    pub points: usize,
+    /// The smallest and largest value among predicted and actual (for the y = x line).
+    pub range: Option<(f64, f64)>,
 }
 
 impl RunStore {
@@ -398,7 +412,57 @@ impl RunStore {
             metric_cache: HashMap::new(),
             cache_phases: 0,
             divergence: std::cell::Cell::new((0, 0, None, None)),
+            influence_seen: 0,
+            influence_acc: BTreeMap::new(),
         }
+    }
+
+    /// Per family, the predicted and actual change accumulated over the influence records
+    /// (folding in only the records added since the last call).
+    pub fn influence_accumulated(&mut self) -> &BTreeMap<Family, InfluenceAccum> {
+        for r in &self.run.influence[self.influence_seen.min(self.run.influence.len())..] {
+            let mut sums: BTreeMap<Family, (f64, f64, usize)> = BTreeMap::new();
+            for ((o, pr), ac) in r.observed.iter().zip(&r.predicted).zip(&r.actual) {
+                let e = sums.entry(o.family).or_default();
+                e.0 += pr;
+                e.1 += ac;
+                e.2 += 1;
+            }
+            for (f, (sp, sa, n)) in sums {
+                let e = self.influence_acc.entry(f).or_default();
+                let (p0, a0) = (
+                    e.predicted.last().copied().unwrap_or(0.0),
+                    e.actual.last().copied().unwrap_or(0.0),
+                );
+                e.steps.push(r.step as f64);
+                e.predicted.push(p0 + sp / n as f64);
+                e.actual.push(a0 + sa / n as f64);
+            }
+        }
+        self.influence_seen = self.run.influence.len();
+        &self.influence_acc
+    }
+
+    /// Predicted against actual change over the first `upto` influence records.
+    pub fn influence_fit(&self, upto: usize) -> InfluenceFit {
+        let shown = &self.run.influence[..upto.min(self.run.influence.len())];
+        let mut fit = InfluenceFit::default();
+        let (mut p, mut a) = (Vec::new(), Vec::new());
+        for r in shown {
+            for ((o, pr), ac) in r.observed.iter().zip(&r.predicted).zip(&r.actual) {
+                fit.by_family.entry(o.family).or_default().push([*pr, *ac]);
+            }
+            p.extend_from_slice(&r.predicted);
+            a.extend_from_slice(&r.actual);
+        }
+        fit.r = crate::stats::pearson(&p, &a);
+        fit.points = p.len();
+        let finite = p.iter().chain(&a).copied().filter(|x| x.is_finite());
+        fit.range = finite.fold(None, |r, x| match r {
+            None => Some((x, x)),
+            Some((lo, hi)) => Some((f64::min(lo, x), f64::max(hi, x))),
+        });
+        fit
     }
 
     /// [`Run::diverged_at_step`], scanning only the records added since the last call.
@@ -865,6 +929,60 @@ pub fn envelope(
 #[cfg(test)]
 mod tests {
 
+    /// The accumulated influence is the running sum, per family, of each record's mean
+    /// predicted and actual change over the observed probes; folding records in as they arrive
+    /// gives what a fresh store computes; the fit up to a record pairs every observed value.
+    #[test]
+    fn influence_accumulates_incrementally_and_fits_up_to_a_record() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample_runs/dpo_offpolicy.jsonl.gz");
+        let run = read_run(&path).unwrap();
+        let n = run.influence.len();
+        assert!(n >= 3, "{n} influence records");
+        let fresh = RunStore::from_run("a".into(), None, run.clone())
+            .influence_accumulated()
+            .clone();
+        // by hand
+        for (f, acc) in &fresh {
+            let (mut sp, mut sa) = (0.0, 0.0);
+            for (k, r) in run.influence.iter().enumerate() {
+                let idx: Vec<usize> = (0..r.observed.len())
+                    .filter(|&i| r.observed[i].family == *f)
+                    .collect();
+                let mean = |v: &[f64]| idx.iter().map(|&i| v[i]).sum::<f64>() / idx.len() as f64;
+                sp += mean(&r.predicted);
+                sa += mean(&r.actual);
+                assert_eq!(acc.steps[k], r.step as f64);
+                assert!((acc.predicted[k] - sp).abs() < 1e-9 && (acc.actual[k] - sa).abs() < 1e-9);
+            }
+        }
+        // live: the first record, then the rest
+        let mut head = run.clone();
+        head.influence.truncate(1);
+        let mut live = RunStore::from_run("b".into(), None, head);
+        assert_eq!(
+            live.influence_accumulated()
+                .values()
+                .next()
+                .unwrap()
+                .steps
+                .len(),
+            1
+        );
+        live.run.influence = run.influence.clone();
+        assert_eq!(live.influence_accumulated(), &fresh);
+        // the fit over the first two records
+        let fit = live.influence_fit(2);
+        let (p, a): (Vec<f64>, Vec<f64>) = run.influence[..2]
+            .iter()
+            .flat_map(|r| r.predicted.iter().copied().zip(r.actual.iter().copied()))
+            .unzip();
+        assert_eq!(fit.points, p.len());
+        assert_eq!(fit.r, crate::stats::pearson(&p, &a));
+        assert_eq!(fit.by_family.values().map(Vec::len).sum::<usize>(), p.len());
+        let (lo, hi) = fit.range.unwrap();
+        assert!(p.iter().chain(&a).all(|&x| lo <= x && x <= hi));
+    }
+
     #[test]
     fn non_finite_points_split_a_line_into_segments() {
         let xs: Vec<f64> = (0..10).map(f64::from).collect();
@@ -1224,14 +1342,5 @@ mod tests {
         ];
         assert_eq!(diagonal_means(&m), Some((5.0, 30.0 / 6.0)));
         assert_eq!(diagonal_means(&[vec![1.0]]), None);
-    }
-
-    #[test]
-    fn quantiles_interpolate() {
-        let v = [1.0, 2.0, 3.0, 4.0, 5.0];
-        assert_eq!(quantile(&v, 0.25), 2.0);
-        assert_eq!(quantile(&v, 0.5), 3.0);
-        assert_eq!(quantile(&[1.0, 2.0], 0.5), 1.5);
-        assert!(quantile(&[], 0.5).is_nan());
     }
 }

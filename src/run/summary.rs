@@ -128,7 +128,7 @@ pub fn influence_summary(run: &Run) -> Option<InfluenceSummary> {
         .collect();
     rel.sort_by(f64::total_cmp);
     Some(InfluenceSummary {
-        pearson_r: crate::train::influence::pearson(&p, &a),
+        pearson_r: crate::stats::pearson(&p, &a),
         median_rel_error: rel.get(rel.len() / 2).copied().unwrap_or(f64::NAN),
         records: run.influence.len(),
         points: p.len(),

@@ -147,26 +147,6 @@ pub fn grad_of(model: &Model, scalar: &Tensor) -> Result<Vec<f32>> {
     flat_grad(model.params.vars(), &grads)
 }
 
-/// Pearson correlation (NaN with fewer than 2 points or no variance).
-pub fn pearson(x: &[f64], y: &[f64]) -> f64 {
-    let n = x.len().min(y.len());
-    if n < 2 {
-        return f64::NAN;
-    }
-    let (mx, my) = (
-        x[..n].iter().sum::<f64>() / n as f64,
-        y[..n].iter().sum::<f64>() / n as f64,
-    );
-    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
-    for i in 0..n {
-        let (a, b) = (x[i] - mx, y[i] - my);
-        sxy += a * b;
-        sxx += a * a;
-        syy += b * b;
-    }
-    sxy / (sxx * syy).sqrt()
-}
-
 /// Checks two flat vectors have one length (a var set changed between snapshots otherwise).
 pub fn same_len(a: &[f32], b: &[f32]) -> Result<()> {
     if a.len() != b.len() {
@@ -233,14 +213,5 @@ mod tests {
             }
         }
         let _ = DType::F32;
-    }
-
-    #[test]
-    fn pearson_of_a_line_is_one() {
-        let x = [1.0, 2.0, 3.0, 4.0];
-        let y = [2.0, 4.1, 5.9, 8.0];
-        assert!(pearson(&x, &y) > 0.99);
-        assert!((pearson(&x, &[4.0, 3.0, 2.0, 1.0]) + 1.0).abs() < 1e-12);
-        assert!(pearson(&[1.0], &[1.0]).is_nan());
     }
 }
