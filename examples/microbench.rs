@@ -1,3 +1,7 @@
+//! Ad-hoc timings of model kernels (numbers only, not a test).
+// A benchmark scratchpad: a failed unwrap is a failed run, as in tests.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use candle_core::{D, DType, Device, Tensor, Var};
 use std::time::Instant;
 

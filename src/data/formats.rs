@@ -262,14 +262,33 @@ impl ChatTemplate {
             .env
             .get_template(TEMPLATE_NAME)
             .map_err(|e| DataError::Template(one_line(&e.to_string())))?;
+        let mut out = Limited {
+            buf: Vec::new(),
+            limit: MAX_RENDERED_BYTES,
+            overflowed: false,
+        };
         template
-            .render(context! {
-                messages => messages,
-                bos_token => &self.bos_token,
-                eos_token => &self.eos_token,
-                add_generation_prompt => add_generation_prompt,
-            })
-            .map_err(|e| DataError::Template(one_line(&e.to_string())))
+            .render_captured_to(
+                context! {
+                    messages => messages,
+                    bos_token => &self.bos_token,
+                    eos_token => &self.eos_token,
+                    add_generation_prompt => add_generation_prompt,
+                },
+                &mut out,
+            )
+            .map_err(|e| {
+                DataError::Template(if out.overflowed {
+                    format!(
+                        "the rendered text is longer than {} MiB",
+                        MAX_RENDERED_BYTES >> 20
+                    )
+                } else {
+                    one_line(&e.to_string())
+                })
+            })?;
+        String::from_utf8(out.buf)
+            .map_err(|_| DataError::Template("the rendered text is not UTF-8".to_string()))
     }
 
     /// The template source.
@@ -288,14 +307,51 @@ impl ChatTemplate {
     }
 }
 
+/// The longest text a chat template may render (a prompt and its response; real ones are a few
+/// KB): a template looping over a huge repeated string fails instead of filling memory.
+const MAX_RENDERED_BYTES: usize = 16 << 20;
+
+/// A writer that refuses to grow past `limit` bytes (and remembers it did).
+struct Limited {
+    buf: Vec<u8>,
+    limit: usize,
+    overflowed: bool,
+}
+
+impl std::io::Write for Limited {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + b.len() > self.limit {
+            self.overflowed = true;
+            return Err(std::io::Error::other("rendered text too long"));
+        }
+        self.buf.extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn raise_exception(msg: String) -> Result<String, minijinja::Error> {
     Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
 }
+
+/// The largest `tojson(indent=…)` a template may ask for (each nesting level repeats it).
+const MAX_TOJSON_INDENT: usize = 64;
 
 /// Python `json.dumps`-style `tojson` (separators `", "`/`": "`, optional `indent=`), as
 /// transformers' template environment provides it.
 fn tojson(value: JinjaValue, kwargs: Kwargs) -> Result<String, minijinja::Error> {
     let indent: Option<usize> = kwargs.get("indent")?;
+    if let Some(n) = indent
+        && n > MAX_TOJSON_INDENT
+    {
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!("tojson: indent {n} is larger than {MAX_TOJSON_INDENT}"),
+        ));
+    }
     let json = serde_json::to_value(&value)
         .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
     let mut out = String::new();
@@ -573,7 +629,7 @@ pub fn parse_dataset(
 fn undetectable(file: &str, line: usize, first: &Map<String, Value>) -> DataError {
     let keys: Vec<String> = first
         .iter()
-        .map(|(k, v)| format!("\"{k}\" ({})", type_name(v)))
+        .map(|(k, v)| format!("{} ({})", Value::String(k.clone()), type_name(v)))
         .collect();
     let found = if keys.is_empty() {
         "no keys".to_string()

@@ -98,12 +98,34 @@ pub enum ModelConfig {
     Gpt2(Gpt2Config),
 }
 
+/// The largest size config.json may give (a dimension, a layer count, a vocabulary, a context
+/// length): far above any real model's, low enough that products of two never overflow. Whether
+/// the weights really hold what the sizes imply is checked against the safetensors files (see
+/// [`crate::model::param_count`]).
+pub const MAX_SIZE: u64 = i32::MAX as u64;
+
 fn get_usize(v: &Value, key: &str, file: &str) -> Result<usize> {
     match v.get(key) {
-        Some(x) => x.as_u64().map(|n| n as usize).ok_or_else(|| {
-            anyhow!("{file}: field \"{key}\": expected a non-negative integer, got {x}")
-        }),
+        Some(x) => match x.as_u64() {
+            Some(n) if n > MAX_SIZE => bail!(
+                "{file}: field \"{key}\": {n} is larger than any size ldviz accepts ({MAX_SIZE})"
+            ),
+            Some(n) => usize::try_from(n).map_err(|_| {
+                anyhow!("{file}: field \"{key}\": {n} does not fit this machine's sizes")
+            }),
+            None => {
+                bail!("{file}: field \"{key}\": expected a non-negative integer, got {x}")
+            }
+        },
         None => bail!("{file}: missing field \"{key}\""),
+    }
+}
+
+/// A size that must be at least 1.
+fn get_positive(v: &Value, key: &str, file: &str) -> Result<usize> {
+    match get_usize(v, key, file)? {
+        0 => bail!("{file}: field \"{key}\": must be at least 1, got 0"),
+        n => Ok(n),
     }
 }
 
@@ -180,7 +202,7 @@ fn rope_scaling(v: &Value, file: &str) -> Result<Option<Llama3Rope>> {
                 }));
             }
             Some(other) => bail!(
-                "{file}: field \"{key}.rope_type\" = \"{other}\" is not supported (ldviz supports default and llama3 RoPE)"
+                "{file}: field \"{key}.rope_type\" = {other:?} is not supported (ldviz supports default and llama3 RoPE)"
             ),
         }
     }
@@ -202,7 +224,7 @@ impl ModelConfig {
             .ok_or_else(|| anyhow!("{file}: missing field \"model_type\""))?;
         let cfg = match model_type.as_str() {
             "llama" | "qwen2" | "mistral" => {
-                let hidden_size = get_usize(v, "hidden_size", file)?;
+                let hidden_size = get_positive(v, "hidden_size", file)?;
                 let heads = get_usize(v, "num_attention_heads", file)?;
                 let kv = opt_usize(v, "num_key_value_heads", file)?.unwrap_or(heads);
                 if heads == 0 || kv == 0 || heads % kv != 0 {
@@ -213,7 +235,7 @@ impl ModelConfig {
                 let head_dim = opt_usize(v, "head_dim", file)?.unwrap_or(hidden_size / heads);
                 let qwen = model_type == "qwen2";
                 let c = LlamaConfig {
-                    vocab_size: get_usize(v, "vocab_size", file)?,
+                    vocab_size: get_positive(v, "vocab_size", file)?,
                     hidden_size,
                     intermediate_size: get_usize(v, "intermediate_size", file)?,
                     num_hidden_layers: get_usize(v, "num_hidden_layers", file)?,
@@ -232,7 +254,7 @@ impl ModelConfig {
                     && act != "silu"
                 {
                     bail!(
-                        "{file}: hidden_act \"{act}\" is not supported for {model_type} (expected silu)"
+                        "{file}: hidden_act {act:?} is not supported for {model_type} (expected silu)"
                     );
                 }
                 if opt_bool(v, "mlp_bias", file)?.unwrap_or(false) {
@@ -253,7 +275,7 @@ impl ModelConfig {
                     hidden_act.as_str(),
                     "gelu" | "gelu_new" | "gelu_fast" | "gelu_pytorch_tanh"
                 ) {
-                    bail!("{file}: hidden_act \"{hidden_act}\" is not supported for gpt_neox");
+                    bail!("{file}: hidden_act {hidden_act:?} is not supported for gpt_neox");
                 }
                 let rotary_pct = opt_f64(v, "rotary_pct", file)?
                     .or(v
@@ -266,8 +288,8 @@ impl ModelConfig {
                     None => rope_theta(v, file, 10000.0)?,
                 };
                 let c = GptNeoxConfig {
-                    vocab_size: get_usize(v, "vocab_size", file)?,
-                    hidden_size: get_usize(v, "hidden_size", file)?,
+                    vocab_size: get_positive(v, "vocab_size", file)?,
+                    hidden_size: get_positive(v, "hidden_size", file)?,
                     intermediate_size: get_usize(v, "intermediate_size", file)?,
                     num_hidden_layers: get_usize(v, "num_hidden_layers", file)?,
                     num_attention_heads: get_usize(v, "num_attention_heads", file)?,
@@ -297,12 +319,12 @@ impl ModelConfig {
                     "gelu" | "gelu_new" | "gelu_fast" | "gelu_pytorch_tanh"
                 ) {
                     bail!(
-                        "{file}: activation_function \"{activation_function}\" is not supported for gpt2"
+                        "{file}: activation_function {activation_function:?} is not supported for gpt2"
                     );
                 }
                 let c = Gpt2Config {
-                    vocab_size: get_usize(v, "vocab_size", file)?,
-                    n_embd: get_usize(v, "n_embd", file)?,
+                    vocab_size: get_positive(v, "vocab_size", file)?,
+                    n_embd: get_positive(v, "n_embd", file)?,
                     n_layer: get_usize(v, "n_layer", file)?,
                     n_head: get_usize(v, "n_head", file)?,
                     n_inner: opt_usize(v, "n_inner", file)?,
@@ -316,7 +338,7 @@ impl ModelConfig {
                 ModelConfig::Gpt2(c)
             }
             other => bail!(
-                "{file}: model_type \"{other}\" is not supported (ldviz trains llama, qwen2, gpt_neox and gpt2)"
+                "{file}: model_type {other:?} is not supported (ldviz trains llama, qwen2, gpt_neox and gpt2)"
             ),
         };
         Ok(cfg)

@@ -112,6 +112,20 @@ impl Model {
             );
         }
         let files = weights::checkpoint_files(dir)?;
+        // Sizes read from config.json are claims: the weights they imply must fit in the
+        // safetensors files (at half a byte per weight, the smallest dtype) before anything is
+        // sized by them.
+        let stored: u64 = files
+            .iter()
+            .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+            .sum();
+        let implied = param_count(&config);
+        if implied > 2 * u128::from(stored) {
+            bail!(
+                "{}: config.json implies {implied} weights, more than the {stored} bytes of safetensors in the folder hold (is config.json from another model, or a weights file cut short?)",
+                dir.display()
+            );
+        }
         let tensors = weights::read_tensors(&files, device)?;
         let params = weights::params_from_tensors(
             tensors,
@@ -450,6 +464,30 @@ impl Model {
     pub fn n_params(&self) -> usize {
         self.params.numel()
     }
+}
+
+/// The number of weights `config` implies, computed without listing every layer's (so a layer
+/// count read from a file costs nothing before it is checked against the weights).
+pub fn param_count(config: &ModelConfig) -> u128 {
+    let with_layers = |n: usize| {
+        let mut c = config.clone();
+        match &mut c {
+            ModelConfig::Llama(c) | ModelConfig::Qwen2(c) => c.num_hidden_layers = n,
+            ModelConfig::GptNeox(c) => c.num_hidden_layers = n,
+            ModelConfig::Gpt2(c) => c.n_layer = n,
+        }
+        param_shapes(&c)
+            .iter()
+            .map(|(_, s)| s.iter().map(|&d| d as u128).product::<u128>())
+            .sum::<u128>()
+    };
+    let layers = match config {
+        ModelConfig::Llama(c) | ModelConfig::Qwen2(c) => c.num_hidden_layers,
+        ModelConfig::GptNeox(c) => c.num_hidden_layers,
+        ModelConfig::Gpt2(c) => c.n_layer,
+    };
+    let (outside, one) = (with_layers(0), with_layers(1));
+    outside + (one - outside) * layers as u128
 }
 
 /// The weight list of an architecture: names (HF) and shapes.

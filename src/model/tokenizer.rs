@@ -24,11 +24,19 @@ impl Tok {
                 dir.display()
             ));
         }
-        let inner = tokenizers::Tokenizer::from_file(&path)
-            .map_err(|e| anyhow!("{}: cannot load tokenizer: {e}", path.display()))?;
+        let inner = read_tokenizer(&path)?;
+        let id = |x: u64| {
+            u32::try_from(x).map_err(|_| {
+                anyhow!(
+                    "{}: field \"eos_token_id\": {x} is not a token id (at most {})",
+                    dir.join("config.json").display(),
+                    u32::MAX
+                )
+            })
+        };
         let from_config = match config.get("eos_token_id") {
-            Some(Value::Number(n)) => n.as_u64().map(|x| x as u32),
-            Some(Value::Array(a)) => a.first().and_then(Value::as_u64).map(|x| x as u32),
+            Some(Value::Number(n)) => n.as_u64().map(id).transpose()?,
+            Some(Value::Array(a)) => a.first().and_then(Value::as_u64).map(id).transpose()?,
             _ => None,
         };
         let from_tok_config = || -> Option<u32> {
@@ -96,6 +104,37 @@ impl Tok {
         self.inner
             .decode(ids, false)
             .map_err(|e| anyhow!("tokenizer cannot decode: {e}"))
+    }
+}
+
+/// Reads a tokenizer.json: checked as JSON first (errors with line and column), then built by
+/// the tokenizers library, whose panics on some malformed files (`expect`s in its
+/// deserializers) become errors naming the file.
+fn read_tokenizer(path: &Path) -> Result<tokenizers::Tokenizer> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow!("{}: cannot read tokenizer: {e}", path.display()))?;
+    serde_json::from_str::<serde::de::IgnoredAny>(&text)
+        .map_err(|e| anyhow!("{}: not valid JSON: {e}", path.display()))?;
+    let built = std::panic::catch_unwind(|| text.parse::<tokenizers::Tokenizer>());
+    match built {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err(anyhow!(
+            "{}: cannot load tokenizer: {}",
+            path.display(),
+            crate::data::one_line(&e.to_string())
+        )),
+        Err(panic) => {
+            let msg = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(anyhow!(
+                "{}: cannot load tokenizer: the tokenizers library failed on it ({})",
+                path.display(),
+                crate::data::one_line(&msg)
+            ))
+        }
     }
 }
 

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 use candle_core::{DType, Device, Tensor, Var};
 
+use crate::data::one_line;
+
 /// The trainable weights of a model, in a fixed order (the architecture's parameter list).
 pub struct Params {
     names: Vec<String>,
@@ -86,17 +88,30 @@ pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
             .collect::<Result<_>>()?;
         files.sort();
         files.dedup();
-        let paths: Vec<PathBuf> = files.iter().map(|f| dir.join(f)).collect();
-        for p in &paths {
+        let mut paths = Vec::with_capacity(files.len());
+        for f in &files {
+            // a shard is a file of the folder: no path ("/dev/zero", "../x.safetensors")
+            let mut parts = Path::new(f).components();
+            if !matches!(
+                (parts.next(), parts.next()),
+                (Some(std::path::Component::Normal(_)), None)
+            ) {
+                bail!(
+                    "{}: \"weight_map\" names {f:?}, which is not a file name in the model folder",
+                    index.display()
+                );
+            }
+            let p = dir.join(f);
             if !p.exists() {
                 bail!("{}: shard {} is missing", index.display(), p.display());
             }
+            paths.push(regular_file(p)?);
         }
         return Ok(paths);
     }
     let single = dir.join("model.safetensors");
     if single.exists() {
-        return Ok(vec![single]);
+        return Ok(vec![regular_file(single)?]);
     }
     let mut found = Vec::new();
     let mut pickles = Vec::new();
@@ -114,7 +129,7 @@ pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     found.sort();
     if !found.is_empty() {
-        return Ok(found);
+        return found.into_iter().map(regular_file).collect();
     }
     if let Some(p) = pickles.first() {
         bail!(
@@ -130,6 +145,19 @@ pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
     bail!("{}: no *.safetensors weights found", dir.display())
 }
 
+/// `p` when it is a regular file (or a link to one): weights are read whole, so a device such as
+/// /dev/zero must not stand in for one.
+fn regular_file(p: PathBuf) -> Result<PathBuf> {
+    let meta = std::fs::metadata(&p).with_context(|| format!("{}: cannot read", p.display()))?;
+    if !meta.is_file() {
+        bail!(
+            "{}: not a regular file (expected safetensors weights)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
 /// Reads all tensors of the given safetensors files, converted to f32 on `device`.
 pub fn read_tensors(files: &[PathBuf], device: &Device) -> Result<HashMap<String, Tensor>> {
     let mut all = HashMap::new();
@@ -138,16 +166,26 @@ pub fn read_tensors(files: &[PathBuf], device: &Device) -> Result<HashMap<String
             std::fs::read(f).with_context(|| format!("{}: cannot read weights", f.display()))?;
         let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
             anyhow!(
-                "{}: not a valid safetensors file ({e}); is it truncated?",
-                f.display()
+                "{}: not a valid safetensors file ({}); is it truncated?",
+                f.display(),
+                one_line(&e.to_string())
             )
         })?;
         for (name, view) in st.tensors() {
-            let t = candle_core::safetensors::Load::load(&view, device)
-                .map_err(|e| anyhow!("{}: tensor \"{name}\": {e}", f.display()))?;
-            let t = t
-                .to_dtype(DType::F32)
-                .map_err(|e| anyhow!("{}: tensor \"{name}\": {e}", f.display()))?;
+            let t = candle_core::safetensors::Load::load(&view, device).map_err(|e| {
+                anyhow!(
+                    "{}: tensor {name:?}: {}",
+                    f.display(),
+                    one_line(&e.to_string())
+                )
+            })?;
+            let t = t.to_dtype(DType::F32).map_err(|e| {
+                anyhow!(
+                    "{}: tensor {name:?}: {}",
+                    f.display(),
+                    one_line(&e.to_string())
+                )
+            })?;
             all.insert(name, t);
         }
     }
@@ -183,15 +221,15 @@ pub fn params_from_tensors(
     for (name, shape) in shapes {
         let t = tensors
             .remove(name)
-            .ok_or_else(|| anyhow!("{source}: weight \"{name}\" is missing"))?;
+            .ok_or_else(|| anyhow!("{source}: weight {name:?} is missing"))?;
         if t.dims() != shape.as_slice() {
             bail!(
-                "{source}: weight \"{name}\" has shape {:?}, config.json implies {:?}",
+                "{source}: weight {name:?} has shape {:?}, config.json implies {:?}",
                 t.dims(),
                 shape
             );
         }
-        let var = Var::from_tensor(&t).with_context(|| format!("{source}: weight \"{name}\""))?;
+        let var = Var::from_tensor(&t).with_context(|| format!("{source}: weight {name:?}"))?;
         entries.push((name.clone(), var));
     }
     let mut unused: Vec<&String> = tensors
@@ -206,7 +244,7 @@ pub fn params_from_tensors(
     unused.sort();
     if let Some(first) = unused.first() {
         bail!(
-            "{source}: {} tensor(s) do not belong to this architecture, e.g. \"{first}\" (is config.json's model_type right?)",
+            "{source}: {} tensor(s) do not belong to this architecture, e.g. {first:?} (is config.json's model_type right?)",
             unused.len()
         );
     }

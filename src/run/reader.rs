@@ -394,7 +394,11 @@ pub fn parse_run(path: &Path, bytes: &[u8]) -> Result<Run> {
             Line::Invalid(e) if e == "not UTF-8" => {
                 bail!("{}:{line_no}: not UTF-8", path.display())
             }
-            Line::Invalid(e) => bail!("{}:{line_no}: not a valid run record: {e}", path.display()),
+            Line::Invalid(e) => bail!(
+                "{}:{line_no}: not a valid run record: {}",
+                path.display(),
+                escape_controls(&e)
+            ),
         };
         match (&mut run, ev) {
             (None, Event::Header(h)) => {
@@ -402,7 +406,7 @@ pub fn parse_run(path: &Path, bytes: &[u8]) -> Result<Run> {
                     bail!(
                         "{}:1: format \"{}\" is not \"{FORMAT}\"",
                         path.display(),
-                        h.format
+                        escape_controls(&h.format)
                     );
                 }
                 if h.version > VERSION {
@@ -423,6 +427,20 @@ pub fn parse_run(path: &Path, bytes: &[u8]) -> Result<Run> {
         }
     }
     run.ok_or_else(|| anyhow!("{}: empty run file (no header record)", path.display()))
+}
+
+/// `s` with control characters escaped (`\n` as `\\n`): strings from the file quoted in an
+/// error keep the message on one line.
+fn escape_controls(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

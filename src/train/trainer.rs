@@ -138,7 +138,9 @@ impl Session {
         let mut model = Model::load(&model_dir, &device)?;
         model.set_precision(cfg.precision);
         let (ds, train, test) = load_records(cfg, &model_dir)?;
-        let probe_set = data::build_probe_set(&train, &test, cfg.probes, cfg.seed)?;
+        // the probe records are the data file's training records: name the file
+        let probe_set = data::build_probe_set(&train, &test, cfg.probes, cfg.seed)
+            .with_context(|| ds.path.display().to_string())?;
         let lim = cfg.lengths;
         let pairs = train
             .iter()
@@ -949,6 +951,40 @@ impl Order {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A probe family some probe records give and others lack is an error naming the data file
+    /// and the line (the fuzzer's probe-set errors named only the line).
+    #[test]
+    fn probe_set_errors_name_the_data_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("half_families.jsonl");
+        std::fs::write(
+            &data,
+            concat!(
+                r#"{"prompt":"Q1","chosen":" a","rejected":" b","chosen_initial":" c"}"#,
+                "\n",
+                r#"{"prompt":"Q2","chosen":" d","rejected":" e"}"#,
+                "\n"
+            ),
+        )
+        .unwrap();
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let opts = crate::train::TrainOptions {
+            model: fixtures.join("llama").display().to_string(),
+            data: data.display().to_string(),
+            test_fraction: Some(0.0),
+            probes: "all".to_string(),
+            steps: Some(1),
+            ..crate::train::TrainOptions::default()
+        };
+        let cfg = opts.to_config().unwrap();
+        let err = format!("{:#}", Session::prepare(&cfg).err().unwrap());
+        assert!(
+            err.starts_with(&format!("{}: line 2: ", data.display()))
+                && err.contains("lacks \"chosen_initial\""),
+            "{err}"
+        );
+    }
 
     #[test]
     fn no_shuffle_order_wraps_in_file_order() {
