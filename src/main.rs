@@ -9,8 +9,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use ldviz::data::DataFormat;
+use ldviz::export::plot::PlotOptions;
 use ldviz::probe::Lengths;
-use ldviz::run::Event;
+use ldviz::run::{Band, Event, Quantity, XAxis, YMode};
 use ldviz::train::{TrainConfig, TrainOptions};
 
 #[derive(Parser)]
@@ -145,14 +146,14 @@ struct ExportArgs {
     /// at its starting weights), or the value [default: phase-delta for runs with several
     /// phases, else delta, as in the app].
     #[arg(long, value_enum)]
-    y: Option<YArg>,
-    #[arg(long, value_enum, default_value = "step")]
-    x: XArg,
-    #[arg(long, value_enum, default_value = "iqr")]
-    band: BandArg,
+    y: Option<YMode>,
+    #[arg(long, value_enum, default_value_t = PlotOptions::default().x)]
+    x: XAxis,
+    #[arg(long, value_enum, default_value_t = PlotOptions::default().band)]
+    band: Band,
     /// Plot a diagnostic (‖A‖_F, ‖π − e_y‖, energy) instead of the summed log-prob.
-    #[arg(long, value_enum, default_value = "logprob")]
-    quantity: QuantityArg,
+    #[arg(long, value_enum, default_value_t = PlotOptions::default().quantity)]
+    quantity: Quantity,
     /// Comma-separated family keys [default: all of the run's].
     #[arg(long)]
     families: Option<String>,
@@ -168,43 +169,6 @@ struct ExportArgs {
 #[derive(Clone, Copy, ValueEnum)]
 enum PlotKind {
     Families,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum YArg {
-    Delta,
-    PhaseDelta,
-    Absolute,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum XArg {
-    Step,
-    Examples,
-    Epoch,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum BandArg {
-    None,
-    Minmax,
-    Iqr,
-}
-
-/// What the family plot shows per probe.
-#[derive(Clone, Copy, ValueEnum)]
-enum QuantityArg {
-    /// Summed log-prob.
-    Logprob,
-    /// ‖A‖_F = sqrt(V‖π‖² + V − 2), mean over response positions.
-    ANorm,
-    /// ‖A‖_F as the authors' code computes it: sqrt(V·(mean ‖π‖)² + V − 2), the mean of ‖π‖
-    /// over response positions first.
-    ANormAuthors,
-    /// ‖π − e_y‖, mean over response positions.
-    GNorm,
-    /// 1 − π(y), mean over response positions.
-    Energy,
 }
 
 #[derive(Args)]
@@ -492,7 +456,6 @@ fn inspect(path: &std::path::Path, json: bool) -> Result<()> {
 }
 
 fn export(a: ExportArgs) -> Result<()> {
-    use ldviz::export::plot::{Band, PlotOptions, XMode, YMode};
     if a.csv.is_none() && a.png.is_none() && a.svg.is_none() {
         bail!("nothing to export: pass --csv FILE, --png FILE and/or --svg FILE");
     }
@@ -526,13 +489,7 @@ fn export(a: ExportArgs) -> Result<()> {
         );
     }
     let PlotKind::Families = a.plot;
-    let quantity = match a.quantity {
-        QuantityArg::Logprob => ldviz::run::Quantity::LogProb,
-        QuantityArg::ANorm => ldviz::run::Quantity::ANorm,
-        QuantityArg::ANormAuthors => ldviz::run::Quantity::ANormAuthors,
-        QuantityArg::GNorm => ldviz::run::Quantity::GNorm,
-        QuantityArg::Energy => ldviz::run::Quantity::Energy,
-    };
+    let quantity = a.quantity;
     if (a.png.is_some() || a.svg.is_some())
         && quantity != ldviz::run::Quantity::LogProb
         && !run.evals.is_empty()
@@ -551,22 +508,13 @@ fn export(a: ExportArgs) -> Result<()> {
     let o = PlotOptions {
         families,
         y: match (a.y, a.absolute) {
-            (_, true) | (Some(YArg::Absolute), _) => YMode::Absolute,
-            (Some(YArg::Delta), _) => YMode::Delta,
-            (Some(YArg::PhaseDelta), _) => YMode::PhaseDelta,
+            (_, true) => YMode::Absolute,
+            (Some(y), false) => y,
             (None, false) => YMode::default_for(&run.header),
         },
-        x: match a.x {
-            XArg::Step => XMode::Step,
-            XArg::Examples => XMode::Examples,
-            XArg::Epoch => XMode::Epoch,
-        },
+        x: a.x,
         quantity,
-        band: match a.band {
-            BandArg::None => Band::None,
-            BandArg::Minmax => Band::MinMax,
-            BandArg::Iqr => Band::Interquartile,
-        },
+        band: a.band,
         probe: a.probe,
         cursor: None,
         width: a.width,

@@ -864,8 +864,8 @@ fn export_draws_each_phase_from_its_start() {
         &r,
         &[],
         ldviz::export::plot::YMode::PhaseDelta,
-        ldviz::export::plot::XMode::Step,
-        ldviz::export::plot::Band::MinMax,
+        ldviz::run::XAxis::Step,
+        ldviz::run::Band::MinMax,
         None,
         ldviz::run::Quantity::LogProb,
     );

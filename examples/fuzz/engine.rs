@@ -2106,7 +2106,8 @@ fn exec(c: &Corpus, input: &Input, scratch: &mut Scratch) -> Result<(), String> 
 
 /// What `inspect`, `export` and the app do with a loaded run.
 fn exercise_run(run: ldviz::run::Run, dir: &Path) -> anyhow::Result<()> {
-    use ldviz::export::plot::{Band, XMode, family_curves};
+    use ldviz::export::plot::family_curves;
+    use ldviz::run::Band;
     let s = ldviz::run::summary::summarize(&run);
     let _ = ldviz::run::summary::render_text(&run, &s);
     let _ = serde_json::to_string_pretty(&s)?;
@@ -2117,9 +2118,9 @@ fn exercise_run(run: ldviz::run::Run, dir: &Path) -> anyhow::Result<()> {
         let _ = e.tokens.parse_error();
     }
     for (y, x, band, probe) in [
-        (YMode::Delta, XMode::Step, Band::Interquartile, None),
-        (YMode::PhaseDelta, XMode::Examples, Band::MinMax, Some(0)),
-        (YMode::Absolute, XMode::Epoch, Band::None, Some(usize::MAX)),
+        (YMode::Delta, XAxis::Step, Band::Interquartile, None),
+        (YMode::PhaseDelta, XAxis::Examples, Band::MinMax, Some(0)),
+        (YMode::Absolute, XAxis::Epoch, Band::None, Some(usize::MAX)),
     ] {
         for q in [Quantity::LogProb, Quantity::ANormAuthors] {
             let curves = family_curves(&run, &[], y, x, band, probe, q);

@@ -14,15 +14,7 @@ use super::LdvizApp;
 use crate::data::{Family, FamilyGroup};
 use crate::export::plot::family_color;
 use crate::run::store::{PhaseMetric, decimate_segments, ema, envelope, piece_points};
-use crate::run::{Quantity, RunStore, SeriesKey, XAxis, YMode};
-
-/// The band drawn around each mean.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum BandKind {
-    None,
-    MinMax,
-    Interquartile,
-}
+use crate::run::{Band, Quantity, RunStore, SeriesKey, XAxis, YMode};
 
 /// What the curves show (persisted between launches).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -31,7 +23,7 @@ pub struct CurveSettings {
     /// start for runs with several phases, since t = 0 otherwise).
     #[serde(default)]
     pub y: Option<YMode>,
-    pub band: BandKind,
+    pub band: Band,
     pub x: XAxis,
     /// EMA weight, 0 = raw.
     pub smoothing: f64,
@@ -79,7 +71,7 @@ impl Default for CurveSettings {
     fn default() -> Self {
         CurveSettings {
             y: None,
-            band: BandKind::Interquartile,
+            band: Band::Interquartile,
             x: XAxis::Step,
             smoothing: 0.0,
             hidden: Vec::new(),
@@ -199,13 +191,13 @@ pub fn family_series(
         // faithful: every probe's excursion is still covered.
         let band_buckets = (b / 3).max(16);
         let band = match (probe, s.band) {
-            (Some(_), _) | (None, BandKind::None) => None,
-            (None, BandKind::MinMax) => {
+            (Some(_), _) | (None, Band::None) => None,
+            (None, Band::MinMax) => {
                 let (_, lo) = piece_points(piece, xs, &st.min);
                 let (_, hi) = piece_points(piece, xs, &st.max);
                 Some(envelope(&px, &lo, &hi, band_buckets))
             }
-            (None, BandKind::Interquartile) => {
+            (None, Band::Interquartile) => {
                 let (_, lo) = piece_points(piece, xs, &st.q1);
                 let (_, hi) = piece_points(piece, xs, &st.q3);
                 Some(envelope(&px, &lo, &hi, band_buckets))
@@ -268,14 +260,14 @@ fn controls(app: &mut LdvizApp, ui: &mut egui::Ui) {
         ui.label("band:");
         egui::ComboBox::from_id_salt("band")
             .selected_text(match s.band {
-                BandKind::None => "none",
-                BandKind::MinMax => "min–max",
-                BandKind::Interquartile => "interquartile",
+                Band::None => "none",
+                Band::MinMax => "min–max",
+                Band::Interquartile => "interquartile",
             })
             .show_ui(ui, |ui| {
-                ui.selectable_value(&mut s.band, BandKind::Interquartile, "interquartile");
-                ui.selectable_value(&mut s.band, BandKind::MinMax, "min–max");
-                ui.selectable_value(&mut s.band, BandKind::None, "none");
+                ui.selectable_value(&mut s.band, Band::Interquartile, "interquartile");
+                ui.selectable_value(&mut s.band, Band::MinMax, "min–max");
+                ui.selectable_value(&mut s.band, Band::None, "none");
             });
         ui.label("x:");
         egui::ComboBox::from_id_salt("xaxis")

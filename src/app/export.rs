@@ -6,10 +6,10 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use super::curves::{BandKind, CurveSettings};
+use super::curves::CurveSettings;
 use super::{Action, DialogKind, LdvizApp};
-use crate::export::plot::{Band, PlotOptions, XMode};
-use crate::run::{RunStore, XAxis};
+use crate::export::plot::PlotOptions;
+use crate::run::RunStore;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -34,16 +34,8 @@ pub fn plot_options(
     PlotOptions {
         families: s.visible(&store.run.header.families),
         y: s.y_mode(Some(store)),
-        x: match s.x {
-            XAxis::Step => XMode::Step,
-            XAxis::Examples => XMode::Examples,
-            XAxis::Epoch => XMode::Epoch,
-        },
-        band: match s.band {
-            BandKind::None => Band::None,
-            BandKind::MinMax => Band::MinMax,
-            BandKind::Interquartile => Band::Interquartile,
-        },
+        x: s.x,
+        band: s.band,
         probe,
         cursor,
         quantity: s.quantity,

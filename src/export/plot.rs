@@ -10,12 +10,12 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 
 use crate::data::{Family, FamilyGroup};
-use crate::run::Quantity;
 use crate::run::Run;
 /// What the y axis shows: the change since t = 0 (absolute sums are not comparable across
 /// families of different lengths), since the start of each phase, or the value itself.
 pub use crate::run::store::YMode;
 use crate::run::store::{phase_spans, piece_base, pieces};
+use crate::run::{Band, Quantity, XAxis};
 use crate::stats::quantile;
 
 /// The bundled DejaVu Sans (also the app's fallback font for symbols).
@@ -28,22 +28,6 @@ fn register_font() {
         // show up as missing text, and the export tests check the output.
         let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, FONT);
     });
-}
-
-/// What the x axis shows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum XMode {
-    Step,
-    Examples,
-    Epoch,
-}
-
-/// The band around each family's mean.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Band {
-    None,
-    MinMax,
-    Interquartile,
 }
 
 /// One family's curve: (x, mean, band low, band high) per evaluation, drawn as separate lines
@@ -72,11 +56,11 @@ impl FamilyCurve {
     }
 }
 
-fn eval_x(e: &crate::run::EvalRecord, x: XMode) -> f64 {
+fn eval_x(e: &crate::run::EvalRecord, x: XAxis) -> f64 {
     match x {
-        XMode::Step => e.step as f64,
-        XMode::Examples => e.examples as f64,
-        XMode::Epoch => e.epoch,
+        XAxis::Step => e.step as f64,
+        XAxis::Examples => e.examples as f64,
+        XAxis::Epoch => e.epoch,
     }
 }
 
@@ -109,7 +93,7 @@ pub fn family_curves(
     run: &Run,
     families: &[Family],
     y: YMode,
-    x: XMode,
+    x: XAxis,
     band: Band,
     probe: Option<usize>,
     quantity: Quantity,
@@ -187,7 +171,7 @@ pub fn family_curves(
 pub struct PlotOptions {
     pub families: Vec<Family>,
     pub y: YMode,
-    pub x: XMode,
+    pub x: XAxis,
     pub band: Band,
     pub probe: Option<usize>,
     /// Summed log-prob or one of the diagnostics (‖A‖_F, ‖π − e_y‖, energy).
@@ -204,7 +188,7 @@ impl Default for PlotOptions {
         PlotOptions {
             families: Vec::new(),
             y: YMode::Delta,
-            x: XMode::Step,
+            x: XAxis::Step,
             band: Band::Interquartile,
             probe: None,
             quantity: Quantity::LogProb,
@@ -345,9 +329,9 @@ where
     chart
         .configure_mesh()
         .x_desc(match o.x {
-            XMode::Step => "step",
-            XMode::Examples => "examples",
-            XMode::Epoch => "epoch",
+            XAxis::Step => "step",
+            XAxis::Examples => "examples",
+            XAxis::Epoch => "epoch",
         })
         .y_desc(what_axis)
         .label_style(("sans-serif", 14))
@@ -359,7 +343,7 @@ where
         let at = run.evals.iter().find(|e| e.step >= p.step);
         let x = match (at, o.x) {
             (Some(e), _) => eval_x(e, o.x),
-            (None, XMode::Step) => p.step as f64,
+            (None, XAxis::Step) => p.step as f64,
             (None, _) => continue,
         };
         if k > 0 {
@@ -515,7 +499,7 @@ mod tests {
                 &run,
                 &[Family::Chosen],
                 YMode::Absolute,
-                XMode::Step,
+                XAxis::Step,
                 band,
                 None,
                 Quantity::LogProb,

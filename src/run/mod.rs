@@ -12,5 +12,5 @@ pub mod writer;
 
 pub use event::{EndReason, EvalRecord, Event, RunHeader, StepRecord};
 pub use reader::{Run, looks_like_run_file, read_run, run_name};
-pub use store::{Quantity, RunStore, SeriesKey, Stats, XAxis, YMode};
+pub use store::{Band, Quantity, RunStore, SeriesKey, Stats, XAxis, YMode};
 pub use writer::Writer;

@@ -18,10 +18,21 @@ use crate::train::config::Algo;
 /// What is plotted per probe: the summed log-prob, or one of the diagnostics
 /// (means over response positions).
 #[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
 )]
 pub enum Quantity {
+    /// Summed log-prob.
     #[default]
+    #[value(name = "logprob")]
     LogProb,
     /// ‖A‖_F = sqrt(V‖π_m‖² + V − 2), mean over positions m.
     ANorm,
@@ -71,7 +82,9 @@ impl Quantity {
 }
 
 /// What a family curve's y holds: the value itself or its change since a baseline evaluation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 pub enum YMode {
     /// Change since the run's first evaluation (t = 0).
     Delta,
@@ -324,12 +337,29 @@ pub struct Stats {
     pub q3: Vec<f64>,
 }
 
-/// The x axis of a plot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+/// The x axis of a plot (the app's curves, `ldviz export --x`).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 pub enum XAxis {
     Step,
     Examples,
     Epoch,
+}
+
+/// The band drawn around each family's mean over probes (the app's curves, `ldviz export
+/// --band`).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+pub enum Band {
+    None,
+    /// Lowest to highest probe.
+    #[value(name = "minmax")]
+    MinMax,
+    /// First to third quartile.
+    #[value(name = "iqr")]
+    Interquartile,
 }
 
 /// A cached metric series: (steps scanned, xs, ys).

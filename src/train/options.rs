@@ -480,7 +480,8 @@ mod validation {
             data: "d.jsonl".into(),
             ..TrainOptions::default()
         };
-        let cases: Vec<(&str, Box<dyn Fn(&mut TrainOptions)>)> = vec![
+        type Case = (&'static str, Box<dyn Fn(&mut TrainOptions)>);
+        let cases: Vec<Case> = vec![
             ("--lr", Box::new(|o| o.lr = Some(-1.0))),
             ("--lr", Box::new(|o| o.lr = Some(f64::NAN))),
             ("--sft-lr", Box::new(|o| o.sft_lr = Some(0.0))),
