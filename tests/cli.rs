@@ -1133,6 +1133,24 @@ fn a_training_error_is_not_replaced_by_the_end_record_write_error() {
         written.len() < text.len(),
         "the end record was written whole"
     );
+    // The disk fills up in the middle of the run: one line naming the run file, a non-zero
+    // exit, and every record written before it reads back (the cut last line is skipped).
+    let mid = dir.path().join("c.jsonl");
+    let o = run(&mid, Some((text.len() as u64 / 2) / 1024));
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!o.status.success());
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("c.jsonl") && err.contains("cannot write run record"),
+        "{err}"
+    );
+    let s: Value = serde_json::from_str(&ok(&["inspect", p(&mid), "--json"])).unwrap();
+    let full: Value = serde_json::from_str(&ok(&["inspect", p(&free), "--json"])).unwrap();
+    let (got, all) = (
+        s["evaluations"].as_u64().unwrap(),
+        full["evaluations"].as_u64().unwrap(),
+    );
+    assert!(got >= 1 && got < all, "{got} of {all} evaluations kept");
 }
 
 #[test]
