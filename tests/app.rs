@@ -752,14 +752,7 @@ fn a_two_phase_run_defaults_to_change_since_phase_start() {
 #[test]
 fn the_timeline_marks_where_a_run_diverged() {
     use ldviz::run::Event;
-    let spec = ldviz::run::synth::SynthSpec {
-        steps: 8,
-        eval_every: 2,
-        probes: 2,
-        tokens: 2,
-        top_k: 1,
-        vocab: 8,
-    };
+    let spec = ldviz::run::synth::SynthSpec::tiny(8);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("diverged.jsonl");
     let mut k = 0;

@@ -782,14 +782,7 @@ mod tests {
     /// starts again after it (two segments), in the live store as in a reloaded file.
     #[test]
     fn a_non_finite_evaluation_leaves_a_gap_in_the_curve() {
-        let spec = crate::run::synth::SynthSpec {
-            steps: 12,
-            eval_every: 2,
-            probes: 2,
-            tokens: 2,
-            top_k: 1,
-            vocab: 8,
-        };
+        let spec = crate::run::synth::SynthSpec::tiny(12);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gap.jsonl");
         let mut k = 0;

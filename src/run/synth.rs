@@ -28,6 +28,21 @@ pub struct SynthSpec {
     pub vocab: u32,
 }
 
+impl SynthSpec {
+    /// A tiny run for tests: `steps` updates, an evaluation every 2, 2 probes of 2 tokens,
+    /// top-1 traces over a vocabulary of 8.
+    pub fn tiny(steps: usize) -> SynthSpec {
+        SynthSpec {
+            steps,
+            eval_every: 2,
+            probes: 2,
+            tokens: 2,
+            top_k: 1,
+            vocab: 8,
+        }
+    }
+}
+
 impl Default for SynthSpec {
     /// The benchmark size: 10,000 steps, an evaluation every 10 steps (1,001), 13 families ×
     /// 64 probes, 16-token traces with top-5.
