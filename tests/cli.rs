@@ -1409,12 +1409,24 @@ fn a_copied_binary_trains_the_embedded_demo_and_reads_the_sample_runs_anywhere()
     std::fs::copy(env!("CARGO_BIN_EXE_ldviz"), &bin).unwrap();
     let cache = dir.path().join("cache");
     let run = |args: &[&str]| {
-        let o = Command::new(&bin)
-            .args(args)
-            .current_dir(dir.path())
-            .env("LDVIZ_CACHE", &cache)
-            .output()
-            .unwrap();
+        // A test thread that forks while the copy's write handle is still open hands the handle
+        // to its child, and executing the copy then fails with "text file busy" until that
+        // child has exec'd: retry briefly.
+        let mut tries = 0;
+        let o = loop {
+            match Command::new(&bin)
+                .args(args)
+                .current_dir(dir.path())
+                .env("LDVIZ_CACHE", &cache)
+                .output()
+            {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                r => break r.unwrap(),
+            }
+        };
         assert!(
             o.status.success(),
             "{args:?}: {}",
