@@ -168,6 +168,15 @@ fn shards_are_regular_files_of_the_model_folder() {
             "{e}"
         );
     }
+    // model input 105515 of seed 9: a missing shard's name with a newline, quoted raw
+    let dir = model_copy("llama_sharded", |_| {});
+    let index = dir.path().join("model.safetensors.index.json");
+    let text = std::fs::read_to_string(&index).unwrap();
+    let cut = text.replacen("model-0000", "mod\\nel-0000", 1);
+    std::fs::write(&index, cut).unwrap();
+    let e = load_err(dir.path());
+    assert!(e.contains("shard \"mod\\nel-0000"), "{e}");
+    assert!(e.contains("is missing") && !e.contains('\n'), "{e}");
     #[cfg(unix)]
     {
         let dir = model_copy("llama", |_| {});

@@ -103,7 +103,7 @@ pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
             }
             let p = dir.join(f);
             if !p.exists() {
-                bail!("{}: shard {} is missing", index.display(), p.display());
+                bail!("{}: shard {f:?} is missing", index.display());
             }
             paths.push(regular_file(p)?);
         }
