@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::device::Precision;
 use crate::model::config::{GptNeoxConfig, LlamaConfig, ModelConfig};
 use crate::model::{Model, Tok};
-use crate::train::config::{OptimConfig, OptimKind};
+use crate::schema::config::{OptimConfig, OptimKind};
 use crate::train::optim::Optimizer;
 
 #[derive(Clone, Debug, Serialize)]
@@ -187,8 +187,8 @@ pub struct LoadReport {
 }
 
 /// Writes the synthetic run of `spec` to `path`, loads it 3 times, removes it.
-pub fn load_run(spec: crate::run::synth::SynthSpec, path: &std::path::Path) -> Result<LoadReport> {
-    crate::run::synth::write(path, spec, 3)?;
+pub fn load_run(spec: crate::synth::SynthSpec, path: &std::path::Path) -> Result<LoadReport> {
+    crate::synth::write(path, spec, 3)?;
     let size = std::fs::metadata(path)?.len() as f64 / (1024.0 * 1024.0);
     let mut times = Vec::new();
     let mut shape = (0, 0, 0);

@@ -26,6 +26,8 @@ pub mod perf;
 pub mod pretrain;
 pub mod probe;
 pub mod run;
+pub mod schema;
 pub mod squeeze;
 pub mod stats;
+pub mod synth;
 pub mod train;

@@ -537,7 +537,7 @@ fn bench(a: BenchArgs) -> Result<()> {
         return bench_frame(&a);
     }
     if a.load {
-        let spec = ldviz::run::synth::SynthSpec {
+        let spec = ldviz::synth::SynthSpec {
             eval_every: a.eval_every.max(1),
             ..Default::default()
         };
@@ -698,7 +698,7 @@ fn run_app(_a: AppArgs) -> Result<()> {
 
 #[cfg(feature = "gui")]
 fn bench_frame(a: &BenchArgs) -> Result<()> {
-    let spec = ldviz::run::synth::SynthSpec {
+    let spec = ldviz::synth::SynthSpec {
         eval_every: a.eval_every.max(1),
         ..Default::default()
     };

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::config::ModelConfig;
 use crate::model::{Model, Tok};
-use crate::train::config::{OptimConfig, OptimKind};
+use crate::schema::config::{OptimConfig, OptimKind};
 use crate::train::optim::{self, Optimizer};
 
 /// The end-of-text token, id 0 in every tokenizer ldviz trains.

@@ -752,12 +752,12 @@ fn a_two_phase_run_defaults_to_change_since_phase_start() {
 #[test]
 fn the_timeline_marks_where_a_run_diverged() {
     use ldviz::run::Event;
-    let spec = ldviz::run::synth::SynthSpec::tiny(8);
+    let spec = ldviz::synth::SynthSpec::tiny(8);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("diverged.jsonl");
     let mut k = 0;
     let mut at = None;
-    ldviz::run::synth::write_edited(&path, spec, 2, |ev| {
+    ldviz::synth::write_edited(&path, spec, 2, |ev| {
         if let Event::Eval(e) = ev {
             k += 1;
             if k >= 3 {

@@ -696,8 +696,8 @@ fn bench_preset_runs_the_gpu_workload_at_toy_size() {
 /// 2a(s) and the mean off-diagonal change 2b(s) (each column j ≠ i appears in two rows).
 fn write_transfer_run(path: &Path, with_transfer: bool) {
     use ldviz::run::Event;
-    let evs = ldviz::run::synth::events(
-        ldviz::run::synth::SynthSpec {
+    let evs = ldviz::synth::events(
+        ldviz::synth::SynthSpec {
             steps: 20,
             eval_every: 5,
             probes: 3,
@@ -960,7 +960,7 @@ fn export_refuses_a_diagnostic_the_run_lacks() {
     use ldviz::run::Event;
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("old.jsonl");
-    let spec = ldviz::run::synth::SynthSpec {
+    let spec = ldviz::synth::SynthSpec {
         steps: 4,
         eval_every: 2,
         probes: 2,
@@ -969,7 +969,7 @@ fn export_refuses_a_diagnostic_the_run_lacks() {
         vocab: 8,
     };
     let mut text = String::new();
-    for mut ev in ldviz::run::synth::events(spec, 3).unwrap() {
+    for mut ev in ldviz::synth::events(spec, 3).unwrap() {
         if let Event::Eval(e) = &mut ev {
             e.diag.insert(
                 ldviz::data::Family::Chosen,

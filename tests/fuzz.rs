@@ -268,7 +268,7 @@ fn the_format_detection_error_stays_on_one_line() {
 /// name gave a two-line error (serde quotes the value raw).
 #[test]
 fn run_record_errors_stay_on_one_line() {
-    let spec = ldviz::run::synth::SynthSpec {
+    let spec = ldviz::synth::SynthSpec {
         steps: 2,
         eval_every: 1,
         probes: 1,
@@ -277,7 +277,7 @@ fn run_record_errors_stay_on_one_line() {
         vocab: 4,
     };
     let mut text = String::new();
-    for ev in ldviz::run::synth::events(spec, 0).unwrap() {
+    for ev in ldviz::synth::events(spec, 0).unwrap() {
         text.push_str(&serde_json::to_string(&ev).unwrap());
         text.push('\n');
     }

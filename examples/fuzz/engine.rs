@@ -993,7 +993,7 @@ fn run_seeds() -> Result<Vec<Seed>, String> {
         bytes: fixture_run_seed()?,
     });
     for (k, spec) in [
-        ldviz::run::synth::SynthSpec {
+        ldviz::synth::SynthSpec {
             steps: 6,
             eval_every: 2,
             probes: 3,
@@ -1001,7 +1001,7 @@ fn run_seeds() -> Result<Vec<Seed>, String> {
             top_k: 2,
             vocab: 16,
         },
-        ldviz::run::synth::SynthSpec {
+        ldviz::synth::SynthSpec {
             steps: 3,
             eval_every: 1,
             probes: 1,
@@ -1014,7 +1014,7 @@ fn run_seeds() -> Result<Vec<Seed>, String> {
     .enumerate()
     {
         let mut bytes = Vec::new();
-        for ev in ldviz::run::synth::events(spec, k as u64).map_err(|e| format!("{e:#}"))? {
+        for ev in ldviz::synth::events(spec, k as u64).map_err(|e| format!("{e:#}"))? {
             bytes.extend_from_slice(&serde_json::to_vec(&ev).map_err(|e| e.to_string())?);
             bytes.push(b'\n');
         }

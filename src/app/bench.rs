@@ -8,8 +8,8 @@ use std::time::Instant;
 use anyhow::Result;
 
 use super::{Launch, LdvizApp, Mode, Tab};
-use crate::run::synth::{SynthSpec, events};
 use crate::run::{Event, RunStore};
+use crate::synth::{SynthSpec, events};
 
 /// Frame CPU times in milliseconds.
 #[derive(Clone, Debug, serde::Serialize)]

@@ -782,11 +782,11 @@ mod tests {
     /// starts again after it (two segments), in the live store as in a reloaded file.
     #[test]
     fn a_non_finite_evaluation_leaves_a_gap_in_the_curve() {
-        let spec = crate::run::synth::SynthSpec::tiny(12);
+        let spec = crate::synth::SynthSpec::tiny(12);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("gap.jsonl");
         let mut k = 0;
-        crate::run::synth::write_edited(&path, spec, 3, |ev| {
+        crate::synth::write_edited(&path, spec, 3, |ev| {
             if let Event::Eval(e) = ev {
                 k += 1;
                 if k == 4 {

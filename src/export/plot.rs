@@ -475,7 +475,7 @@ mod tests {
     /// them and starts a new line after them; the plot renders with finite axes.
     #[test]
     fn non_finite_evaluations_leave_gaps() {
-        let spec = crate::run::synth::SynthSpec {
+        let spec = crate::synth::SynthSpec {
             steps: 8,
             eval_every: 2,
             probes: 2,
@@ -483,7 +483,7 @@ mod tests {
             top_k: 1,
             vocab: 8,
         };
-        let evs = crate::run::synth::events(spec, 1).unwrap();
+        let evs = crate::synth::events(spec, 1).unwrap();
         let Some(Event::Header(h)) = evs.first() else {
             panic!("header first")
         };

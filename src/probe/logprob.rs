@@ -10,30 +10,14 @@ use anyhow::{Result, bail};
 use candle_core::{DType, Device, Tensor};
 
 use crate::model::{Model, Tok};
+pub use crate::schema::config::Lengths;
+pub use crate::schema::trace::{A_AUTHORS, A_MEAN, Diag, Greedy, TokenTrace};
 
 /// A tokenized (prompt, response) pair; `response` ends with the EOS id.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Seq {
     pub prompt: Vec<u32>,
     pub response: Vec<u32>,
-}
-
-/// Limits on sequence length (in tokens).
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Lengths {
-    /// Longest prompt; longer prompts keep their last tokens.
-    pub max_prompt: usize,
-    /// Longest prompt + response; longer responses are cut at the end (their EOS then falls off).
-    pub max_total: usize,
-}
-
-impl Default for Lengths {
-    fn default() -> Self {
-        Lengths {
-            max_prompt: 256,
-            max_total: 512,
-        }
-    }
 }
 
 impl Seq {
@@ -175,22 +159,6 @@ pub fn token_logps(logits: &Tensor, batch: &Batch) -> Result<(Tensor, Tensor)> {
 pub fn masked_sums(lp: &Tensor, batch: &Batch) -> Result<Tensor> {
     Ok((lp * batch.mask.to_dtype(lp.dtype())?)?.sum(1)?)
 }
-
-/// The cheap diagnostics of one response, from its next-token distributions π_m and tokens y_m
-/// (m over response positions, V the vocabulary size):
-/// `[A_MEAN]` ‖A‖_F = sqrt(V‖π_m‖² + V − 2) of A = I − 1π_mᵀ, mean over positions;
-/// `[1]` ‖π_m − e_y‖ = sqrt(‖π_m‖² − 2π_y + 1), mean over positions;
-/// `[2]` energy 1 − π_y, mean over positions;
-/// `[A_AUTHORS]` ‖A‖_F as the learning-dynamics authors' code computes it: the same formula
-/// applied once to the mean norm, sqrt(V·(mean_m ‖π_m‖)² + V − 2). As sqrt(V x² + V − 2) is
-/// convex in x = ‖π‖, `[A_MEAN]` ≥ `[A_AUTHORS]`, equal only when ‖π_m‖ is the same at every
-/// position.
-pub type Diag = [f64; 4];
-
-/// Index of ‖A‖_F averaged over positions in a [`Diag`].
-pub const A_MEAN: usize = 0;
-/// Index of the authors' ‖A‖_F (from the mean ‖π‖) in a [`Diag`].
-pub const A_AUTHORS: usize = 3;
 
 /// ‖A‖_F = sqrt(V·‖π‖² + V − 2) of A = I − 1πᵀ, from ‖π‖² (clamped at 0 against rounding).
 pub fn a_norm(v: usize, pi_sq_norm: f64) -> f64 {
@@ -419,33 +387,6 @@ pub fn score(model: &Model, seqs: &[Seq], chunk: usize) -> Result<Vec<f64>> {
         out.extend(summed.to_dtype(DType::F64)?.to_vec1::<f64>()?);
     }
     Ok(out)
-}
-
-/// Per-token details of one response at every position: log-prob of the actual token, entropy
-/// of the next-token distribution, and its top-k tokens.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct TokenTrace {
-    #[serde(with = "crate::run::nonfinite")]
-    pub logp: Vec<f32>,
-    #[serde(with = "crate::run::nonfinite")]
-    pub entropy: Vec<f32>,
-    /// top-k (token id, log-prob) per position, most likely first.
-    #[serde(with = "crate::run::nonfinite")]
-    pub top: Vec<Vec<(u32, f32)>>,
-}
-
-/// The teacher-forced greedy response along a row: argmax token and its log-prob per position.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Greedy {
-    pub ids: Vec<u32>,
-    #[serde(with = "crate::run::nonfinite")]
-    pub logp: Vec<f32>,
-}
-
-impl Greedy {
-    pub fn sum(&self) -> f64 {
-        self.logp.iter().map(|&x| f64::from(x)).sum()
-    }
 }
 
 /// Reads the response positions of row `row` out of detached logits [B, T, V] and computes the

@@ -11,6 +11,7 @@ use rayon::prelude::*;
 
 use crate::data::{Family, ProbeSet};
 use crate::model::Model;
+pub use crate::schema::trace::ProbeTrace;
 pub use logprob::{Batch, EvalMode, Greedy, Lengths, Seq, TokenTrace};
 
 /// One probe prompt with the token ids of each of its responses (EOS appended).
@@ -20,14 +21,6 @@ pub struct TokenizedProbe {
     pub index: usize,
     /// (family, sequence) for every family but argmax, in the probe set's family order.
     pub seqs: Vec<(Family, Seq)>,
-}
-
-/// Per-token details of one probe at one evaluation.
-#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct ProbeTrace {
-    pub chosen: TokenTrace,
-    pub rejected: TokenTrace,
-    pub argmax: Greedy,
 }
 
 /// The result of one evaluation: summed log-probs [family][probe] (the set's family order,

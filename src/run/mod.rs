@@ -2,14 +2,12 @@
 //! event), its writer, its reader (tolerant of a cut last line) and the `inspect` summary.
 //! The format is documented in RUNFILE.md.
 
-pub mod event;
-pub mod nonfinite;
 pub mod reader;
 pub mod store;
 pub mod summary;
-pub mod synth;
 pub mod writer;
 
+pub use crate::schema::{event, nonfinite};
 pub use event::{EndReason, EvalRecord, Event, RunHeader, StepRecord};
 pub use reader::{Run, looks_like_run_file, read_run, run_name};
 pub use store::{Band, Quantity, RunStore, SeriesKey, Stats, XAxis, YMode};

@@ -6,12 +6,12 @@ use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
 
-use super::event::{
+use crate::data::Family;
+use crate::schema::Algo;
+use crate::schema::event::{
     EndReason, EvalLine, EvalRecord, Event, FORMAT, InfluenceRecord, RECORD_TYPES, RunHeader,
     StepRecord, Traces, VERSION,
 };
-use crate::data::Family;
-use crate::train::config::Algo;
 
 /// A phase as it happened: name, algorithm and the step it began at.
 #[derive(Clone, Debug, PartialEq)]
@@ -581,7 +581,7 @@ mod tests {
     fn records_from_before_the_authors_a_norm_and_the_influence_target_still_read() {
         use crate::data::Family;
         use crate::run::Quantity;
-        use crate::train::InfluenceTarget;
+        use crate::schema::InfluenceTarget;
         let traces = r#"[{"chosen":{"logp":[-1.0],"entropy":[0.5],"top":[]},"rejected":{"logp":[],"entropy":[],"top":[]},"argmax":{"ids":[3],"logp":[-0.1]}}]"#;
         // through the reader's cut-out of the traces, or the whole record at once
         let eval = |diag: &str, whole: bool| {
@@ -635,7 +635,7 @@ mod tests {
         assert_eq!(r.target, InfluenceTarget::Loss);
         // so did a run whose header's config predates the field; new options default to loss
         let opts = crate::train::TrainOptions {
-            algo: crate::train::Algo::Dpo,
+            algo: crate::schema::Algo::Dpo,
             ..Default::default()
         };
         assert_eq!(opts.influence_target, InfluenceTarget::Loss);
@@ -643,7 +643,7 @@ mod tests {
         assert_eq!(cfg.influence_target, InfluenceTarget::Loss);
         let mut v = serde_json::to_value(&cfg).unwrap();
         v.as_object_mut().unwrap().remove("influence_target");
-        let old: crate::train::TrainConfig = serde_json::from_value(v).unwrap();
+        let old: crate::schema::TrainConfig = serde_json::from_value(v).unwrap();
         assert_eq!(old.influence_target, InfluenceTarget::Chosen);
     }
 
@@ -690,7 +690,7 @@ mod tests {
     /// NaN, +∞ and −∞ in every recorded number survive the writer and the reader exactly.
     #[test]
     fn non_finite_values_round_trip_through_writer_and_reader() {
-        use crate::run::synth::{SynthSpec, events};
+        use crate::synth::{SynthSpec, events};
         let spec = SynthSpec {
             steps: 4,
             eval_every: 2,
@@ -732,14 +732,14 @@ mod tests {
             step,
             phase: "dpo".into(),
             lr: 0.1,
-            optimizer: crate::train::OptimKind::Sgd,
+            optimizer: crate::schema::OptimKind::Sgd,
             batch: vec![0, 1],
             observed: vec![],
             actual: odd.to_vec(),
             predicted: vec![f64::INFINITY, 2.0],
             contributions: vec![odd.to_vec()],
             cosine: vec![vec![f64::NEG_INFINITY, f64::NAN]],
-            target: crate::train::InfluenceTarget::Loss,
+            target: crate::schema::InfluenceTarget::Loss,
             wall_ms: 1.0,
         };
         let end = evs.len() - usize::from(matches!(evs.last(), Some(Event::End { .. })));

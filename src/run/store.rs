@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use super::event::{Event, RunHeader};
 use super::reader::{Run, read_run};
 use crate::data::Family;
+use crate::schema::Algo;
+use crate::schema::event::{Event, RunHeader};
 use crate::stats::quantile;
-use crate::train::config::Algo;
 
 /// What is plotted per probe: the summed log-prob, or one of the diagnostics
 /// (means over response positions).
@@ -67,7 +67,7 @@ impl Quantity {
     /// One evaluation's values of a family, one per probe (None where the evaluation lacks
     /// them).
     pub fn values(self, e: &super::EvalRecord, f: Family) -> Option<Vec<f64>> {
-        use crate::probe::logprob::{A_AUTHORS, A_MEAN};
+        use crate::schema::trace::{A_AUTHORS, A_MEAN};
         let k = match self {
             Quantity::LogProb => return e.logps.get(&f).cloned(),
             Quantity::ANorm => A_MEAN,
@@ -1040,7 +1040,7 @@ mod tests {
     /// non-finite evaluation mean, whichever step is earlier.
     #[test]
     fn live_divergence_follows_the_records() {
-        let spec = crate::run::synth::SynthSpec {
+        let spec = crate::synth::SynthSpec {
             steps: 6,
             eval_every: 2,
             probes: 2,
@@ -1048,7 +1048,7 @@ mod tests {
             top_k: 1,
             vocab: 8,
         };
-        let mut evs = crate::run::synth::events(spec, 4).unwrap().into_iter();
+        let mut evs = crate::synth::events(spec, 4).unwrap().into_iter();
         let Some(Event::Header(h)) = evs.next() else {
             panic!("header first")
         };
@@ -1123,8 +1123,8 @@ mod tests {
 
     #[test]
     fn transfer_means_are_changes_since_t0() {
-        let mut evs = crate::run::synth::events(
-            crate::run::synth::SynthSpec {
+        let mut evs = crate::synth::events(
+            crate::synth::SynthSpec {
                 steps: 20,
                 eval_every: 10,
                 probes: 3,
@@ -1169,8 +1169,8 @@ mod tests {
     /// chosen log-prob of probe i at step s = 10·i + (i + 1)·s. Events in recording order: the
     /// boundary evaluation (step 10) closes sft, then the dpo phase record.
     fn two_phase_events() -> (RunHeader, Vec<Event>) {
-        let evs = crate::run::synth::events(
-            crate::run::synth::SynthSpec {
+        let evs = crate::synth::events(
+            crate::synth::SynthSpec {
                 steps: 20,
                 eval_every: 5,
                 probes: 3,
@@ -1186,12 +1186,12 @@ mod tests {
             panic!("no header")
         };
         h.phases = vec![
-            crate::run::event::PhasePlan {
+            crate::schema::event::PhasePlan {
                 name: "sft".into(),
                 algo: Algo::Sft,
                 steps: 10,
             },
-            crate::run::event::PhasePlan {
+            crate::schema::event::PhasePlan {
                 name: "dpo".into(),
                 algo: Algo::Dpo,
                 steps: 10,

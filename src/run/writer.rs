@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::event::Event;
+use crate::schema::event::Event;
 
 pub struct Writer {
     out: BufWriter<File>,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 use candle_core::Tensor;
 
-use super::config::Algo;
+use crate::schema::config::Algo;
 
 /// Hyperparameters of the preference losses.
 #[derive(Clone, Copy, Debug, PartialEq)]

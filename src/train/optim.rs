@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 use candle_core::{DType, Tensor, Var};
 use rayon::prelude::*;
 
-use super::config::{OptimConfig, OptimKind};
+use crate::schema::config::{OptimConfig, OptimKind};
 
 pub struct Optimizer {
     cfg: OptimConfig,

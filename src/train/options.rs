@@ -4,9 +4,9 @@
 
 use anyhow::{Result, anyhow, bail};
 
-use super::config::{Algo, Duration, InfluenceTarget, OptimConfig, OptimKind, TrainConfig};
 use crate::data::{DataFormat, ProbeCount};
 use crate::probe::Lengths;
+use crate::schema::config::{Algo, Duration, InfluenceTarget, OptimConfig, OptimKind, TrainConfig};
 
 /// Every training option; `None` means "the default for this model". One definition for the
 /// CLI (`ldviz train` flattens it: the flags, their help and defaults come from here), the app's
@@ -189,7 +189,7 @@ impl Default for TrainOptions {
             transfer_every: 0,
             influence_every: None,
             influence_probes: 8,
-            influence_families: super::config::influence_families(),
+            influence_families: crate::schema::config::influence_families(),
             influence_target: InfluenceTarget::default(),
             device: Default::default(),
             precision: Default::default(),

@@ -14,7 +14,6 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use rand::seq::SliceRandom;
 use rand::{SeedableRng, rngs::StdRng};
 
-use super::config::{Algo, InfluenceTarget, TrainConfig};
 use super::loss::{self, LossInputs, LossParams};
 use super::onpolicy;
 use super::optim::{self, Optimizer};
@@ -23,7 +22,8 @@ use crate::model::Model;
 use crate::model::manual::TrainLogps;
 use crate::probe::{Batch, Evaluation, ProbeRunner, Seq, logprob};
 use crate::run::Writer;
-use crate::run::event::{
+use crate::schema::config::{Algo, InfluenceTarget, TrainConfig};
+use crate::schema::event::{
     Conventions, DataInfo, EndReason, EvalRecord, Event, FORMAT, InfluenceRecord, ModelInfo,
     Observed, PhasePlan, ProbeInfo, RunHeader, StepRecord, VERSION,
 };
@@ -650,7 +650,7 @@ impl Session {
     #[allow(clippy::too_many_arguments)]
     fn update_influenced(
         &self,
-        phase: &super::config::PhaseConfig,
+        phase: &crate::schema::config::PhaseConfig,
         idx: &[usize],
         rejected: &[Seq],
         reference: Option<&[(f64, f64)]>,

@@ -2,7 +2,7 @@
 //! anyway. Written: NaN as `null`, +∞ as the string `"Infinity"`, −∞ as `"-Infinity"`; finite
 //! values as plain numbers. Read: numbers, `null` (NaN: also what older writers wrote for every
 //! non-finite value) and the strings `"NaN"`, `"Infinity"`, `"-Infinity"` (also `"inf"`,
-//! `"-inf"`, `"nan"`, any case). Used with `#[serde(with = "crate::run::nonfinite")]` on every
+//! `"-inf"`, `"nan"`, any case). Used with `#[serde(with = "crate::schema::nonfinite")]` on every
 //! recorded number that may be non-finite, and on containers of them ([`NonFinite`]).
 
 use std::collections::BTreeMap;

@@ -4,7 +4,6 @@
 use serde::{Deserialize, Serialize};
 
 use crate::data::{DataFormat, ProbeCount};
-use crate::probe::Lengths;
 
 /// Training objective. The `--algo` values are the kebab-case names (`sft-then-dpo`); the run
 /// file and the app use [`Algo::key`] (`sft_then_dpo`).
@@ -449,5 +448,23 @@ impl TrainConfig {
             }
         }
         Ok(())
+    }
+}
+
+/// Limits on sequence length (in tokens).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Lengths {
+    /// Longest prompt; longer prompts keep their last tokens.
+    pub max_prompt: usize,
+    /// Longest prompt + response; longer responses are cut at the end (their EOS then falls off).
+    pub max_total: usize,
+}
+
+impl Default for Lengths {
+    fn default() -> Self {
+        Lengths {
+            max_prompt: 256,
+            max_total: 512,
+        }
     }
 }

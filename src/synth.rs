@@ -7,12 +7,12 @@ use std::collections::BTreeMap;
 use anyhow::Result;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 
-use super::event::{
+use crate::data::{DataFormat, Family};
+use crate::probe::{Greedy, ProbeTrace, TokenTrace};
+use crate::schema::event::{
     Conventions, DataInfo, EndReason, EvalRecord, Event, FORMAT, ModelInfo, PhasePlan, ProbeInfo,
     RunHeader, StepRecord, VERSION,
 };
-use crate::data::{DataFormat, Family};
-use crate::probe::{Greedy, ProbeTrace, TokenTrace};
 use crate::train::{Algo, TrainOptions};
 
 /// Size of a synthetic run.

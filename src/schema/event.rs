@@ -5,10 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::config::{Algo, InfluenceTarget, OptimKind, TrainConfig};
+use super::trace::{Diag, ProbeTrace};
 use crate::data::{DataFormat, Family};
-use crate::probe::ProbeTrace;
-use crate::probe::logprob::Diag;
-use crate::train::config::{Algo, TrainConfig};
 
 /// Format name and version written in every header.
 pub const FORMAT: &str = "ldviz-run";
@@ -321,7 +320,7 @@ pub struct InfluenceRecord {
     pub step: usize,
     pub phase: String,
     pub lr: f64,
-    pub optimizer: crate::train::OptimKind,
+    pub optimizer: OptimKind,
     /// Record indices of the batch (the columns of `contributions` and `cosine`).
     pub batch: Vec<usize>,
     pub observed: Vec<Observed>,
@@ -338,8 +337,8 @@ pub struct InfluenceRecord {
     #[serde(with = "super::nonfinite")]
     pub cosine: Vec<Vec<f64>>,
     /// The training-example function f_u of `cosine` (records before this field: chosen).
-    #[serde(default = "crate::train::InfluenceTarget::recorded_before_choice")]
-    pub target: crate::train::InfluenceTarget,
+    #[serde(default = "InfluenceTarget::recorded_before_choice")]
+    pub target: InfluenceTarget,
     /// Time of the influence computation (on top of the update).
     pub wall_ms: f64,
 }
