@@ -18,6 +18,7 @@
 pub mod app;
 pub mod assets;
 pub mod bench;
+pub mod cli;
 pub mod data;
 pub mod device;
 pub mod export;
