@@ -558,7 +558,7 @@ fn runs_overlay_and_dropped_files() {
     assert_eq!(h.state().runs.len(), 2);
     assert_eq!(h.state().setup.options.model, model.display().to_string());
     // Overlay both runs on one family: one line per run, named by run.
-    h.state_mut().curves.overlay = vec![0, 1];
+    h.state_mut().overlay = vec![0, 1];
     h.state_mut().active = 0;
     h.state_mut().curves.settings.overlay_family = Family::Chosen;
     h.state_mut().tab = Tab::Curves;

@@ -144,3 +144,33 @@ fn the_scanner_sees_imports_and_skips_comments_and_tests() {
         vec![(2, "data".to_string()), (3, "stats".to_string())]
     );
 }
+
+/// The app's views draw from a read-only `ViewCtx` and their own state: none of them names the
+/// whole app (whose fields they could change behind the action queue).
+#[test]
+fn views_never_reach_for_the_whole_app() {
+    let app = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/app");
+    let mut bad = Vec::new();
+    for view in [
+        "curves",
+        "tokens",
+        "transfer",
+        "influence",
+        "setup",
+        "playground",
+    ] {
+        let file = app.join(format!("{view}.rs"));
+        let text = fs::read_to_string(&file).unwrap();
+        assert!(
+            text.contains("impl View for") || text.contains("impl super::View for"),
+            "{} implements no View",
+            file.display()
+        );
+        for (i, line) in text.lines().enumerate() {
+            if line.contains("LdvizApp") && !line.trim_start().starts_with("//") {
+                bad.push(format!("{}:{}: {}", file.display(), i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "views naming LdvizApp:\n{}", bad.join("\n"));
+}

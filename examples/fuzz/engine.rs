@@ -2131,7 +2131,7 @@ fn exercise_run(run: ldviz::run::Run, dir: &Path) -> anyhow::Result<()> {
     }
     let csv = dir.join("run.csv");
     ldviz::export::csv::write_csv(&run, &csv)?;
-    let mut store = RunStore::from_run("fuzz".to_string(), None, run);
+    let store = RunStore::from_run("fuzz".to_string(), None, run);
     let _ = store.diverged_at_step();
     let families = store.run.header.families.clone();
     let n_probes = store.n_probes();
@@ -2158,8 +2158,8 @@ fn exercise_run(run: ldviz::run::Run, dir: &Path) -> anyhow::Result<()> {
     }
     for axis in [XAxis::Step, XAxis::Examples, XAxis::Epoch] {
         for name in store.metric_names() {
-            let (xs, ys) = store.metric(&name, axis);
-            let (xs, ys) = (xs.to_vec(), ys.to_vec());
+            let m = store.metric(&name, axis);
+            let (xs, ys) = (m.xs.clone(), m.ys.clone());
             let smooth = ldviz::run::store::ema(&ys, 0.6);
             let _ = ldviz::run::store::decimate(&xs, &smooth, 8);
             let _ = ldviz::run::store::envelope(&xs, &ys, &smooth, 8);

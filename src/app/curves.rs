@@ -10,7 +10,7 @@
 use egui::Color32;
 use egui_plot::{FilledArea, Line, Plot, PlotPoints, VLine};
 
-use super::LdvizApp;
+use super::{Action, View, ViewCtx};
 use crate::data::{Family, FamilyGroup};
 use crate::export::plot::family_color;
 use crate::run::store::{PhaseMetric, decimate_segments, ema, envelope, piece_points};
@@ -87,8 +87,6 @@ pub struct CurvesView {
     pub settings: CurveSettings,
     /// Drill-down: one probe (position in the header) instead of the mean over all.
     pub probe: Option<usize>,
-    /// Runs (indices into the app's runs) overlaid for one family.
-    pub overlay: Vec<usize>,
     /// Values under the pointer, for the hover list: (series name, color, value).
     pub hover: Vec<(String, Color32, f64)>,
     /// What the last frame plotted: (series name, number of evaluations with a value).
@@ -143,7 +141,7 @@ pub struct Drawn {
 /// pieces (one per phase under "Δ since phase start"), each smoothed on its own and bucketed to
 /// its share of `buckets` columns.
 pub fn family_series(
-    store: &mut RunStore,
+    store: &RunStore,
     family: Family,
     s: &CurveSettings,
     y: YMode,
@@ -227,8 +225,8 @@ fn x_label(x: XAxis) -> &'static str {
     }
 }
 
-fn controls(app: &mut LdvizApp, ui: &mut egui::Ui) {
-    let s = &mut app.curves.settings;
+fn controls(cv: &mut CurvesView, ctx: &ViewCtx<'_>, ui: &mut egui::Ui) {
+    let s = &mut cv.settings;
     ui.horizontal_wrapped(|ui| {
         egui::ComboBox::from_id_salt("quantity")
             .selected_text(s.quantity.label())
@@ -240,7 +238,7 @@ fn controls(app: &mut LdvizApp, ui: &mut egui::Ui) {
             .response
             .on_hover_text("what is plotted per probe: the summed log-prob, or a diagnostic of the update's decomposition (‖A‖_F, ‖π − e_y‖, energy; mean over response positions)");
         ui.label("y:");
-        let store = app.runs.get(app.active);
+        let store = ctx.runs.get(ctx.active);
         let current = s.y_mode(store);
         for y in YMode::ALL {
             let hint = match y {
@@ -285,11 +283,11 @@ fn controls(app: &mut LdvizApp, ui: &mut egui::Ui) {
         );
         ui.checkbox(&mut s.show_loss, "loss");
     });
-    let store = app.runs.get(app.active);
+    let store = ctx.runs.get(ctx.active);
     let n_probes = store.map(|r| r.n_probes()).unwrap_or(0);
     ui.horizontal_wrapped(|ui| {
         ui.label("probe:");
-        let sel = match app.curves.probe {
+        let sel = match cv.probe {
             None => "all (mean and band)".to_string(),
             Some(p) => probe_label(store, p),
         };
@@ -297,15 +295,15 @@ fn controls(app: &mut LdvizApp, ui: &mut egui::Ui) {
             .selected_text(sel)
             .width(260.0)
             .show_ui(ui, |ui| {
-                ui.selectable_value(&mut app.curves.probe, None, "all (mean and band)");
+                ui.selectable_value(&mut cv.probe, None, "all (mean and band)");
                 for p in 0..n_probes {
-                    ui.selectable_value(&mut app.curves.probe, Some(p), probe_label(store, p));
+                    ui.selectable_value(&mut cv.probe, Some(p), probe_label(store, p));
                 }
             });
-        if !app.curves.overlay.is_empty() {
+        if !ctx.overlay.is_empty() {
             ui.separator();
             ui.label("overlay family:");
-            let s = &mut app.curves.settings;
+            let s = &mut cv.settings;
             egui::ComboBox::from_id_salt("overlay family")
                 .selected_text(s.overlay_family.key())
                 .show_ui(ui, |ui| {
@@ -315,9 +313,9 @@ fn controls(app: &mut LdvizApp, ui: &mut egui::Ui) {
                 });
         }
     });
-    if let Some(store) = app.runs.get(app.active) {
+    if let Some(store) = ctx.runs.get(ctx.active) {
         let fams = store.run.header.families.clone();
-        let s = &mut app.curves.settings;
+        let s = &mut cv.settings;
         ui.horizontal_wrapped(|ui| {
             for (g, label) in GROUPS {
                 let members: Vec<Family> =
@@ -359,35 +357,35 @@ fn eval_xs(store: &RunStore, axis: XAxis) -> Vec<f64> {
 }
 
 /// The curves tab.
-pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
-    if app.runs.is_empty() {
-        app.curves.drawn.clear();
+fn show(cv: &mut CurvesView, ctx: &ViewCtx<'_>, ui: &mut egui::Ui) {
+    if ctx.runs.is_empty() {
+        cv.drawn.clear();
         ui.centered_and_justified(|ui| {
             ui.label("Press ▶ Start to train the embedded demo, or open a run (sample runs are listed on the left).");
         });
         return;
     }
-    controls(app, ui);
-    let s = app.curves.settings.clone();
-    let probe = app.curves.probe;
+    controls(cv, ctx, ui);
+    let s = cv.settings.clone();
+    let probe = cv.probe;
     // One bucket per 2 pixels: each keeps its min and max (1 point per pixel column).
     let buckets = (ui.available_width().max(100.0) / 2.0) as usize;
-    let active = app.active.min(app.runs.len() - 1);
-    let y = s.y_mode(app.runs.get(active));
-    let cursor_x = app
+    let active = ctx.active.min(ctx.runs.len() - 1);
+    let y = s.y_mode(ctx.runs.get(active));
+    let cursor_x = ctx
         .runs
         .get(active)
-        .and_then(|r| app.timeline.cursor_x(r, s.x));
+        .and_then(|r| ctx.timeline.cursor_x(r, s.x));
 
     // Series: either every visible family of the active run, or one family across runs.
     let mut drawn: Vec<(Drawn, Vec<f64>)> = Vec::new();
-    let overlaying = !app.curves.overlay.is_empty();
+    let overlaying = !ctx.overlay.is_empty();
     if overlaying {
         // The active run first, then the others in the order they were ticked.
         let mut runs = vec![active];
-        runs.extend(app.curves.overlay.iter().copied().filter(|&i| i != active));
+        runs.extend(ctx.overlay.iter().copied().filter(|&i| i != active));
         for (k, &i) in runs.iter().enumerate() {
-            let Some(store) = app.runs.get_mut(i) else {
+            let Some(store) = ctx.runs.get(i) else {
                 continue;
             };
             if !store.run.header.families.contains(&s.overlay_family) {
@@ -400,7 +398,7 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
             d.width = 2.0;
             drawn.push((d, xs));
         }
-    } else if let Some(store) = app.runs.get_mut(active) {
+    } else if let Some(store) = ctx.runs.get(active) {
         let xs = eval_xs(store, s.x);
         let fams = s.visible(&store.run.header.families);
         for f in fams {
@@ -408,7 +406,7 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
             drawn.push((d, xs.clone()));
         }
     }
-    app.curves.drawn = drawn
+    cv.drawn = drawn
         .iter()
         .map(|(d, _)| {
             let n = d.values.iter().filter(|v| v.is_finite()).count();
@@ -418,8 +416,8 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
     // Phase starts (x, label); the first is the run's start.
     // Every plot of the tab spans the run's whole x range (a phase's loss included), so their
     // auto-fitted x axes agree with the link.
-    let x_range = app.runs.get(active).and_then(|r| r.x_range(s.x));
-    let marks: Vec<(f64, String)> = app
+    let x_range = ctx.runs.get(active).and_then(|r| r.x_range(s.x));
+    let marks: Vec<(f64, String)> = ctx
         .runs
         .get(active)
         .map(|r| r.phase_marks(s.x))
@@ -427,8 +425,8 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
 
     // The loss, one part per phase (each gets its own plot and y scale).
     let loss: Vec<PhaseMetric> = if s.show_loss {
-        app.runs
-            .get_mut(active)
+        ctx.runs
+            .get(active)
             .map(|r| r.metric_by_phase("loss", s.x))
             .unwrap_or_default()
     } else {
@@ -451,13 +449,13 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
         n => total_h * (0.74 - 0.12 * (n - 1) as f32).max(0.5),
     };
     let group = egui::Id::unique("curves x");
-    app.curves.shown_y = Some(y);
-    app.curves.shown_phases = if marks.len() > 1 {
+    cv.shown_y = Some(y);
+    cv.shown_phases = if marks.len() > 1 {
         marks.iter().map(|m| m.1.clone()).collect()
     } else {
         Vec::new()
     };
-    app.curves.shown_loss.clear();
+    cv.shown_loss.clear();
     let ylabel = match (y, s.quantity) {
         (YMode::Delta, q) => format!("Δ {} since t = 0", q.label()),
         (YMode::PhaseDelta, q) => format!("Δ {} since phase start", q.label()),
@@ -507,21 +505,20 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
     // Clicking a plot moves the cursor there.
     let hx = hover_x.get();
     if resp.response.clicked()
-        && let (Some(x), Some(store)) = (hx, app.runs.get(active))
+        && let (Some(x), Some(store)) = (hx, ctx.runs.get(active))
     {
-        app.timeline.cursor = store.eval_at_x(x, s.x);
-        app.timeline.mode = super::Mode::Paused;
+        ctx.act(Action::Seek(store.eval_at_x(x, s.x)));
     }
     // Hover: the value of every series at the evaluation under the pointer.
-    app.curves.hover.clear();
+    cv.hover.clear();
     if let Some(x) = hx.filter(|_| resp.response.hovered()) {
         for (d, xs) in &drawn {
             let i = xs.partition_point(|&v| v <= x).saturating_sub(1);
             if let Some(&v) = d.values.get(i) {
-                app.curves.hover.push((d.name.clone(), d.color, v));
+                cv.hover.push((d.name.clone(), d.color, v));
             }
         }
-        let hover = app.curves.hover.clone();
+        let hover = cv.hover.clone();
         let xl = x_label(s.x);
         resp.response.on_hover_ui_at_pointer(|ui| {
             ui.label(format!("{xl} ≈ {x:.1}"));
@@ -551,7 +548,7 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
             } else {
                 "loss".to_string()
             };
-            app.curves.shown_loss.push(name.clone());
+            cv.shown_loss.push(name.clone());
             span_x(
                 Plot::new(format!("loss under curves · {}", part.label)),
                 x_range,
@@ -649,20 +646,20 @@ fn label_phases(ui: &egui::Ui, t: &egui_plot::PlotTransform, marks: &[(f64, Stri
 }
 
 /// The TRL metrics tab: one small plot per metric, x axes linked, the cursor on each.
-pub fn show_metrics(app: &mut LdvizApp, ui: &mut egui::Ui) {
-    let active = app.active;
-    let s = app.curves.settings.clone();
-    let (cursor_step, cursor_x) = match app.runs.get(active) {
+fn show_metrics(cv: &mut CurvesView, ctx: &ViewCtx<'_>, ui: &mut egui::Ui) {
+    let active = ctx.active;
+    let s = cv.settings.clone();
+    let (cursor_step, cursor_x) = match ctx.runs.get(active) {
         Some(store) => (
-            app.timeline
+            ctx.timeline
                 .index(Some(store))
                 .and_then(|i| store.run.evals.get(i))
                 .map(|e| e.step),
-            app.timeline.cursor_x(store, s.x),
+            ctx.timeline.cursor_x(store, s.x),
         ),
         None => (None, None),
     };
-    let Some(store) = app.runs.get_mut(active) else {
+    let Some(store) = ctx.runs.get(active) else {
         ui.label("No run open.");
         return;
     };
@@ -721,7 +718,8 @@ pub fn show_metrics(app: &mut LdvizApp, ui: &mut egui::Ui) {
             }
             continue;
         }
-        let (xs, ys) = store.metric(name, s.x);
+        let m = store.metric(name, s.x);
+        let (xs, ys) = (&m.xs, &m.ys);
         let ys_s = ema(ys, s.smoothing);
         let pts = decimate_segments(xs, &ys_s, buckets);
         let raw = (s.smoothing > 0.0).then(|| decimate_segments(xs, ys, buckets));
@@ -773,6 +771,20 @@ pub fn show_metrics(app: &mut LdvizApp, ui: &mut egui::Ui) {
     });
 }
 
+impl View for CurvesView {
+    /// The curves tab.
+    fn ui(&mut self, ctx: &ViewCtx<'_>, ui: &mut egui::Ui) {
+        show(self, ctx, ui);
+    }
+}
+
+impl CurvesView {
+    /// The TRL metrics tab (it shares the curves' x axis and smoothing).
+    pub fn metrics_ui(&mut self, ctx: &ViewCtx<'_>, ui: &mut egui::Ui) {
+        show_metrics(self, ctx, ui);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -797,11 +809,11 @@ mod tests {
             }
         })
         .unwrap();
-        let mut store = RunStore::open(&path).unwrap();
+        let store = RunStore::open(&path).unwrap();
         let s = CurveSettings::default();
         for y in [YMode::Absolute, YMode::Delta] {
             let xs = eval_xs(&store, s.x);
-            let d = family_series(&mut store, Family::Chosen, &s, y, None, 200, &xs);
+            let d = family_series(&store, Family::Chosen, &s, y, None, 200, &xs);
             assert_eq!(d.pieces.len(), 1);
             let segs = &d.pieces[0].line;
             assert_eq!(segs.len(), 2, "{y:?}: {segs:?}");

@@ -18,12 +18,6 @@ pub enum Target {
     Csv,
 }
 
-#[derive(Default)]
-pub struct ExportView {
-    /// Path field of "open run" in the runs list.
-    pub open_path: String,
-}
-
 /// The plot options matching the curves view's settings.
 pub fn plot_options(
     store: &RunStore,

@@ -7,9 +7,9 @@
 use egui::{Color32, RichText};
 use egui_plot::{Line, Plot, PlotPoints, Points, VLine};
 
-use super::LdvizApp;
 use super::curves::color;
 use super::transfer::diverging;
+use super::{View, ViewCtx};
 use crate::data::Family;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -24,14 +24,13 @@ pub struct InfluenceView {
     pub cell: CellValue,
 }
 
-pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
-    let cursor = app.timeline.index(app.runs.get(app.active));
-    let Some(store) = app.runs.get_mut(app.active) else {
+fn show(v: &mut InfluenceView, ctx: &ViewCtx<'_>, ui: &mut egui::Ui) {
+    let cursor = ctx.timeline.index(ctx.runs.get(ctx.active));
+    let Some(store) = ctx.runs.get(ctx.active) else {
         ui.label("No run open.");
         return;
     };
-    let accumulated = store.influence_accumulated().clone();
-    let store = &*store;
+    let accumulated = store.influence_accumulated();
     let run = &store.run;
     if run.influence.is_empty() {
         ui.label("This run has no influence records. Record them with --influence-every K (on by default every 100 updates for models up to 50M parameters).");
@@ -74,7 +73,6 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
             .strong(),
         );
     });
-    let v = &mut app.influence;
     ui.horizontal(|ui| {
         ui.label("cells:");
         ui.selectable_value(
@@ -213,7 +211,7 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
                 .height(h.max(100.0))
                 .x_axis_label("step")
                 .show(ui, |pui| {
-                    for (f, acc) in accumulated {
+                    for (&f, acc) in accumulated {
                         let pts = |ys: &[f64]| -> Vec<[f64; 2]> {
                             acc.steps.iter().zip(ys).map(|(&x, &y)| [x, y]).collect()
                         };
@@ -237,4 +235,10 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
                 });
         });
     });
+}
+
+impl View for InfluenceView {
+    fn ui(&mut self, ctx: &ViewCtx<'_>, ui: &mut egui::Ui) {
+        show(self, ctx, ui);
+    }
 }

@@ -1,8 +1,10 @@
 //! The desktop app (feature `gui`): a thin eframe shell around [`LdvizApp`], whose state is one
-//! struct per view (setup/train panel, curves, timeline, token inspector, export). The app does
-//! no math: it feeds the engine's [`Event`]s into [`RunStore`]s and every view re-reads the
-//! stores each frame. UI actions that change shared state are queued as [`Action`]s and applied
-//! at the end of the frame. File dialogs run on their own threads and report back over a
+//! struct per view (setup/train panel, curves and TRL metrics, token inspector, influence,
+//! transfer, squeeze playground) plus the timeline. The app does no math: it feeds the engine's
+//! [`Event`]s into [`RunStore`]s, and every view implements [`View`]: each frame it draws from a
+//! read-only [`ViewCtx`] (the runs, the active run, the cursor) and its own state, and asks for
+//! every other change (cursor, active run, overlay, opening, closing, training, dialogs) by
+//! queueing an [`Action`], applied by the shell at the end of the frame. File dialogs run on their own threads and report back over a
 //! channel; every dialog action is also reachable through a path window (dialogs.rs: opened
 //! from the top bar, and by itself when no native dialog can open), a path field or a CLI
 //! argument.
@@ -18,21 +20,23 @@ mod timeline;
 mod tokens;
 pub mod transfer;
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Result, anyhow};
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::run::{Event, RunStore};
+use crate::run::{Event, RunStore, XAxis};
 use crate::train::{Command, TrainerHandle};
 
 pub use curves::CurvesView;
 pub use dialogs::{NO_DIALOG_WITHIN, PathWindow, dialog_outcome, unavailable_message};
-pub use export::{ExportView, Target as ExportTarget};
+pub use export::Target as ExportTarget;
 pub use setup::SetupView;
 pub use timeline::{Mode, Timeline};
 pub use tokens::{TokenRow, TokensView, VALLEY_LOGP, mean_top1, token_row};
+pub use transfer::TransferView;
 
 /// What the command line asks the app to do at launch.
 #[derive(Clone, Debug, Default)]
@@ -84,6 +88,73 @@ pub enum Action {
     Export(export::Target, PathBuf),
     /// Open (or raise) the path window of this kind.
     PathWindow(DialogKind),
+    /// Open the native file dialog of this kind (or its path window where there is none).
+    Dialog(DialogKind),
+    /// Show this run (an index into the runs) and follow its end.
+    Activate(usize),
+    /// Overlay this run in the curves (true) or take it out (false).
+    Overlay(usize, bool),
+    /// Move the cursor to this evaluation of the active run and pause there.
+    Seek(usize),
+}
+
+/// What a view reads during a frame. Views never change anything but their own state; every
+/// other change goes through [`ViewCtx::act`].
+pub struct ViewCtx<'a> {
+    pub runs: &'a [RunStore],
+    /// The run the views show (an index into `runs`; 0 when none is open).
+    pub active: usize,
+    pub timeline: &'a Timeline,
+    /// The x axis of the curves (the transfer view's line uses it too).
+    pub x: XAxis,
+    /// Runs overlaid in the curves.
+    pub overlay: &'a [usize],
+    pub live: Option<&'a Live>,
+    pub sample_runs: &'a [PathBuf],
+    pub recent_models: &'a [String],
+    pub recent_data: &'a [String],
+    actions: RefCell<Vec<Action>>,
+}
+
+impl ViewCtx<'_> {
+    /// The active run, if any.
+    pub fn store(&self) -> Option<&RunStore> {
+        self.runs.get(self.active)
+    }
+
+    /// Queues a change, applied at the end of the frame.
+    pub fn act(&self, a: Action) {
+        self.actions.borrow_mut().push(a);
+    }
+
+    /// The queued changes.
+    fn into_actions(self) -> Vec<Action> {
+        self.actions.into_inner()
+    }
+}
+
+/// One view of the app: draws itself from the frame's [`ViewCtx`] and its own state.
+pub trait View {
+    fn ui(&mut self, ctx: &ViewCtx<'_>, ui: &mut egui::Ui);
+}
+
+/// The frame's [`ViewCtx`] over the app's fields (a macro, so that the views' own fields stay
+/// free to borrow mutably beside it).
+macro_rules! view_ctx {
+    ($app:expr) => {
+        ViewCtx {
+            runs: &$app.runs,
+            active: $app.active,
+            timeline: &$app.timeline,
+            x: $app.curves.settings.x,
+            overlay: &$app.overlay,
+            live: $app.live.as_ref(),
+            sample_runs: &$app.sample_runs,
+            recent_models: &$app.persisted.recent_models,
+            recent_data: &$app.persisted.recent_data,
+            actions: RefCell::new(Vec::new()),
+        }
+    };
 }
 
 /// Settings kept between launches.
@@ -121,11 +192,13 @@ pub struct LdvizApp {
     pub live: Option<Live>,
     pub setup: SetupView,
     pub curves: CurvesView,
+    /// Runs (indices into `runs`) overlaid in the curves for one family.
+    pub overlay: Vec<usize>,
     pub timeline: Timeline,
     pub tokens: TokensView,
-    pub export: ExportView,
     pub playground: playground::Playground,
     pub influence: influence::InfluenceView,
+    pub transfer: TransferView,
     pub tab: Tab,
     /// Visible error messages (newest last); each can be dismissed.
     pub errors: Vec<String>,
@@ -192,10 +265,11 @@ impl LdvizApp {
             setup,
             curves,
             timeline: Timeline::default(),
+            overlay: Vec::new(),
             tokens: TokensView::default(),
-            export: ExportView::default(),
             playground: playground::Playground::default(),
             influence: influence::InfluenceView::default(),
+            transfer: TransferView,
             tab,
             errors: Vec::new(),
             notice: None,
@@ -226,7 +300,7 @@ impl LdvizApp {
             match crate::data::Family::from_key(k) {
                 Some(f) => {
                     app.curves.settings.overlay_family = f;
-                    app.curves.overlay = (0..app.runs.len()).collect();
+                    app.overlay = (0..app.runs.len()).collect();
                 }
                 None => app
                     .errors
@@ -398,7 +472,7 @@ impl LdvizApp {
         got
     }
 
-    fn apply_actions(&mut self) {
+    fn apply_actions(&mut self, ctx: &egui::Context) {
         let actions = std::mem::take(&mut self.actions);
         for a in actions {
             match a {
@@ -412,6 +486,20 @@ impl LdvizApp {
                     self.settle(DialogKind::export(t), r);
                 }
                 Action::PathWindow(k) => self.open_path_window(k),
+                Action::Dialog(k) => self.dialog(ctx, k),
+                Action::Activate(i) => {
+                    if i < self.runs.len() {
+                        self.active = i;
+                        self.timeline.jump_end(self.runs.get(i));
+                    }
+                }
+                Action::Overlay(i, on) => {
+                    self.overlay.retain(|&j| j != i);
+                    if on && i < self.runs.len() {
+                        self.overlay.push(i);
+                    }
+                }
+                Action::Seek(i) => self.timeline.seek(i),
             }
         }
     }
@@ -435,8 +523,8 @@ impl LdvizApp {
             }
         }
         self.runs.remove(i);
-        self.curves.overlay.retain(|&j| j != i);
-        for j in self.curves.overlay.iter_mut() {
+        self.overlay.retain(|&j| j != i);
+        for j in self.overlay.iter_mut() {
             if *j > i {
                 *j -= 1;
             }
@@ -504,14 +592,14 @@ impl LdvizApp {
         let cursor = self.timeline.cursor_x(store, self.curves.settings.x);
         // What the curves view shows: the active run, or the overlay (active run first).
         let mut runs: Vec<&RunStore> = vec![store];
-        for &i in &self.curves.overlay {
+        for &i in &self.overlay {
             if i != self.active
                 && let Some(r) = self.runs.get(i)
             {
                 runs.push(r);
             }
         }
-        if self.curves.overlay.is_empty() {
+        if self.overlay.is_empty() {
             runs.truncate(1);
         }
         export::write(
@@ -567,27 +655,31 @@ impl LdvizApp {
             .default_size(300.0)
             .show(ui, |ui| {
                 egui::ScrollArea::vertical().show(ui, |ui| {
-                    let mut actions = Vec::new();
-                    setup::show(self, ui, &mut actions);
-                    self.actions.extend(actions);
+                    let vctx = view_ctx!(self);
+                    self.setup.ui(&vctx, ui);
+                    self.actions.extend(vctx.into_actions());
                 });
             });
         egui::Panel::bottom("timeline").show(ui, |ui| {
             let store = self.runs.get(self.active);
             self.timeline.ui(ui, store);
         });
-        egui::CentralPanel::default().show(ui, |ui| match self.tab {
-            Tab::Curves => curves::show(self, ui),
-            Tab::Tokens => tokens::show(self, ui),
-            Tab::Metrics => curves::show_metrics(self, ui),
-            Tab::Playground => playground::show(&mut self.playground, ui),
-            Tab::Transfer => transfer::show(self, ui),
-            Tab::Influence => influence::show(self, ui),
+        egui::CentralPanel::default().show(ui, |ui| {
+            let vctx = view_ctx!(self);
+            match self.tab {
+                Tab::Curves => self.curves.ui(&vctx, ui),
+                Tab::Tokens => self.tokens.ui(&vctx, ui),
+                Tab::Metrics => self.curves.metrics_ui(&vctx, ui),
+                Tab::Playground => self.playground.ui(&vctx, ui),
+                Tab::Transfer => self.transfer.ui(&vctx, ui),
+                Tab::Influence => self.influence.ui(&vctx, ui),
+            }
+            self.actions.extend(vctx.into_actions());
         });
         let mut actions = Vec::new();
         dialogs::show_windows(self, &ctx, &mut actions);
         self.actions.extend(actions);
-        self.apply_actions();
+        self.apply_actions(&ctx);
 
         let training = self.live.as_ref().is_some_and(|l| !l.finished);
         if training || got || self.timeline.mode == Mode::Playing {

@@ -121,7 +121,14 @@ impl Playground {
     }
 }
 
-pub fn show(pg: &mut Playground, ui: &mut egui::Ui) {
+impl super::View for Playground {
+    /// The squeeze playground reads no run: only its own state.
+    fn ui(&mut self, _ctx: &super::ViewCtx<'_>, ui: &mut egui::Ui) {
+        show(self, ui);
+    }
+}
+
+fn show(pg: &mut Playground, ui: &mut egui::Ui) {
     ui.label(
         "One softmax π = softmax(z). A step on class c moves the logits by ±η'(e_c − π): a negative step gives every other class η'·π_i, so the likely ones gain most (the squeezing effect).",
     );

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, anyhow};
 
-use super::{Action, DialogKind, LdvizApp};
+use super::{Action, DialogKind, View, ViewCtx};
 use crate::train::{Algo, Command, InfluenceTarget, OptimKind, TrainOptions};
 
 /// The train panel's state. Optional numbers are edited as text ("" = the default).
@@ -17,6 +17,15 @@ pub struct SetupView {
     pub sft_epochs: String,
     /// Folder where live runs are written.
     pub out_dir: String,
+    /// Path field of "open run" in the runs list.
+    pub open_path: String,
+}
+
+impl View for SetupView {
+    /// The left panel: the train panel, the trainer's controls and status, the runs list.
+    fn ui(&mut self, ctx: &ViewCtx<'_>, ui: &mut egui::Ui) {
+        show(self, ctx, ui);
+    }
 }
 
 fn opt_text<T: ToString>(v: Option<T>) -> String {
@@ -47,6 +56,7 @@ impl SetupView {
             sft_epochs: opt_text(options.sft_epochs),
             options,
             out_dir: out_dir.unwrap_or_else(|| "ldviz-runs".into()),
+            open_path: String::new(),
         }
     }
 
@@ -172,14 +182,13 @@ fn path_row(
     });
 }
 
-pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui, actions: &mut Vec<Action>) {
-    let ctx = ui.ctx().clone();
-    let training = app.live.as_ref().is_some_and(|l| !l.finished);
+fn show(v: &mut SetupView, ctx: &ViewCtx<'_>, ui: &mut egui::Ui) {
+    let training = ctx.live.is_some_and(|l| !l.finished);
     ui.heading("Train");
     let (mut pick_model, mut pick_data) = (false, false);
-    let recent_models = app.persisted.recent_models.clone();
-    let recent_data = app.persisted.recent_data.clone();
-    let s = &mut app.setup;
+    let recent_models = ctx.recent_models.to_vec();
+    let recent_data = ctx.recent_data.to_vec();
+    let s = &mut *v;
     ui.add_enabled_ui(!training, |ui| {
         path_row(
             ui,
@@ -361,10 +370,10 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui, actions: &mut Vec<Action>) {
         }
     });
     if pick_model {
-        app.dialog(&ctx, DialogKind::Model);
+        ctx.act(Action::Dialog(DialogKind::Model));
     }
     if pick_data {
-        app.dialog(&ctx, DialogKind::Data);
+        ctx.act(Action::Dialog(DialogKind::Data));
     }
 
     ui.horizontal_wrapped(|ui| {
@@ -372,61 +381,55 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui, actions: &mut Vec<Action>) {
             .add_enabled(!training, egui::Button::new("▶ Start"))
             .clicked()
         {
-            actions.push(Action::StartTraining);
+            ctx.act(Action::StartTraining);
         }
-        let paused = app
+        let paused = ctx
             .live
-            .as_ref()
             .and_then(|l| l.run)
-            .and_then(|i| app.runs.get(i))
+            .and_then(|i| ctx.runs.get(i))
             .is_some_and(|r| r.paused);
         if ui
             .add_enabled(training && !paused, egui::Button::new("Pause"))
             .clicked()
         {
-            actions.push(Action::Trainer(Command::Pause));
+            ctx.act(Action::Trainer(Command::Pause));
         }
         if ui
             .add_enabled(training && paused, egui::Button::new("Resume"))
             .clicked()
         {
-            actions.push(Action::Trainer(Command::Resume));
+            ctx.act(Action::Trainer(Command::Resume));
         }
         if ui
             .add_enabled(training && paused, egui::Button::new("Step"))
             .on_hover_text("apply one update, then stay paused")
             .clicked()
         {
-            actions.push(Action::Trainer(Command::Step));
+            ctx.act(Action::Trainer(Command::Step));
         }
         if ui
             .add_enabled(training, egui::Button::new("■ Stop"))
             .clicked()
         {
-            actions.push(Action::Trainer(Command::Stop));
+            ctx.act(Action::Trainer(Command::Stop));
         }
     });
-    status(app, ui);
+    status(ctx, ui);
 
     ui.separator();
     ui.heading("Runs");
-    if app.runs.is_empty() {
+    if ctx.runs.is_empty() {
         ui.label("No run open. Start training, open a run file, or pick a sample run below.");
     }
-    let mut activate = None;
-    for (i, r) in app.runs.iter().enumerate() {
+    for (i, r) in ctx.runs.iter().enumerate() {
         ui.horizontal(|ui| {
-            let mut on = app.curves.overlay.contains(&i);
+            let mut on = ctx.overlay.contains(&i);
             if ui
                 .checkbox(&mut on, "overlay")
                 .on_hover_text("overlay in the curves view")
                 .changed()
             {
-                if on {
-                    app.curves.overlay.push(i);
-                } else {
-                    app.curves.overlay.retain(|&j| j != i);
-                }
+                ctx.act(Action::Overlay(i, on));
             }
             let label = format!(
                 "{} ({}, {} evals{})",
@@ -435,49 +438,45 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui, actions: &mut Vec<Action>) {
                 r.n_evals(),
                 if r.ended() { "" } else { ", live" }
             );
-            if ui.selectable_label(app.active == i, label).clicked() {
-                activate = Some(i);
+            if ui.selectable_label(ctx.active == i, label).clicked() {
+                ctx.act(Action::Activate(i));
             }
             if ui.small_button("×").on_hover_text("close").clicked() {
-                actions.push(Action::CloseRun(i));
+                ctx.act(Action::CloseRun(i));
             }
         });
-    }
-    if let Some(i) = activate {
-        app.active = i;
-        app.timeline.jump_end(app.runs.get(i));
     }
     ui.horizontal(|ui| {
         ui.label("Open:");
         ui.add(
-            egui::TextEdit::singleline(&mut app.export.open_path)
+            egui::TextEdit::singleline(&mut v.open_path)
                 .hint_text("run file path")
                 .desired_width(150.0),
         );
-        if ui.button("Open").clicked() && !app.export.open_path.trim().is_empty() {
-            actions.push(Action::OpenRun(PathBuf::from(app.export.open_path.trim())));
+        if ui.button("Open").clicked() && !v.open_path.trim().is_empty() {
+            ctx.act(Action::OpenRun(PathBuf::from(v.open_path.trim())));
         }
     });
-    if !app.sample_runs.is_empty() {
+    if !ctx.sample_runs.is_empty() {
         ui.label("Sample runs:");
-        for p in &app.sample_runs {
+        for p in ctx.sample_runs {
             let name = crate::run::run_name(p);
             if ui
                 .link(format!("open {name}"))
                 .on_hover_text(p.display().to_string())
                 .clicked()
             {
-                actions.push(Action::OpenRun(p.clone()));
+                ctx.act(Action::OpenRun(p.clone()));
             }
         }
     }
 }
 
-fn status(app: &LdvizApp, ui: &mut egui::Ui) {
-    let Some(live) = app.live.as_ref() else {
+fn status(ctx: &ViewCtx<'_>, ui: &mut egui::Ui) {
+    let Some(live) = ctx.live else {
         return;
     };
-    let store = live.run.and_then(|i| app.runs.get(i));
+    let store = live.run.and_then(|i| ctx.runs.get(i));
     let Some(store) = store else {
         if !live.finished {
             ui.horizontal(|ui| {

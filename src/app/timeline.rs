@@ -45,6 +45,12 @@ impl Timeline {
         self.index(Some(store)).map(|i| store.eval_x(i, axis))
     }
 
+    /// Moves the cursor to evaluation `i` and pauses there (a click on a plot).
+    pub fn seek(&mut self, i: usize) {
+        self.cursor = i;
+        self.mode = Mode::Paused;
+    }
+
     pub fn jump_end(&mut self, store: Option<&RunStore>) {
         let n = store.map(|s| s.n_evals()).unwrap_or(0);
         self.cursor = n.saturating_sub(1);

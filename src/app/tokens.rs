@@ -5,7 +5,7 @@
 
 use egui::{Color32, RichText};
 
-use super::LdvizApp;
+use super::{View, ViewCtx};
 use crate::data::Family;
 use crate::probe::{ProbeTrace, TokenTrace};
 use crate::run::RunStore;
@@ -115,16 +115,15 @@ pub fn visible(s: &str) -> String {
     s.replace('\n', "⏎").replace(' ', "·")
 }
 
-pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
-    let Some(store) = app.runs.get(app.active) else {
+fn show(v: &mut TokensView, ctx: &ViewCtx<'_>, ui: &mut egui::Ui) {
+    let Some(store) = ctx.runs.get(ctx.active) else {
         ui.label("No run open.");
         return;
     };
-    let Some(at) = app.timeline.index(Some(store)) else {
+    let Some(at) = ctx.timeline.index(Some(store)) else {
         ui.label("No evaluations yet.");
         return;
     };
-    let v = &mut app.tokens;
     let n_probes = store.n_probes();
     if n_probes == 0 {
         ui.label("This run has no probes.");
@@ -356,4 +355,10 @@ fn bars(
         });
     }
     ui.label(RichText::new(format!("rest of the vocabulary: {:.3}", rest.max(0.0))).weak());
+}
+
+impl View for TokensView {
+    fn ui(&mut self, ctx: &ViewCtx<'_>, ui: &mut egui::Ui) {
+        show(self, ctx, ui);
+    }
 }

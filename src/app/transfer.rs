@@ -6,7 +6,7 @@
 use egui::{Color32, RichText};
 use egui_plot::{Line, Plot, PlotPoints, VLine};
 
-use super::LdvizApp;
+use super::{View, ViewCtx};
 use crate::data::Family;
 use crate::run::store::decimate_segments;
 
@@ -22,13 +22,24 @@ pub fn diverging(t: f64) -> Color32 {
     }
 }
 
-pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
-    let active = app.active;
-    let Some(store) = app.runs.get(active) else {
+/// The transfer tab: the transfer matrix's change at the cursor and its diagonal against its
+/// off-diagonal over the run.
+#[derive(Default)]
+pub struct TransferView;
+
+impl View for TransferView {
+    fn ui(&mut self, ctx: &ViewCtx<'_>, ui: &mut egui::Ui) {
+        show(ctx, ui);
+    }
+}
+
+fn show(ctx: &ViewCtx<'_>, ui: &mut egui::Ui) {
+    let active = ctx.active;
+    let Some(store) = ctx.runs.get(active) else {
         ui.label("No run open.");
         return;
     };
-    let Some(at) = app.timeline.index(Some(store)) else {
+    let Some(at) = ctx.timeline.index(Some(store)) else {
         ui.label("No evaluations yet.");
         return;
     };
@@ -44,7 +55,7 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
     };
     let m = delta.len();
     let now = store.run.evals[at].transfer.clone();
-    let x_axis = app.curves.settings.x;
+    let x_axis = ctx.x;
     let cursor_x = store.eval_x(at, x_axis);
     let step = store.run.evals[at].step;
     let prompts: Vec<String> = store.run.header.probes[..m.min(store.n_probes())]
@@ -63,9 +74,6 @@ pub fn show(app: &mut LdvizApp, ui: &mut egui::Ui) {
     let xs: Vec<f64> = (0..store.n_evals())
         .map(|i| store.eval_x(i, x_axis))
         .collect();
-    let Some(store) = app.runs.get_mut(active) else {
-        return;
-    };
     let (diag, off) = store.transfer_means();
     let (dv, ov) = (
         diag.get(at).copied().unwrap_or(f64::NAN),

@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::Result;
 
@@ -362,8 +363,48 @@ pub enum Band {
     Interquartile,
 }
 
-/// A cached metric series: (steps scanned, xs, ys).
-type MetricSeries = (usize, Vec<f64>, Vec<f64>);
+/// A metric's points (x, value) over the optimizer steps recorded so far.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MetricSeries {
+    /// Steps scanned so far (the series is extended from here).
+    scanned: usize,
+    pub xs: Vec<f64>,
+    pub ys: Vec<f64>,
+}
+
+/// What is derived from a run on demand for a view setting (a series' statistics under a y
+/// mode, a metric on an x axis): computed once, extended as records arrive, shared by every
+/// reader. Behind a lock so that readers need only `&RunStore`.
+#[derive(Debug, Default)]
+struct Memo {
+    stats: HashMap<SeriesKey, Arc<Stats>>,
+    metrics: HashMap<(String, XAxis, Option<usize>), Arc<MetricSeries>>,
+    /// Phase records seen when the phase-dependent entries were filled.
+    phases: usize,
+}
+
+/// [`Memo`] behind a mutex, cloned by value.
+#[derive(Debug, Default)]
+struct SharedMemo(Mutex<Memo>);
+
+impl SharedMemo {
+    /// The memo; a panic in another reader while it held the lock leaves entries that are
+    /// still whole (each is replaced or extended in place), so the lock is taken back.
+    fn lock(&self) -> MutexGuard<'_, Memo> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Clone for SharedMemo {
+    fn clone(&self) -> Self {
+        let m = self.lock();
+        SharedMemo(Mutex::new(Memo {
+            stats: m.stats.clone(),
+            metrics: m.metrics.clone(),
+            phases: m.phases,
+        }))
+    }
+}
 
 /// One phase's part of a metric: the phase's label and its (x, value) points.
 #[derive(Clone, Debug, PartialEq)]
@@ -386,18 +427,17 @@ pub struct RunStore {
     pub paused: bool,
     /// Live runs: the on-policy samples reported so far (step, count).
     pub samples: Vec<(usize, usize)>,
-    cache: HashMap<SeriesKey, Stats>,
-    /// Transfer matrix: per evaluation, mean diagonal and mean off-diagonal change since t = 0.
-    transfer_cache: (Vec<f64>, Vec<f64>),
-    /// Metric series per (name, axis, phase or all): (steps scanned, xs, ys).
-    metric_cache: HashMap<(String, XAxis, Option<usize>), MetricSeries>,
-    /// Phase records seen when the phase-dependent caches were filled.
-    cache_phases: usize,
+    memo: SharedMemo,
+    /// Transfer matrix: per evaluation, mean diagonal and mean off-diagonal change since t = 0
+    /// (extended as evaluations arrive).
+    transfer_means: (Vec<f64>, Vec<f64>),
     /// Divergence scan so far: (steps scanned, evaluations scanned, first non-finite loss's
     /// step, first non-finite evaluation's step).
     divergence: std::cell::Cell<(usize, usize, Option<usize>, Option<usize>)>,
     /// Influence records folded into `influence_acc` so far.
     influence_seen: usize,
+    /// Per family, the influence records' accumulated predicted and actual change (extended
+    /// as records arrive).
     influence_acc: BTreeMap<Family, InfluenceAccum>,
 }
 
@@ -431,25 +471,35 @@ impl RunStore {
     }
 
     pub fn from_run(name: String, path: Option<PathBuf>, run: Run) -> RunStore {
-        RunStore {
+        let mut store = RunStore {
             name,
             path,
             run,
             paused: false,
             samples: Vec::new(),
-            cache: HashMap::new(),
-            transfer_cache: (Vec::new(), Vec::new()),
-            metric_cache: HashMap::new(),
-            cache_phases: 0,
+            memo: SharedMemo::default(),
+            transfer_means: (Vec::new(), Vec::new()),
             divergence: std::cell::Cell::new((0, 0, None, None)),
             influence_seen: 0,
             influence_acc: BTreeMap::new(),
-        }
+        };
+        store.derive();
+        store
     }
 
-    /// Per family, the predicted and actual change accumulated over the influence records
-    /// (folding in only the records added since the last call).
-    pub fn influence_accumulated(&mut self) -> &BTreeMap<Family, InfluenceAccum> {
+    /// Extends the series derived from every record (transfer means, accumulated influence)
+    /// over the records added since the last call.
+    fn derive(&mut self) {
+        self.derive_transfer_means();
+        self.derive_influence();
+    }
+
+    /// Per family, the predicted and actual change accumulated over the influence records.
+    pub fn influence_accumulated(&self) -> &BTreeMap<Family, InfluenceAccum> {
+        &self.influence_acc
+    }
+
+    fn derive_influence(&mut self) {
         for r in &self.run.influence[self.influence_seen.min(self.run.influence.len())..] {
             let mut sums: BTreeMap<Family, (f64, f64, usize)> = BTreeMap::new();
             for ((o, pr), ac) in r.observed.iter().zip(&r.predicted).zip(&r.actual) {
@@ -470,7 +520,6 @@ impl RunStore {
             }
         }
         self.influence_seen = self.run.influence.len();
-        &self.influence_acc
     }
 
     /// Predicted against actual change over the first `upto` influence records.
@@ -527,7 +576,10 @@ impl RunStore {
         match ev {
             Event::State { paused, .. } => self.paused = paused,
             Event::Samples { step, rejected, .. } => self.samples.push((step, rejected.len())),
-            ev => self.run.apply(ev),
+            ev => {
+                self.run.apply(ev);
+                self.derive();
+            }
         }
     }
 
@@ -600,22 +652,28 @@ impl RunStore {
 
     /// Drops what depends on the phase records when one arrived since (phase records come
     /// before their phase's evaluations and steps, so this is a safeguard, not a routine).
-    fn check_phases(&mut self) {
+    fn memo(&self) -> MutexGuard<'_, Memo> {
+        let mut m = self.memo.lock();
         let n = self.run.phases.len();
-        if n != self.cache_phases {
-            self.cache.retain(|k, _| k.y != YMode::PhaseDelta);
-            self.metric_cache.retain(|k, _| k.2.is_none());
-            self.cache_phases = n;
+        if n != m.phases {
+            m.stats.retain(|k, _| k.y != YMode::PhaseDelta);
+            m.metrics.retain(|k, _| k.2.is_none());
+            m.phases = n;
         }
+        m
     }
 
     /// Statistics of one series over every evaluation recorded so far; computed once and
     /// extended incrementally as evaluations arrive.
-    pub fn stats(&mut self, key: SeriesKey) -> &Stats {
-        self.check_phases();
+    pub fn stats(&self, key: SeriesKey) -> Arc<Stats> {
+        let mut memo = self.memo();
         let run = &self.run;
         let n = run.evals.len();
-        let entry = self.cache.entry(key).or_default();
+        let slot = memo.stats.entry(key).or_default();
+        if slot.mean.len() >= n {
+            return slot.clone();
+        }
+        let entry = Arc::make_mut(slot);
         let done = entry.mean.len();
         if done < n {
             let mut v: Vec<f64> = Vec::new();
@@ -660,7 +718,7 @@ impl RunStore {
                 }
             }
         }
-        entry
+        slot.clone()
     }
 
     /// The pieces a series is drawn in under `y` (see [`Piece`]).
@@ -702,51 +760,50 @@ impl RunStore {
 
     /// Per evaluation: the mean diagonal and mean off-diagonal of the transfer matrix's change
     /// since t = 0 (NaN where an evaluation has none); extended incrementally.
-    pub fn transfer_means(&mut self) -> (&[f64], &[f64]) {
+    pub fn transfer_means(&self) -> (&[f64], &[f64]) {
+        (&self.transfer_means.0, &self.transfer_means.1)
+    }
+
+    fn derive_transfer_means(&mut self) {
         let n = self.run.evals.len();
-        let done = self.transfer_cache.0.len();
-        if done < n {
-            for i in done..n {
-                let (d, o) = self
-                    .transfer_delta(i)
-                    .and_then(|m| diagonal_means(&m))
-                    .unwrap_or((f64::NAN, f64::NAN));
-                self.transfer_cache.0.push(d);
-                self.transfer_cache.1.push(o);
-            }
+        for i in self.transfer_means.0.len()..n {
+            let (d, o) = self
+                .transfer_delta(i)
+                .and_then(|m| diagonal_means(&m))
+                .unwrap_or((f64::NAN, f64::NAN));
+            self.transfer_means.0.push(d);
+            self.transfer_means.1.push(o);
         }
-        (&self.transfer_cache.0, &self.transfer_cache.1)
     }
 
     /// A TRL metric per optimizer step: (x, value), skipping steps that lack it; cached and
     /// extended as steps arrive.
-    pub fn metric(&mut self, name: &str, axis: XAxis) -> (&[f64], &[f64]) {
-        let e = self.metric_series(name, axis, None);
-        (&e.1, &e.2)
+    pub fn metric(&self, name: &str, axis: XAxis) -> Arc<MetricSeries> {
+        self.metric_series(name, axis, None)
     }
 
     /// A TRL metric split by phase, one part per phase that recorded it (each phase's updates:
     /// those after its start step up to the next phase's start), so every phase can get its
     /// own scale.
-    pub fn metric_by_phase(&mut self, name: &str, axis: XAxis) -> Vec<PhaseMetric> {
+    pub fn metric_by_phase(&self, name: &str, axis: XAxis) -> Vec<PhaseMetric> {
         let spans = phase_spans(&self.run);
         let mut out = Vec::new();
         for (k, s) in spans.iter().enumerate() {
             let e = self.metric_series(name, axis, Some(k));
-            if !e.1.is_empty() {
+            if !e.xs.is_empty() {
                 out.push(PhaseMetric {
                     label: s.label(),
                     algo: s.algo,
-                    xs: e.1.clone(),
-                    ys: e.2.clone(),
+                    xs: e.xs.clone(),
+                    ys: e.ys.clone(),
                 });
             }
         }
         out
     }
 
-    fn metric_series(&mut self, name: &str, axis: XAxis, phase: Option<usize>) -> &MetricSeries {
-        self.check_phases();
+    fn metric_series(&self, name: &str, axis: XAxis, phase: Option<usize>) -> Arc<MetricSeries> {
+        let mut memo = self.memo();
         let steps = &self.run.steps;
         // Updates of phase k: step in (start_k, start_{k+1}]; the first phase also takes any
         // before its start.
@@ -758,27 +815,31 @@ impl RunStore {
             let hi = self.run.phases.get(k + 1).map(|p| p.step);
             (lo, hi)
         });
-        let e = self
-            .metric_cache
+        let slot = memo
+            .metrics
             .entry((name.to_string(), axis, phase))
-            .or_insert_with(|| (0, Vec::new(), Vec::new()));
-        for s in &steps[e.0.min(steps.len())..] {
+            .or_default();
+        if slot.scanned == steps.len() {
+            return slot.clone();
+        }
+        let e = Arc::make_mut(slot);
+        for s in &steps[e.scanned.min(steps.len())..] {
             if let Some((lo, hi)) = range
                 && (lo.is_some_and(|lo| s.step <= lo) || hi.is_some_and(|hi| s.step > hi))
             {
                 continue;
             }
             if let Some(&v) = s.metrics.get(name) {
-                e.1.push(match axis {
+                e.xs.push(match axis {
                     XAxis::Step => s.step as f64,
                     XAxis::Examples => s.examples as f64,
                     XAxis::Epoch => s.epoch,
                 });
-                e.2.push(v);
+                e.ys.push(v);
             }
         }
-        e.0 = steps.len();
-        e
+        e.scanned = steps.len();
+        slot.clone()
     }
 
     /// The metric names recorded in this run, in a stable order (loss first).
@@ -998,7 +1059,9 @@ mod tests {
                 .len(),
             1
         );
-        live.run.influence = run.influence.clone();
+        for r in &run.influence[1..] {
+            live.apply(Event::Influence(Box::new(r.clone())));
+        }
         assert_eq!(live.influence_accumulated(), &fresh);
         // the fit over the first two records
         let fit = live.influence_fit(2);
@@ -1339,7 +1402,7 @@ mod tests {
         }
         assert_eq!(st.phase_spans().len(), 1);
         let d = st.stats(key(YMode::Delta)).clone();
-        assert_eq!(st.stats(key(YMode::PhaseDelta)), &d);
+        assert_eq!(st.stats(key(YMode::PhaseDelta)), d);
         assert_eq!(st.phase_marks(XAxis::Step).len(), 1);
         // An evaluation at the boundary step tagged with the new phase opens it instead, and
         // that phase is measured from its own first evaluation.
