@@ -77,15 +77,8 @@ impl ChatTemplate {
             path.to_path_buf()
         };
         let name = file.display().to_string();
-        let text = match std::fs::read_to_string(&file) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => {
-                return Err(DataError::Io {
-                    path: name,
-                    reason: source,
-                });
-            }
+        let Some(text) = read_if_present(&file)? else {
+            return Ok(None);
         };
         let config: Value = serde_json::from_str(&text).map_err(|e| json_error(&name, &e))?;
         let Value::Object(config) = config else {
@@ -291,29 +284,26 @@ fn named_template(list: &[Value], file: &str) -> Result<String, DataError> {
     })
 }
 
+/// The text of `path`, or `None` when there is no such file.
+fn read_if_present(path: &Path) -> Result<Option<String>, DataError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(text)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(DataError::Io {
+            path: path.display().to_string(),
+            reason: source,
+        }),
+    }
+}
+
 fn template_beside(dir: &Path) -> Result<Option<String>, DataError> {
-    let jinja = dir.join("chat_template.jinja");
-    match std::fs::read_to_string(&jinja) {
-        Ok(text) => return Ok(Some(text)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(source) => {
-            return Err(DataError::Io {
-                path: jinja.display().to_string(),
-                reason: source,
-            });
-        }
+    if let Some(text) = read_if_present(&dir.join("chat_template.jinja"))? {
+        return Ok(Some(text));
     }
     let json = dir.join("chat_template.json");
     let name = json.display().to_string();
-    let text = match std::fs::read_to_string(&json) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => {
-            return Err(DataError::Io {
-                path: name,
-                reason: source,
-            });
-        }
+    let Some(text) = read_if_present(&json)? else {
+        return Ok(None);
     };
     let v: Value = serde_json::from_str(&text).map_err(|e| json_error(&name, &e))?;
     Ok(v.get("chat_template")
