@@ -7,7 +7,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use ldviz::run::read_run;
 
@@ -25,11 +24,7 @@ fn train(out: &Path, extra: &[&str]) {
     ];
     args.push(out.to_str().unwrap());
     args.extend_from_slice(extra);
-    let o = Command::new(env!("CARGO_BIN_EXE_ldviz"))
-        .args(&args)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    common::ldviz_ok(&args);
 }
 
 fn split_error(run: &ldviz::run::Run) -> f64 {
@@ -75,10 +70,7 @@ fn sgd_prediction_tracks_the_actual_change() {
         "split error {}",
         split_error(&run)
     );
-    let o = Command::new(env!("CARGO_BIN_EXE_ldviz"))
-        .args(["inspect", out.to_str().unwrap(), "--json"])
-        .output()
-        .unwrap();
+    let o = common::ldviz(&["inspect", out.to_str().unwrap(), "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let r = v["influence"]["pearson_r"].as_f64().unwrap();
     println!(

@@ -5,6 +5,7 @@
 #![allow(dead_code)] // not every test file uses every helper
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use candle_core::Device;
 use ldviz::data::{Dataset, PreferenceRecord, load_dataset};
@@ -36,6 +37,25 @@ pub fn portable_fixtures() -> PathBuf {
 /// A recorded sample run, `sample_runs/{name}.jsonl.gz`.
 pub fn sample_run(name: &str) -> PathBuf {
     root().join("sample_runs").join(format!("{name}.jsonl.gz"))
+}
+
+/// Runs the `ldviz` binary with `args`.
+pub fn ldviz(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ldviz"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Runs the `ldviz` binary with `args`, which must succeed; returns its stdout.
+pub fn ldviz_ok(args: &[&str]) -> String {
+    let o = ldviz(args);
+    assert!(
+        o.status.success(),
+        "ldviz {args:?} failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8(o.stdout).unwrap()
 }
 
 /// The model folder `dir` loaded on the CPU.
