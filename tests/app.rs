@@ -6,19 +6,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic: that is its failure
 #![cfg(feature = "gui")]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use common::sample_run;
 use egui_kittest::Harness;
 use egui_kittest::kittest::Queryable;
 use ldviz::app::{DialogKind, Launch, LdvizApp, Mode, Picked, Tab, dialog_outcome};
 use ldviz::data::Family;
-
-fn sample(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("sample_runs")
-        .join(format!("{name}.jsonl.gz"))
-}
 
 fn harness(app: LdvizApp) -> Harness<'static, LdvizApp> {
     Harness::builder()
@@ -163,7 +160,7 @@ fn the_train_panel_offers_resampling_before_every_update() {
 #[test]
 fn keyboard_moves_the_cursor_and_the_token_inspector_follows() {
     let launch = Launch {
-        runs: vec![sample("dpo_offpolicy")],
+        runs: vec![sample_run("dpo_offpolicy")],
         tab: Some("tokens".into()),
         ..Launch::default()
     };
@@ -217,7 +214,7 @@ fn squeezing_is_visible_in_the_token_inspector() {
     // positions rises from t = 0 to the end on most probes (21 of 32 in the shipped run), while
     // over all positions the distribution flattens (sample_runs/README.md).
     let launch = Launch {
-        runs: vec![sample("dpo_offpolicy")],
+        runs: vec![sample_run("dpo_offpolicy")],
         tab: Some("tokens".into()),
         ..Launch::default()
     };
@@ -276,7 +273,7 @@ fn type_path(h: &mut Harness<'_, LdvizApp>, label: &str, text: &str) {
 fn export_path_window_saves_png_svg_and_csv_with_the_save_button() {
     let dir = tempfile::tempdir().unwrap();
     let launch = Launch {
-        runs: vec![sample("sft")],
+        runs: vec![sample_run("sft")],
         ..Launch::default()
     };
     let mut h = harness(LdvizApp::new(&launch));
@@ -321,7 +318,7 @@ fn export_path_window_saves_png_svg_and_csv_with_the_save_button() {
 fn export_path_window_saves_on_enter_and_keeps_a_bad_path_open() {
     let dir = tempfile::tempdir().unwrap();
     let launch = Launch {
-        runs: vec![sample("sft")],
+        runs: vec![sample_run("sft")],
         ..Launch::default()
     };
     let mut h = harness(LdvizApp::new(&launch));
@@ -379,7 +376,7 @@ fn an_unavailable_native_dialog_says_so_and_opens_the_path_window() {
     );
 
     let launch = Launch {
-        runs: vec![sample("sft")],
+        runs: vec![sample_run("sft")],
         ..Launch::default()
     };
     let mut h = harness(LdvizApp::new(&launch));
@@ -465,7 +462,7 @@ fn open_path_window_opens_a_run_and_keeps_a_missing_file_open() {
     type_path(
         &mut h,
         "Run file path",
-        &sample("sft").display().to_string(),
+        &sample_run("sft").display().to_string(),
     );
     h.key_press(egui::Key::Enter);
     h.step();
@@ -521,7 +518,7 @@ fn bad_inputs_show_errors_and_the_app_continues() {
             .any(|e| e.contains("\"fast\" is not a number"))
     );
     // The app still works: a sample run opens and plots.
-    h.state_mut().open_run(&sample("sft"));
+    h.state_mut().open_run(&sample_run("sft"));
     h.step();
     assert_eq!(h.state().runs.len(), 1);
     assert!(!h.state().curves.drawn.is_empty());
@@ -544,7 +541,7 @@ fn runs_overlay_and_dropped_files() {
     let mut h = harness(LdvizApp::new(&Launch::default()));
     h.step();
     // Drop two run files and a model folder.
-    for p in [sample("dpo_offpolicy"), sample("extended_then_dpo")] {
+    for p in [sample_run("dpo_offpolicy"), sample_run("extended_then_dpo")] {
         h.input_mut()
             .dropped_files
             .push(std::sync::Arc::new(Dropped(p)));
@@ -672,7 +669,7 @@ fn pause_step_resume_stop_from_the_train_panel() {
 #[test]
 fn settings_persist_between_launches() {
     let mut app = LdvizApp::new(&Launch {
-        runs: vec![sample("sft")],
+        runs: vec![sample_run("sft")],
         ..Launch::default()
     });
     app.setup.options.algo = ldviz::train::Algo::Ipo;
@@ -681,7 +678,7 @@ fn settings_persist_between_launches() {
     app.tab = Tab::Tokens;
     let saved = serde_json::to_string(&app.to_persisted()).unwrap();
     let restored: ldviz::app::Persisted = serde_json::from_str(&saved).unwrap();
-    assert_eq!(restored.recent_runs, vec![sample("sft")]);
+    assert_eq!(restored.recent_runs, vec![sample_run("sft")]);
     let again = LdvizApp::with_persisted(&Launch::default(), restored);
     assert_eq!(again.setup.options.algo, ldviz::train::Algo::Ipo);
     assert_eq!(again.setup.lr.parse::<f64>().unwrap(), 3e-4);
@@ -693,7 +690,7 @@ fn settings_persist_between_launches() {
 fn a_two_phase_run_defaults_to_change_since_phase_start() {
     use ldviz::run::YMode;
     let launch = Launch {
-        runs: vec![sample("sft"), sample("extended_then_dpo")],
+        runs: vec![sample_run("sft"), sample_run("extended_then_dpo")],
         ..Launch::default()
     };
     let mut h = harness(LdvizApp::new(&launch));

@@ -2,31 +2,13 @@
 //! files cut mid-record, and a one-line error with a non-zero exit for every bad input.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic: that is its failure
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
+use common::{copy_model, cpu_model, fixtures, ldviz, ldviz_ok as ok, root, sample_run};
 use serde_json::Value;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn ldviz(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ldviz"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = ldviz(args);
-    assert!(
-        o.status.success(),
-        "ldviz {args:?} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
 
 /// Runs a command that must fail; returns its one-line stderr.
 fn fails(args: &[&str]) -> String {
@@ -202,8 +184,8 @@ fn export_csv_and_cut_run_file() {
     ok(&args);
     // the trained weights load back, differ from the start, and score the data like the run's
     // last evaluation did
-    let start = ldviz::model::Model::load(&model, &candle_core::Device::Cpu).unwrap();
-    let trained = ldviz::model::Model::load(&saved, &candle_core::Device::Cpu).unwrap();
+    let start = cpu_model(&model);
+    let trained = cpu_model(&saved);
     assert_ne!(start.fingerprint, trained.fingerprint);
     let r = ldviz::run::read_run(&run).unwrap();
     let last = r.evals.last().unwrap();
@@ -389,17 +371,6 @@ fn bad_data_gives_one_line_errors_naming_file_line_and_field() {
             !run.exists(),
             "{name}: a run file was created for bad input"
         );
-    }
-}
-
-fn copy_model(src: &Path, dst: &Path, skip: &[&str]) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        let n = e.file_name().to_string_lossy().to_string();
-        if !skip.contains(&n.as_str()) {
-            std::fs::copy(e.path(), dst.join(&n)).unwrap();
-        }
     }
 }
 
@@ -629,7 +600,7 @@ fn transfer_matrix_and_diagnostics_agree_with_the_probe_scores() {
 fn export_plots_a_diagnostic() {
     let dir = tempfile::tempdir().unwrap();
     let svg = dir.path().join("energy.svg");
-    let run = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sample_runs/dpo_offpolicy.jsonl.gz");
+    let run = sample_run("dpo_offpolicy");
     ok(&["export", p(&run), "--quantity", "energy", "--svg", p(&svg)]);
     let text = std::fs::read_to_string(&svg).unwrap();
     assert!(text.contains("Δ energy 1 − π(y)"), "axis label missing");
@@ -1156,8 +1127,7 @@ fn a_training_error_is_not_replaced_by_the_end_record_write_error() {
 #[test]
 fn squeeze_takes_a_positive_and_a_negative_step_at_once() {
     // The README's example with every optional flag filled in.
-    let readme =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
     let line = readme
         .lines()
         .find(|l| l.starts_with("ldviz squeeze"))

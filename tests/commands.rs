@@ -1,52 +1,28 @@
 //! The trainer thread obeys Pause / Step / Resume / Stop, and a stopped run keeps its file.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic: that is its failure
 
-use std::path::PathBuf;
+mod common;
 
-use ldviz::data::ProbeCount;
-use ldviz::probe::Lengths;
 use ldviz::run::{EndReason, Event, read_run};
-use ldviz::train::{Algo, Command, Duration, OptimConfig, OptimKind, TrainConfig};
+use ldviz::train::{Algo, Command, OptimKind, TrainConfig, TrainOptions};
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
+/// DPO with AdamW at 1e-3 on the gpt_neox fixture and probes_all.jsonl, `steps` steps, batches
+/// of 2 shuffled with seed 1, 3 probes evaluated every 4 examples, top 3 tokens.
 fn config(steps: usize) -> TrainConfig {
-    let o = OptimConfig::new(OptimKind::Adamw, 1e-3);
-    TrainConfig {
-        model: fixtures().join("gpt_neox").display().to_string(),
-        data: fixtures().join("probes_all.jsonl").display().to_string(),
-        test_data: None,
-        format: None,
-        test_fraction: 0.0,
+    TrainOptions {
         algo: Algo::Dpo,
-        phases: TrainConfig::phases_for(
-            Algo::Dpo,
-            (Duration::Steps(steps), o.clone()),
-            (Duration::Steps(steps), o),
-        ),
-        beta: 0.1,
-        gamma: 0.5,
-        label_smoothing: 0.0,
+        optimizer: OptimKind::Adamw,
+        lr: Some(1e-3),
+        steps: Some(steps),
         batch_size: 2,
         seed: 1,
-        shuffle: true,
         eval_every: 4,
-        probes: ProbeCount::N(3),
-        lengths: Lengths::default(),
-        sample_temperature: 1.0,
-        save_model: None,
-        transfer_prompts: 0,
-        transfer_every: 0,
-        influence_every: Some(0),
-        influence_probes: 8,
-        influence_families: ldviz::train::config::influence_families(),
-        influence_target: Default::default(),
-        device: Default::default(),
-        precision: Default::default(),
+        probes: "3".into(),
         top_k: 3,
+        ..common::fixture_options("gpt_neox", "probes_all.jsonl")
     }
+    .to_config()
+    .unwrap()
 }
 
 #[test]

@@ -2,19 +2,17 @@
 //! loads and tokenizes it, and `ldviz train` with the defaults (shortened) records every family.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic: that is its failure
 
-use std::path::PathBuf;
+mod common;
+
 use std::process::Command;
 
-use ldviz::data::{Family, ProbeCount, build_probe_set, load_dataset, split_test};
+use common::{cpu_model, dataset, root};
+use ldviz::data::{Family, ProbeCount, build_probe_set, split_test};
 use serde_json::Value;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 #[test]
 fn demo_dataset_has_every_family_and_the_held_out_split() {
-    let ds = load_dataset(&ldviz::assets::default_data_file().unwrap(), None, None).unwrap();
+    let ds = dataset(&ldviz::assets::default_data_file().unwrap());
     assert_eq!(ds.format, ldviz::data::DataFormat::Probe);
     let meta: Value = serde_json::from_str(
         &std::fs::read_to_string(root().join("assets/demo_meta.json")).unwrap(),
@@ -50,13 +48,9 @@ fn demo_dataset_has_every_family_and_the_held_out_split() {
 
 #[test]
 fn default_model_loads_and_covers_the_demo_text() {
-    let m = ldviz::model::Model::load(
-        &ldviz::assets::default_model_dir().unwrap(),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
+    let m = cpu_model(&ldviz::assets::default_model_dir().unwrap());
     assert_eq!(m.arch(), ldviz::model::Arch::Llama);
-    let ds = load_dataset(&ldviz::assets::default_data_file().unwrap(), None, None).unwrap();
+    let ds = dataset(&ldviz::assets::default_data_file().unwrap());
     let r = &ds.records[0];
     let ids = m.tok.encode(&format!("{}{}", r.prompt, r.chosen)).unwrap();
     assert_eq!(

@@ -9,34 +9,16 @@
 //! CPU's within 1e-3 (relative), and bf16 stays within the tolerance documented in README.md.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic: that is its failure
 
-use std::path::PathBuf;
+mod common;
 
-use candle_core::{DType, Device};
-use ldviz::data::load_dataset;
+use candle_core::DType;
+use common::{cpu_model, dataset, encode_pair, portable_fixtures};
 use ldviz::model::Model;
-use ldviz::probe::{Batch, Lengths, Seq, logprob};
-
-/// The fixtures, relative to the working directory when run from a copy of the repository
-/// (a GPU machine), else where this crate was built.
-fn fixtures() -> PathBuf {
-    let rel = PathBuf::from("tests/fixtures");
-    if rel.is_dir() {
-        return rel;
-    }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
+use ldviz::probe::{Batch, Seq, logprob};
 
 fn pairs(model: &Model) -> Vec<(Seq, Seq)> {
-    let ds = load_dataset(&fixtures().join("prefs.jsonl"), None, None).unwrap();
-    ds.records
-        .iter()
-        .map(|r| {
-            (
-                Seq::encode(&model.tok, &r.prompt, &r.chosen, Lengths::default()).unwrap(),
-                Seq::encode(&model.tok, &r.prompt, &r.rejected, Lengths::default()).unwrap(),
-            )
-        })
-        .collect()
+    let ds = dataset(&portable_fixtures().join("prefs.jsonl"));
+    ds.records.iter().map(|r| encode_pair(model, r)).collect()
 }
 
 fn scores(model: &Model, pairs: &[(Seq, Seq)]) -> Vec<f64> {
@@ -52,10 +34,10 @@ fn scores(model: &Model, pairs: &[(Seq, Seq)]) -> Vec<f64> {
 #[test]
 fn low_precision_compute_keeps_f32_masters_and_gradients() {
     for name in ["llama", "gpt_neox", "gpt2"] {
-        let model = Model::load(&fixtures().join(name), &Device::Cpu).unwrap();
+        let model = cpu_model(&portable_fixtures().join(name));
         let pairs = pairs(&model);
         let want = scores(&model, &pairs);
-        let mut low = Model::load(&fixtures().join(name), &Device::Cpu).unwrap();
+        let mut low = cpu_model(&portable_fixtures().join(name));
         low.compute = DType::F16;
         let got = scores(&low, &pairs);
         let mut worst = 0f64;
@@ -113,7 +95,7 @@ fn low_precision_compute_keeps_f32_masters_and_gradients() {
 /// the DPO margins do not mix precisions; later updates of the policy leave it unchanged.
 #[test]
 fn the_frozen_reference_scores_in_the_policys_precision() {
-    let mut low = Model::load(&fixtures().join("llama"), &Device::Cpu).unwrap();
+    let mut low = cpu_model(&portable_fixtures().join("llama"));
     low.compute = DType::F16;
     let pairs = pairs(&low);
     let policy = scores(&low, &pairs);
@@ -140,10 +122,10 @@ fn the_frozen_reference_scores_in_the_policys_precision() {
 #[cfg(feature = "cuda")]
 mod gpu {
     use super::*;
-    use ldviz::data::ProbeCount;
+    use candle_core::Device;
     use ldviz::device::{DeviceSpec, Precision};
     use ldviz::run::Event;
-    use ldviz::train::{Algo, Duration, OptimConfig, OptimKind, TrainConfig};
+    use ldviz::train::{Algo, TrainConfig, TrainOptions};
 
     fn gpu() -> Device {
         DeviceSpec::Cuda(0)
@@ -154,8 +136,8 @@ mod gpu {
     #[test]
     fn fixture_logprobs_on_the_gpu_equal_the_cpu() {
         for name in ["llama", "llama_tied", "qwen2", "gpt_neox", "gpt2"] {
-            let cpu = Model::load(&fixtures().join(name), &Device::Cpu).unwrap();
-            let gpu = Model::load(&fixtures().join(name), &gpu()).unwrap();
+            let cpu = cpu_model(&portable_fixtures().join(name));
+            let gpu = Model::load(&portable_fixtures().join(name), &gpu()).unwrap();
             let pairs = pairs(&cpu);
             let (a, b) = (scores(&cpu, &pairs), scores(&gpu, &pairs));
             let worst = a
@@ -171,8 +153,8 @@ mod gpu {
     #[test]
     fn bf16_logprobs_stay_within_the_documented_tolerance() {
         for name in ["llama", "gpt_neox"] {
-            let cpu = Model::load(&fixtures().join(name), &Device::Cpu).unwrap();
-            let mut gpu = Model::load(&fixtures().join(name), &gpu()).unwrap();
+            let cpu = cpu_model(&portable_fixtures().join(name));
+            let mut gpu = Model::load(&portable_fixtures().join(name), &gpu()).unwrap();
             gpu.set_precision(Precision::Bf16);
             let pairs = pairs(&cpu);
             let (a, b) = (scores(&cpu, &pairs), scores(&gpu, &pairs));
@@ -187,40 +169,13 @@ mod gpu {
     }
 
     fn config(device: DeviceSpec, precision: Precision) -> TrainConfig {
-        let optim = OptimConfig::new(OptimKind::Sgd, 0.05);
-        TrainConfig {
-            model: fixtures().join("llama").display().to_string(),
-            data: fixtures().join("prefs.jsonl").display().to_string(),
-            test_data: None,
-            format: None,
-            test_fraction: 0.0,
-            algo: Algo::Dpo,
-            phases: TrainConfig::phases_for(
-                Algo::Dpo,
-                (Duration::Steps(6), optim.clone()),
-                (Duration::Steps(6), optim),
-            ),
-            beta: 0.1,
-            gamma: 0.5,
-            label_smoothing: 0.0,
-            batch_size: 4,
-            seed: 0,
-            shuffle: false,
-            eval_every: 1000,
-            probes: ProbeCount::N(2),
-            lengths: Lengths::default(),
-            sample_temperature: 1.0,
-            save_model: None,
-            transfer_prompts: 0,
-            transfer_every: 0,
-            influence_every: Some(0),
-            influence_probes: 8,
-            influence_families: ldviz::train::config::influence_families(),
-            influence_target: Default::default(),
-            top_k: 5,
+        TrainOptions {
             device,
             precision,
+            ..common::trajectory_options(&portable_fixtures(), Algo::Dpo, 0.05)
         }
+        .to_config()
+        .unwrap()
     }
 
     fn steps(cfg: TrainConfig) -> Vec<std::collections::BTreeMap<String, f64>> {

@@ -4,6 +4,7 @@
 //! aborts on a single allocation over 512 MiB).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic: that is its failure
 
+mod common;
 #[path = "../examples/fuzz/engine.rs"]
 mod engine;
 
@@ -64,23 +65,14 @@ fn replay_writes_the_input() {
 // What the fuzzer found, one test per fix (inputs rebuilt small; the fuzz input that first
 // showed each is named).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ldviz::data::{ChatTemplate, Message};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
 
 /// A copy of a fixture model folder with `edit` applied to its config.json.
 fn model_copy(name: &str, edit: impl FnOnce(&mut serde_json::Value)) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    for e in std::fs::read_dir(fixture(name)).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), dir.path().join(e.file_name())).unwrap();
-    }
+    common::copy_model(&common::fixtures().join(name), dir.path(), &[]);
     let path = dir.path().join("config.json");
     let mut config: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();

@@ -2,28 +2,22 @@
 //! architectures (guards against a fused op without backward sneaking into the model code).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic: that is its failure
 
-use std::path::PathBuf;
+mod common;
 
 use candle_core::{DType, Device, Tensor};
-use ldviz::data::load_dataset;
+use common::{encode_pair, fixture_model, prefs};
 use ldviz::model::Model;
-use ldviz::probe::{Batch, Lengths, Seq, logprob};
+use ldviz::probe::{Batch, Seq, logprob};
 use ldviz::train::loss::log_sigmoid;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
 fn seqs(model: &Model, n: usize) -> Vec<Seq> {
-    let ds = load_dataset(&fixtures().join("prefs.jsonl"), None, None).unwrap();
-    ds.records
+    prefs()
+        .records
         .iter()
         .take(n)
         .flat_map(|r| {
-            [
-                Seq::encode(&model.tok, &r.prompt, &r.chosen, Lengths::default()).unwrap(),
-                Seq::encode(&model.tok, &r.prompt, &r.rejected, Lengths::default()).unwrap(),
-            ]
+            let (c, j) = encode_pair(model, r);
+            [c, j]
         })
         .collect()
 }
@@ -55,7 +49,7 @@ fn loss(model: &Model, s: &[Seq]) -> Tensor {
 }
 
 fn every_weight_gets_a_gradient(name: &str) {
-    let model = Model::load(&fixtures().join(name), &Device::Cpu).unwrap();
+    let model = fixture_model(name);
     let s = seqs(&model, 3);
     let grads = loss(&model, &s).backward().unwrap();
     for (n, v) in model.params.names().iter().zip(model.params.vars()) {
@@ -77,10 +71,7 @@ fn every_weight_gets_a_gradient(name: &str) {
 }
 
 fn finite_differences(name: &str) {
-    let model = Model::load(&fixtures().join(name), &Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap();
+    let model = fixture_model(name).to_dtype(DType::F64).unwrap();
     let s = seqs(&model, 2);
     let grads = loss(&model, &s).backward().unwrap();
     let h = 1e-5;

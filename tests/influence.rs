@@ -4,8 +4,9 @@
 //! this step's gradient), and `inspect --json` reports it.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic: that is its failure
 
+mod common;
+
 use std::path::Path;
-use std::process::Command;
 
 use ldviz::run::read_run;
 
@@ -23,11 +24,7 @@ fn train(out: &Path, extra: &[&str]) {
     ];
     args.push(out.to_str().unwrap());
     args.extend_from_slice(extra);
-    let o = Command::new(env!("CARGO_BIN_EXE_ldviz"))
-        .args(&args)
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    common::ldviz_ok(&args);
 }
 
 fn split_error(run: &ldviz::run::Run) -> f64 {
@@ -73,10 +70,7 @@ fn sgd_prediction_tracks_the_actual_change() {
         "split error {}",
         split_error(&run)
     );
-    let o = Command::new(env!("CARGO_BIN_EXE_ldviz"))
-        .args(["inspect", out.to_str().unwrap(), "--json"])
-        .output()
-        .unwrap();
+    let o = common::ldviz(&["inspect", out.to_str().unwrap(), "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let r = v["influence"]["pearson_r"].as_f64().unwrap();
     println!(
@@ -119,43 +113,26 @@ fn adamw_split_is_exact_on_the_first_step() {
 /// DPO on the tiny llama fixture, one SGD update of two examples (records 0 and 1), influence
 /// observed on probes 0 and 1's chosen and rejected responses, with f_u = `target`.
 fn dpo_influence(target: ldviz::train::InfluenceTarget) -> ldviz::run::event::InfluenceRecord {
-    use ldviz::data::{Family, ProbeCount};
-    use ldviz::train::{Algo, Duration, OptimConfig, OptimKind, TrainConfig};
-    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let optim = OptimConfig::new(OptimKind::Sgd, 0.1);
-    let cfg = TrainConfig {
-        model: fx.join("llama").display().to_string(),
-        data: fx.join("prefs.jsonl").display().to_string(),
-        test_data: None,
-        format: None,
-        test_fraction: 0.0,
+    use ldviz::data::Family;
+    use ldviz::train::{Algo, OptimKind, TrainOptions};
+    let cfg = TrainOptions {
         algo: Algo::Dpo,
-        phases: TrainConfig::phases_for(
-            Algo::Dpo,
-            (Duration::Steps(1), optim.clone()),
-            (Duration::Steps(1), optim),
-        ),
-        beta: 0.1,
-        gamma: 0.5,
-        label_smoothing: 0.0,
+        optimizer: OptimKind::Sgd,
+        lr: Some(0.1),
+        steps: Some(1),
         batch_size: 2,
-        seed: 0,
         shuffle: false,
         eval_every: 1000,
-        probes: ProbeCount::N(2),
-        lengths: Default::default(),
+        probes: "2".into(),
         top_k: 2,
-        sample_temperature: 1.0,
-        save_model: None,
-        transfer_prompts: 0,
-        transfer_every: 0,
         influence_every: Some(1),
         influence_probes: 2,
         influence_families: vec![Family::Chosen, Family::Rejected],
         influence_target: target,
-        device: Default::default(),
-        precision: Default::default(),
-    };
+        ..common::fixture_options("llama", "prefs.jsonl")
+    }
+    .to_config()
+    .unwrap();
     let h = ldviz::train::spawn(cfg, None);
     let mut recs: Vec<_> = h
         .events
@@ -184,9 +161,8 @@ fn dpo_influence_cosine_targets_match_gradients_assembled_by_hand() {
     use ldviz::probe::{Lengths, Seq};
     use ldviz::train::InfluenceTarget;
     use ldviz::train::influence::{grad_of, observed_logp};
-    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
-    let model = ldviz::model::Model::load(&fx.join("llama"), &candle_core::Device::Cpu).unwrap();
-    let text = std::fs::read_to_string(fx.join("prefs.jsonl")).unwrap();
+    let model = common::fixture_model("llama");
+    let text = std::fs::read_to_string(common::fixtures().join("prefs.jsonl")).unwrap();
     // per record 0 and 1: ∇log π(y⁺), ∇log π(y⁻) at θ₀, and Δ = policy minus reference
     // log-ratio (the reference is θ₀ scored without a graph, so Δ is ~0 at the first update)
     let grads: Vec<(Vec<f32>, Vec<f32>, f64)> = text

@@ -5,16 +5,13 @@
 //! in f64 (to rounding) and in f32.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic: that is its failure
 
-use std::path::PathBuf;
+mod common;
 
 use candle_core::{DType, Device, Tensor};
+use common::fixture_model;
 use ldviz::bench::{bench_config, placeholder_tok};
 use ldviz::model::Model;
 use ldviz::model::config::ModelConfig;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
 
 /// A deterministic pseudo-random stream in [0, 1).
 fn lcg(seed: u64) -> impl FnMut() -> f64 {
@@ -95,10 +92,6 @@ fn compare(model: &Model, b: usize, t: usize, seed: u64) -> (f64, f64) {
     (dlp, worst)
 }
 
-fn fixture(name: &str) -> Model {
-    Model::load(&fixtures().join(name), &Device::Cpu).unwrap()
-}
-
 /// llama with grouped-query attention (4 query heads on 2 key/value heads) and q/k/v biases.
 fn gqa_model() -> Model {
     let mut c = bench_config();
@@ -125,7 +118,7 @@ fn gqa_model() -> Model {
 fn matches_candles_graph_in_f64() {
     let mut models: Vec<(&str, Model)> = ["llama", "llama_tied", "qwen2"]
         .into_iter()
-        .map(|n| (n, fixture(n)))
+        .map(|n| (n, fixture_model(n)))
         .collect();
     models.push(("gqa+bias", gqa_model()));
     for (name, m) in models {
@@ -139,7 +132,7 @@ fn matches_candles_graph_in_f64() {
 
 #[test]
 fn matches_candles_graph_in_f32() {
-    for (name, m) in [("llama", fixture("llama")), ("gqa+bias", gqa_model())] {
+    for (name, m) in [("llama", fixture_model("llama")), ("gqa+bias", gqa_model())] {
         let (dlp, dg) = compare(&m, 4, 16, 11);
         eprintln!("{name} f32: |Δ logp| {dlp:.2e}, grad {dg:.2e}");
         assert!(dlp < 1e-4, "{name}: log-probs differ by {dlp}");
@@ -150,7 +143,7 @@ fn matches_candles_graph_in_f32() {
 /// Other architectures keep candle's graph behind the same interface.
 #[test]
 fn other_architectures_take_the_graph() {
-    let m = fixture("gpt2");
+    let m = fixture_model("gpt2");
     let (ids, tg, c) = batch(m.vocab_size(), 2, 5, 1);
     let tl = m.train_logps(&ids, &tg).unwrap();
     assert!(!tl.is_manual());
@@ -168,7 +161,7 @@ fn other_architectures_take_the_graph() {
 /// is refused with its value named.
 #[test]
 fn edge_cases() {
-    let m = fixture("llama");
+    let m = fixture_model("llama");
     let (ids, tg, _) = batch(m.vocab_size(), 2, 5, 2);
     let tl = m.train_logps(&ids, &tg).unwrap();
     let other = candle_core::Var::new(&[1f32, 2.0], &Device::Cpu).unwrap();
@@ -265,7 +258,7 @@ fn matches_finite_differences_in_f64() {
 /// are the same (f64); candle's graph takes the mask the same way.
 #[test]
 fn masked_positions_skip_the_head_with_the_same_gradients() {
-    for (name, m) in [("gqa+bias", gqa_model()), ("gpt2", fixture("gpt2"))] {
+    for (name, m) in [("gqa+bias", gqa_model()), ("gpt2", fixture_model("gpt2"))] {
         let m = m.to_dtype(DType::F64).unwrap();
         let (b, t) = (3, 7);
         let (ids, tg, c) = batch(m.vocab_size(), b, t, 9);

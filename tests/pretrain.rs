@@ -2,14 +2,13 @@
 //! the documented command (`ldviz pretrain`, all defaults) produces from the shipped corpus.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic: that is its failure
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 
+use common::{cpu_model, root};
 use ldviz::pretrain::{PretrainConfig, PretrainReport, hf_config, read_documents, train_tokenizer};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn run_short(out: &Path, corpus: &Path, heldout: &Path) -> PretrainReport {
     let o = Command::new(env!("CARGO_BIN_EXE_ldviz"))
@@ -89,7 +88,7 @@ fn short_pretrain_is_deterministic_and_loads() {
     assert!(ra.heldout_perplexity.is_finite() && ra.heldout_perplexity > 1.0);
     assert!(ra.heldout_mean_entropy > 0.0 && ra.heldout_mean_entropy <= ra.uniform_entropy + 1e-6);
     // the folder is a model ldviz (and transformers) can load
-    let m = ldviz::model::Model::load(&a, &candle_core::Device::Cpu).unwrap();
+    let m = cpu_model(&a);
     assert_eq!(m.vocab_size(), 320);
     assert_eq!(m.eos_id(), 0);
     assert_eq!(
@@ -144,6 +143,6 @@ fn shipped_model_is_the_documented_recipe() {
         report.weights_sha256,
         "assets/model/model.safetensors is not the file `ldviz pretrain` wrote"
     );
-    let m = ldviz::model::Model::load(&dir, &candle_core::Device::Cpu).unwrap();
+    let m = cpu_model(&dir);
     assert_eq!(m.n_params(), report.params);
 }

@@ -4,18 +4,13 @@
 //! evaluation (every family, traces, y*, diagnostics and the transfer matrix).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic: that is its failure
 
-use std::path::PathBuf;
+mod common;
 
-use candle_core::Device;
-use ldviz::data::load_dataset;
+use common::{cpu_model, encode_pair, fixture_model, fixtures, prefs};
 use ldviz::model::Model;
-use ldviz::probe::{Batch, EvalMode, Evaluation, Lengths, Seq, logprob};
+use ldviz::probe::{Batch, EvalMode, Evaluation, Seq, logprob};
 use ldviz::train::{Session, TrainOptions};
 use serde_json::Value;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
 
 /// f32 agreement for a summed log-prob of magnitude |x| (different matmul shapes round
 /// differently: ~1e-7 relative per value).
@@ -38,18 +33,17 @@ fn summed(model: &Model, seqs: &[&Seq], mode: EvalMode) -> Vec<f64> {
 /// qwen2), partial rotary (gpt_neox), learned positions (gpt2) and tied heads are covered.
 #[test]
 fn shared_prefix_matches_transformers_on_every_architecture() {
-    let ds = load_dataset(&fixtures().join("prefs.jsonl"), None, None).unwrap();
+    let ds = prefs();
     for name in ["llama", "llama_tied", "qwen2", "gpt_neox", "gpt2"] {
         let dir = fixtures().join(name);
-        let model = Model::load(&dir, &Device::Cpu).unwrap();
+        let model = cpu_model(&dir);
         let expected: Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap())
                 .unwrap();
         let recs = expected["records"].as_array().unwrap();
         let mut worst = (0f64, 0f64);
         for (r, e) in ds.records.iter().zip(recs) {
-            let c = Seq::encode(&model.tok, &r.prompt, &r.chosen, Lengths::default()).unwrap();
-            let j = Seq::encode(&model.tok, &r.prompt, &r.rejected, Lengths::default()).unwrap();
+            let (c, j) = encode_pair(&model, r);
             let shared = summed(&model, &[&c, &j], EvalMode::SharedPrefix);
             let naive = summed(&model, &[&c, &j], EvalMode::PerPair);
             let padded = summed(&model, &[&c, &j], EvalMode::Padded);
@@ -84,12 +78,12 @@ fn shared_prefix_matches_transformers_on_every_architecture() {
 /// Rows with different prompts in one call are grouped by prompt and come back in order.
 #[test]
 fn mixed_prompts_are_grouped_and_kept_in_order() {
-    let model = Model::load(&fixtures().join("llama"), &Device::Cpu).unwrap();
-    let ds = load_dataset(&fixtures().join("prefs.jsonl"), None, None).unwrap();
+    let model = fixture_model("llama");
     let mut seqs = Vec::new();
-    for r in ds.records.iter().take(3) {
-        seqs.push(Seq::encode(&model.tok, &r.prompt, &r.chosen, Lengths::default()).unwrap());
-        seqs.push(Seq::encode(&model.tok, &r.prompt, &r.rejected, Lengths::default()).unwrap());
+    for r in prefs().records.iter().take(3) {
+        let (c, j) = encode_pair(&model, r);
+        seqs.push(c);
+        seqs.push(j);
     }
     // interleave prompts: 0c 1c 2c 0r 1r 2r
     let order = [0, 2, 4, 1, 3, 5];

@@ -2,24 +2,18 @@
 //! tools/make_fixtures.py with torch + transformers; committed, so this needs no Python).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic: that is its failure
 
-use std::path::PathBuf;
+mod common;
 
-use candle_core::Device;
-use ldviz::data::load_dataset;
-use ldviz::model::Model;
-use ldviz::probe::{Lengths, Seq, logprob};
+use common::{chosen_seqs, cpu_model, encode_pair, fixture_model, fixtures, prefs};
+use ldviz::probe::logprob;
 use serde_json::Value;
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
 
 fn check(name: &str) {
     let dir = fixtures().join(name);
-    let model = Model::load(&dir, &Device::Cpu).unwrap();
+    let model = cpu_model(&dir);
     let expected: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
-    let ds = load_dataset(&fixtures().join("prefs.jsonl"), None, None).unwrap();
+    let ds = prefs();
     let recs = expected["records"].as_array().unwrap();
     assert_eq!(recs.len(), ds.records.len());
     let mut worst = 0f64;
@@ -31,8 +25,7 @@ fn check(name: &str) {
                 .map(|v| v.as_u64().unwrap() as u32)
                 .collect()
         };
-        let c = Seq::encode(&model.tok, &r.prompt, &r.chosen, Lengths::default()).unwrap();
-        let j = Seq::encode(&model.tok, &r.prompt, &r.rejected, Lengths::default()).unwrap();
+        let (c, j) = encode_pair(&model, r);
         assert_eq!(
             c.prompt,
             ids("prompt_ids"),
@@ -99,14 +92,8 @@ fn gpt2_matches_transformers() {
 /// Padding must not change a row's score: score every record alone and in one padded batch.
 #[test]
 fn padded_batch_equals_single_rows() {
-    let dir = fixtures().join("llama");
-    let model = Model::load(&dir, &Device::Cpu).unwrap();
-    let ds = load_dataset(&fixtures().join("prefs.jsonl"), None, None).unwrap();
-    let seqs: Vec<Seq> = ds
-        .records
-        .iter()
-        .map(|r| Seq::encode(&model.tok, &r.prompt, &r.chosen, Lengths::default()).unwrap())
-        .collect();
+    let model = fixture_model("llama");
+    let seqs = chosen_seqs(&model, &prefs().records);
     let batched = logprob::score(&model, &seqs, 64).unwrap();
     for (s, b) in seqs.iter().zip(&batched) {
         let single = logprob::score(&model, std::slice::from_ref(s), 1).unwrap()[0];
@@ -119,10 +106,10 @@ fn padded_batch_equals_single_rows() {
 #[test]
 fn save_and_reload_round_trip() {
     for name in ["llama_tied", "gpt2", "gpt_neox"] {
-        let model = Model::load(&fixtures().join(name), &Device::Cpu).unwrap();
+        let model = fixture_model(name);
         let dir = tempfile::tempdir().unwrap();
         model.save(dir.path()).unwrap();
-        let again = Model::load(dir.path(), &Device::Cpu).unwrap();
+        let again = cpu_model(dir.path());
         assert_eq!(model.fingerprint, again.fingerprint, "{name}");
         let bytes = std::fs::read(dir.path().join("model.safetensors")).unwrap();
         let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
@@ -139,12 +126,7 @@ fn save_and_reload_round_trip() {
         if name == "llama_tied" {
             assert!(st.tensor("lm_head.weight").is_err());
         }
-        let ds = load_dataset(&fixtures().join("prefs.jsonl"), None, None).unwrap();
-        let seqs: Vec<Seq> = ds
-            .records
-            .iter()
-            .map(|r| Seq::encode(&model.tok, &r.prompt, &r.chosen, Lengths::default()).unwrap())
-            .collect();
+        let seqs = chosen_seqs(&model, &prefs().records);
         assert_eq!(
             logprob::score(&model, &seqs, 16).unwrap(),
             logprob::score(&again, &seqs, 16).unwrap()

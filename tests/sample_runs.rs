@@ -6,8 +6,9 @@
 //! re-recording that changes them fails here and the README must be updated with it.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic: that is its failure
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use ldviz::data::Family;
 use ldviz::run::summary::{FamilyStats, Summary, summarize};
@@ -22,9 +23,7 @@ fn non_argmax() -> Vec<&'static str> {
 }
 
 fn load(name: &str) -> Summary {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("sample_runs")
-        .join(format!("{name}.jsonl.gz"));
+    let p = common::sample_run(name);
     let size = std::fs::metadata(&p).unwrap().len();
     assert!(size < 20 * 1024 * 1024, "{name}: {size} bytes");
     let run = ldviz::run::read_run(&p).unwrap();

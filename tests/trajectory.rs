@@ -4,53 +4,21 @@
 //! TRL's formulas (tests/fixtures/dpo_losses.json); both made by tools/make_fixtures.py.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a test may panic: that is its failure
 
-use std::path::PathBuf;
+mod common;
 
-use ldviz::data::ProbeCount;
-use ldviz::probe::Lengths;
+use common::fixtures;
 use ldviz::run::Event;
-use ldviz::train::{Algo, Duration, OptimConfig, OptimKind, TrainConfig};
+use ldviz::train::{Algo, TrainConfig, TrainOptions};
 use serde_json::Value;
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
 fn config(algo: Algo, lr: f64, beta: f64, label_smoothing: f64) -> TrainConfig {
-    let optim = OptimConfig::new(OptimKind::Sgd, lr);
-    TrainConfig {
-        model: fixtures().join("llama").display().to_string(),
-        data: fixtures().join("prefs.jsonl").display().to_string(),
-        test_data: None,
-        format: None,
-        test_fraction: 0.0,
-        algo,
-        phases: TrainConfig::phases_for(
-            algo,
-            (Duration::Steps(6), optim.clone()),
-            (Duration::Steps(6), optim),
-        ),
+    TrainOptions {
         beta,
-        gamma: 0.5,
         label_smoothing,
-        batch_size: 4,
-        seed: 0,
-        shuffle: false,
-        eval_every: 1000,
-        probes: ProbeCount::N(2),
-        lengths: Lengths::default(),
-        sample_temperature: 1.0,
-        save_model: None,
-        transfer_prompts: 0,
-        transfer_every: 0,
-        influence_every: Some(0),
-        influence_probes: 8,
-        influence_families: ldviz::train::config::influence_families(),
-        influence_target: Default::default(),
-        device: Default::default(),
-        precision: Default::default(),
-        top_k: 5,
+        ..common::trajectory_options(&fixtures(), algo, lr)
     }
+    .to_config()
+    .unwrap()
 }
 
 fn close(a: f64, b: f64, tol: f64) -> bool {

@@ -312,6 +312,10 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+fn fixtures() -> PathBuf {
+    root().join("tests/fixtures")
+}
+
 /// A seed file: name (decides gzip detection for datasets) and bytes.
 #[derive(Clone, Debug)]
 pub struct Seed {
@@ -695,13 +699,10 @@ fn data_seeds() -> Result<Vec<Seed>, String> {
     use serde_json::json;
     let sources = [
         ("demo", read_lines(&root().join("assets/demo.jsonl"), 3)?),
-        (
-            "prefs",
-            read_lines(&root().join("tests/fixtures/prefs.jsonl"), 4)?,
-        ),
+        ("prefs", read_lines(&fixtures().join("prefs.jsonl"), 4)?),
         (
             "probes",
-            read_lines(&root().join("tests/fixtures/probes_all.jsonl"), 3)?,
+            read_lines(&fixtures().join("probes_all.jsonl"), 3)?,
         ),
     ];
     let mut seeds = Vec::new();
@@ -952,7 +953,7 @@ fn sample_run_seed(path: &Path) -> Result<Vec<u8>, String> {
 fn fixture_run_seed() -> Result<Vec<u8>, String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let out = dir.path().join("fixture.jsonl");
-    let fx = root().join("tests/fixtures");
+    let fx = fixtures();
     let opts = ldviz::train::TrainOptions {
         model: fx.join("llama").display().to_string(),
         data: fx.join("probes_all.jsonl").display().to_string(),
@@ -1039,7 +1040,7 @@ fn model_seeds() -> Result<Vec<ModelSeed>, String> {
         "llama_tied",
         "llama_sharded",
     ] {
-        let dir = root().join("tests/fixtures").join(name);
+        let dir = fixtures().join(name);
         let mut files = Vec::new();
         let mut names: Vec<String> = std::fs::read_dir(&dir)
             .map_err(|e| format!("{}: {e}", dir.display()))?

@@ -7,8 +7,10 @@
 //!   families a probe file gives, with its position in the file for error messages.
 //! - [`formats`]: reading JSON Lines / JSON array files (optionally gzipped), detecting and parsing
 //!   the supported formats (the authors' probe schema, TRL standard, implicit-prompt and
-//!   conversational, Anthropic HH-RLHF) and rendering conversations with a Hugging Face chat
-//!   template ([`ChatTemplate`]) or a documented plain template.
+//!   conversational, Anthropic HH-RLHF; one private module each) and rendering conversations with
+//!   a Hugging Face chat template or a documented plain template.
+//! - [`chat_template`]: [`ChatTemplate`], a Hugging Face `chat_template` compiled with minijinja
+//!   (read from a model's `tokenizer_config.json`), and the [`Message`]s it renders.
 //! - [`probes`]: the train/test split and [`build_probe_set`], which picks the probe prompts and
 //!   derives the families a dataset does not give (irr_train, irr_test, random_permute,
 //!   random_nonhum); y* ([`Family::Argmax`]) is always listed last and computed by the model.
@@ -17,11 +19,15 @@
 //! the field where they apply, e.g.
 //! `data/x.jsonl:3: field "chosen": expected a string or a list of messages, got number`.
 
+pub mod chat_template;
 pub mod families;
 pub mod formats;
 pub mod probes;
 pub mod record;
+#[cfg(test)]
+mod test_util;
 
+pub use chat_template::{ChatTemplate, Message};
 pub use families::{Family, FamilyGroup};
 pub use formats::*;
 pub use probes::*;
