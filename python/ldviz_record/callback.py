@@ -12,6 +12,7 @@ step; TRL's logged metrics become step records; an end record closes the file.
 
 from __future__ import annotations
 
+import atexit
 import os
 import time
 from typing import Any, Optional
@@ -143,6 +144,7 @@ class LdvizCallback(TrainerCallback):
         self._epe = 1
         self._max_steps = 0
         self._created = False
+        self._step = 0
 
     # --- helpers --------------------------------------------------------------------------
 
@@ -223,6 +225,7 @@ class LdvizCallback(TrainerCallback):
             # a file this callback wrote before (an earlier train() call) is its own to replace
             self.writer = RunWriter(self.out, overwrite=self.overwrite or self._created)
             self._created = True
+            atexit.register(self._at_exit)
             info = self._model_info or model_info(m, eos)
             info["eos_id"] = int(eos)
             self._write(self._header(args, info), sync=True)
@@ -304,7 +307,21 @@ class LdvizCallback(TrainerCallback):
     def on_step_begin(self, args, state, control, **kwargs):
         self._step_t0 = time.perf_counter()
 
+    def _at_exit(self) -> None:
+        """At interpreter exit with the file still open (an exception escaped train()): an
+        `end` record with reason `error`, so readers following the file stop waiting."""
+        if self.writer is not None:
+            try:
+                self._write({"type": "end", "reason": "error", "step": int(self._step),
+                             "message": "the training process exited before training ended (an exception in train()?)"},
+                            sync=True)
+                self.writer.close()
+            except Exception:
+                pass
+            self.writer = None
+
     def on_step_end(self, args, state, control, model=None, **kwargs):
+        self._step = int(state.global_step)
         if self._step_t0 is not None:
             self._step_ms = (time.perf_counter() - self._step_t0) * 1e3
         step = int(state.global_step)
@@ -332,3 +349,4 @@ class LdvizCallback(TrainerCallback):
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+        atexit.unregister(self._at_exit)

@@ -55,7 +55,8 @@ def collate(pad_id):
 
 def run(*, trainer: str, model_dir: str, data: str, probes: str, out: str, output_dir: str,
         per_device: int = 2, grad_accum: int = 1, steps: int = 4, every: int = 3, lr: float = 1e-3,
-        optim: str = "adamw_torch", transfer_prompts=None, overwrite: bool = False, bf16=None):
+        optim: str = "adamw_torch", transfer_prompts=None, overwrite: bool = False, bf16=None,
+        fail_at_step: int = 0):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -88,27 +89,37 @@ def run(*, trainer: str, model_dir: str, data: str, probes: str, out: str, outpu
     )
     if bf16 is not None:  # None: the config's default (TRL's is bf16 autocast, also on the CPU)
         common["bf16"] = bf16
+    callbacks = [cb]
+    if fail_at_step:
+        from transformers import TrainerCallback
+
+        class Fail(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step >= fail_at_step:
+                    raise RuntimeError(f"failing on purpose at step {state.global_step}")
+
+        callbacks.append(Fail())
     if trainer == "dpo":
         from datasets import Dataset
         from trl import DPOConfig, DPOTrainer
 
         ds = Dataset.from_list([{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in records])
         args = DPOConfig(**common, beta=0.1, max_length=128)
-        t = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[cb])
+        t = DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=callbacks)
     elif trainer == "trl-sft":
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
 
         ds = Dataset.from_list([{"prompt": r["prompt"], "completion": r["chosen"]} for r in records])
         args = SFTConfig(**common, max_length=128)
-        t = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[cb])
+        t = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=callbacks)
     elif trainer == "sft":
         from transformers import Trainer, TrainingArguments
 
         args = TrainingArguments(**common, remove_unused_columns=False)
         eos = tok.eos_token_id if tok.eos_token_id is not None else 0
         t = Trainer(model=model, args=args, train_dataset=SftDataset(records, tok, eos),
-                    data_collator=collate(eos), processing_class=tok, callbacks=[cb])
+                    data_collator=collate(eos), processing_class=tok, callbacks=callbacks)
     else:
         raise ValueError(trainer)
     t.train()
@@ -130,10 +141,12 @@ def main(argv=None):
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--optim", default="adamw_torch")
     ap.add_argument("--fp32", action="store_true", help="train without mixed precision (bf16=False)")
+    ap.add_argument("--fail-at-step", type=int, default=0, help="raise an exception after this step")
     a = ap.parse_args(argv)
     run(trainer=a.trainer, model_dir=a.model, data=a.data, probes=a.probes, out=a.out,
         output_dir=a.output_dir, per_device=a.per_device, grad_accum=a.grad_accum, steps=a.steps,
-        every=a.every, lr=a.lr, optim=a.optim, bf16=False if a.fp32 else None)
+        every=a.every, lr=a.lr, optim=a.optim, bf16=False if a.fp32 else None,
+        fail_at_step=a.fail_at_step)
 
 
 if __name__ == "__main__":
