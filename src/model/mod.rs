@@ -10,6 +10,7 @@ pub mod config;
 pub mod fused;
 pub mod gpt2;
 pub mod gpt_neox;
+pub mod kernels;
 pub mod layers;
 pub mod llama;
 pub mod manual;
