@@ -1,15 +1,19 @@
-//! Fused CPU kernels with hand-written backward passes for the hot spots of training. candle's
-//! CPU element-wise ops run one thread and one op at a time, and the backward of a composite
-//! (RMSNorm, softmax, SwiGLU, RoPE, log-softmax) is many more such ops, so these were 10–50× the
-//! cost of their FLOPs. Each kernel here is one parallel pass forward and one backward:
+//! Fused CPU nodes with hand-written backward passes for the hot spots of training, as candle
+//! CustomOps. candle's CPU element-wise ops run one thread and one op at a time, and the
+//! backward of a composite (RMSNorm, softmax, SwiGLU, RoPE, log-softmax) is many more such ops,
+//! so these were 10–50× the cost of their FLOPs. Each node here is one parallel pass forward and
+//! one backward, run by the slice kernels of [`super::kernels`]:
 //! - [`target_logp`] computes logp[n] = z[n, t_n] − logsumexp(z[n, :]), gradient onehot − softmax;
 //! - [`rms_norm`] computes y = x·r·w with r = 1/sqrt(mean(x²) + ε);
 //! - [`softmax_causal`] computes softmax(scale·x) over the last dim, optionally causal;
 //! - [`swiglu`] computes silu(a)·b;
-//! - [`rope`] applies the rotary embedding (HF's two halves) to the first `rot` dims of a head.
+//! - [`rope`] applies the rotary embedding (HF's two halves) to the first `rot` dims of a head;
+//! - [`linear`] and [`attention`] are matmul nodes whose gradients are contiguous;
+//! - [`head_logp`] is the LM head fused with the target log-prob (the logits never enter the
+//!   graph).
 //!
 //! CPU and f32/f64 only: callers use the composite candle ops on other devices and dtypes.
-//! Every kernel is checked against its composite in value and gradient (tests below), and the
+//! Every node is checked against its composite in value and gradient (tests below), and the
 //! whole model against f64 finite differences (tests/gradients.rs).
 
 use std::sync::Arc;

@@ -6,7 +6,8 @@
 //! (measured with `perf`). Here the forward keeps the activations the backward needs in plain
 //! buffers, and the backward writes each weight's gradient once, with direct gemm calls on
 //! row-major buffers (no transposes or copies: heads are read in place with strides, grouped-query
-//! heads share their key/value head without a repeat).
+//! heads share their key/value head without a repeat). The numerics (gemm, attention, row
+//! kernels) are [`super::kernels`]'; this file is the pass that strings them together.
 //!
 //! It plugs into candle's graph at the log-probs: [`train_logps`] returns them as a leaf
 //! variable; the loss is built on them with candle ops, and [`TrainLogps::param_grads`] turns
