@@ -20,77 +20,54 @@
 //! own: tests/manual_backward.rs.
 
 use anyhow::{Context, Result, bail};
-use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var, WithDType};
 use rayon::prelude::*;
 
-use super::config::{LlamaConfig, ModelConfig};
+use super::config::LlamaConfig;
 use super::kernels::{
     Heads, Real, RopeTab, add_bias, add_into, attn_backward, attn_forward, col_sums, gather_rows,
     gemm_xwt, log_softmax_rows, mm, mm_new, mm_pair, rms_bwd, rms_fwd, rope_rows, scatter_rows,
     split_rms, swiglu_grad_in_place, swiglu_keep,
 };
-use super::{Model, Params};
+use super::llama::LlamaWeights;
+use super::{Model, Net, Params, TrainLogps};
 
-/// Log-probs for a training step, and how to turn the loss's gradient into the weights'.
-pub struct TrainLogps {
-    logps: Tensor,
-    tape: Option<(Var, AnyTape)>,
+/// The hand-written pass's record of one forward, in the compute dtype.
+pub(crate) enum Tape {
+    F32(LlamaTape<f32>),
+    F64(LlamaTape<f64>),
 }
 
-impl TrainLogps {
-    /// Per-position log π(target | prefix) [B, T], part of the graph the loss is built on.
-    pub fn logps(&self) -> &Tensor {
-        &self.logps
-    }
-
-    /// Whether the hand-written backward runs (false: candle's graph all the way).
-    pub fn is_manual(&self) -> bool {
-        self.tape.is_some()
-    }
-
-    /// The gradient of every weight, in weight order, from the loss's gradients `store`
-    /// (`loss.backward()`); None where a weight got none.
-    pub fn param_grads(self, model: &Model, store: &GradStore) -> Result<Vec<Option<Tensor>>> {
-        let Some((leaf, tape)) = self.tape else {
-            return Ok(model.params.grads(store));
-        };
-        let Some(g) = store.get(leaf.as_tensor()) else {
-            // the loss does not depend on the log-probs
-            return Ok(vec![None; model.params.len()]);
-        };
-        match tape {
-            AnyTape::F32(t) => t.backward(model, g),
-            AnyTape::F64(t) => t.backward(model, g),
+impl Tape {
+    /// The gradient of every weight, in weight order, given the log-probs' gradient `dlp`.
+    pub(crate) fn backward(self, model: &Model, dlp: &Tensor) -> Result<Vec<Option<Tensor>>> {
+        match self {
+            Tape::F32(t) => t.backward(model, dlp),
+            Tape::F64(t) => t.backward(model, dlp),
         }
     }
 }
 
-enum AnyTape {
-    F32(Tape<f32>),
-    F64(Tape<f64>),
-}
-
-/// Per-position log-probs for training ([`Model::forward_logps`]'s values). llama/qwen2 on the
-/// CPU in f32/f64 take the hand-written pass; everything else candle's graph.
+/// Per-position log-probs for training ([`Model::forward_logps`]'s values) from the
+/// hand-written pass, where it applies: llama/qwen2 on the CPU in f32/f64 (None elsewhere:
+/// candle's graph then).
 ///
 /// With `mask` [B, T] (non-zero: the position's log-prob is used), positions outside it get
-/// log-prob 0 and no gradient, and the hand-written pass runs the LM head only on the positions
-/// inside (a preference pair's prompt and padding never reach it).
+/// log-prob 0 and no gradient, and the LM head runs only on the positions inside (a preference
+/// pair's prompt and padding never reach it).
 pub fn train_logps(
     model: &Model,
     ids: &Tensor,
     targets: &Tensor,
     mask: Option<&Tensor>,
-) -> Result<TrainLogps> {
-    let c = match &model.config {
-        ModelConfig::Llama(c) | ModelConfig::Qwen2(c) => c,
-        _ => return graph(model, ids, targets, mask),
+) -> Result<Option<TrainLogps>> {
+    let Net::Llama(c, ix) = &model.net else {
+        return Ok(None);
     };
     let dt = model.compute;
     let same_dtype = model.params.vars().iter().all(|v| v.dtype() == dt);
     if !model.device.is_cpu() || !same_dtype || !matches!(dt, DType::F32 | DType::F64) {
-        return graph(model, ids, targets, mask);
+        return Ok(None);
     }
     let (b, t) = ids.dims2()?;
     if targets.dims2()? != (b, t) {
@@ -116,110 +93,20 @@ pub fn train_logps(
             Some((0..b * t).filter(|&r| m[r] != 0.0).collect())
         }
     };
-    let ix = Index::new(c, &model.params)?;
     let (lp, tape) = match dt {
         DType::F32 => {
-            let (lp, tape) = forward::<f32>(c, &ix, &model.params, ids_v, tg_v, rows, b, t)?;
-            (
-                Var::from_vec(lp, (b, t), &model.device)?,
-                AnyTape::F32(tape),
-            )
+            let (lp, tape) = forward::<f32>(c, ix, &model.params, ids_v, tg_v, rows, b, t)?;
+            (Var::from_vec(lp, (b, t), &model.device)?, Tape::F32(tape))
         }
         _ => {
-            let (lp, tape) = forward::<f64>(c, &ix, &model.params, ids_v, tg_v, rows, b, t)?;
-            (
-                Var::from_vec(lp, (b, t), &model.device)?,
-                AnyTape::F64(tape),
-            )
+            let (lp, tape) = forward::<f64>(c, ix, &model.params, ids_v, tg_v, rows, b, t)?;
+            (Var::from_vec(lp, (b, t), &model.device)?, Tape::F64(tape))
         }
     };
-    Ok(TrainLogps {
-        logps: lp.as_tensor().clone(),
-        tape: Some((lp, tape)),
-    })
-}
-
-fn graph(
-    model: &Model,
-    ids: &Tensor,
-    targets: &Tensor,
-    mask: Option<&Tensor>,
-) -> Result<TrainLogps> {
-    let lp = model.forward_logps(ids, targets)?;
-    let logps = match mask {
-        Some(m) => (&lp * m.to_dtype(lp.dtype())?)?,
-        None => lp,
-    };
-    Ok(TrainLogps { logps, tape: None })
+    Ok(Some(TrainLogps::manual(lp, tape)))
 }
 
 // ---------------------------------------------------------------- weights
-
-/// Positions of one layer's weights in the model's parameter list.
-struct LayerIx {
-    in_norm: usize,
-    q: usize,
-    k: usize,
-    v: usize,
-    bias: Option<[usize; 3]>,
-    o: usize,
-    post_norm: usize,
-    gate: usize,
-    up: usize,
-    down: usize,
-}
-
-struct Index {
-    embed: usize,
-    layers: Vec<LayerIx>,
-    norm: usize,
-    /// None: tied to the embedding.
-    head: Option<usize>,
-}
-
-impl Index {
-    fn new(c: &LlamaConfig, p: &Params) -> Result<Index> {
-        let at = |name: String| -> Result<usize> {
-            p.position(&name)
-                .with_context(|| format!("weight \"{name}\" is missing"))
-        };
-        let mut layers = Vec::with_capacity(c.num_hidden_layers);
-        for i in 0..c.num_hidden_layers {
-            let l = format!("model.layers.{i}");
-            let bias = if c.attention_bias {
-                Some([
-                    at(format!("{l}.self_attn.q_proj.bias"))?,
-                    at(format!("{l}.self_attn.k_proj.bias"))?,
-                    at(format!("{l}.self_attn.v_proj.bias"))?,
-                ])
-            } else {
-                None
-            };
-            layers.push(LayerIx {
-                in_norm: at(format!("{l}.input_layernorm.weight"))?,
-                q: at(format!("{l}.self_attn.q_proj.weight"))?,
-                k: at(format!("{l}.self_attn.k_proj.weight"))?,
-                v: at(format!("{l}.self_attn.v_proj.weight"))?,
-                bias,
-                o: at(format!("{l}.self_attn.o_proj.weight"))?,
-                post_norm: at(format!("{l}.post_attention_layernorm.weight"))?,
-                gate: at(format!("{l}.mlp.gate_proj.weight"))?,
-                up: at(format!("{l}.mlp.up_proj.weight"))?,
-                down: at(format!("{l}.mlp.down_proj.weight"))?,
-            });
-        }
-        Ok(Index {
-            embed: at("model.embed_tokens.weight".into())?,
-            layers,
-            norm: at("model.norm.weight".into())?,
-            head: if c.tie_word_embeddings {
-                None
-            } else {
-                Some(at("lm_head.weight".into())?)
-            },
-        })
-    }
-}
 
 /// Runs `f` with every weight's elements borrowed as contiguous `&[T]` (in weight order).
 fn with_weights<T: WithDType, R>(p: &Params, f: impl FnOnce(&[&[T]]) -> Result<R>) -> Result<R> {
@@ -249,7 +136,7 @@ struct LayerActs<T> {
     q: Vec<T>,
     k: Vec<T>,
     v: Vec<T>,
-    /// attention output (before o_proj), and its probabilities when kept (see [`KEEP_PROBS`])
+    /// attention output (before o_proj), and its probabilities when kept (see [`super::kernels::KEEP_PROBS`])
     a: Vec<T>,
     probs: Option<Vec<T>>,
     /// residual stream after attention, its RMSNorm
@@ -263,7 +150,8 @@ struct LayerActs<T> {
     m: Vec<T>,
 }
 
-struct Tape<T> {
+/// What the backward needs from one forward of the pass.
+pub(crate) struct LlamaTape<T> {
     c: LlamaConfig,
     /// the attention shapes (B, T, heads) and RoPE tables of the forward, reused backward
     hd: Heads,
@@ -298,16 +186,16 @@ fn heads(c: &LlamaConfig, b: usize, t: usize) -> Result<Heads> {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn forward<T: Real + 'static>(
+fn forward<T: Real>(
     c: &LlamaConfig,
-    ix: &Index,
+    ix: &LlamaWeights,
     p: &Params,
     ids: Vec<u32>,
     targets: Vec<u32>,
     rows: Option<Vec<usize>>,
     b: usize,
     t: usize,
-) -> Result<(Vec<T>, Tape<T>)> {
+) -> Result<(Vec<T>, LlamaTape<T>)> {
     let n = b * t;
     let (h, inter, vocab, eps) = (
         c.hidden_size,
@@ -330,14 +218,14 @@ fn forward<T: Real + 'static>(
         }
         let mut layers = Vec::with_capacity(ix.layers.len());
         for l in &ix.layers {
-            let hn1 = rms_fwd(&x, w[l.in_norm], eps)?;
-            let mut q = gemm_xwt(&hn1, w[l.q], n, h, qd)?;
-            let mut k = gemm_xwt(&hn1, w[l.k], n, h, kd)?;
-            let mut v = gemm_xwt(&hn1, w[l.v], n, h, kd)?;
-            if let Some([bq, bk, bv]) = l.bias {
-                add_bias(&mut q, w[bq]);
-                add_bias(&mut k, w[bk]);
-                add_bias(&mut v, w[bv]);
+            let hn1 = rms_fwd(&x, w[l.input_norm], eps)?;
+            let mut q = gemm_xwt(&hn1, w[l.q.weight], n, h, qd)?;
+            let mut k = gemm_xwt(&hn1, w[l.k.weight], n, h, kd)?;
+            let mut v = gemm_xwt(&hn1, w[l.v.weight], n, h, kd)?;
+            for (y, p) in [(&mut q, &l.q), (&mut k, &l.k), (&mut v, &l.v)] {
+                if let Some(bias) = p.bias {
+                    add_bias(y, w[bias]);
+                }
             }
             rope_rows(&mut q, hd.nh, hd.d, t, &tab, 1.0);
             rope_rows(&mut k, hd.nkv, hd.d, t, &tab, 1.0);
@@ -376,7 +264,7 @@ fn forward<T: Real + 'static>(
             targets = r.iter().map(|&i| targets[i]).collect();
         }
         let ns = targets.len();
-        let head = w[ix.head.unwrap_or(ix.embed)];
+        let head = w[ix.head()];
         let mut z = gemm_xwt(&hf, head, ns, h, vocab)?;
         let (lp_sel, inv_sum) = log_softmax_rows(&mut z, &targets, vocab)?;
         let lp = match &rows {
@@ -385,7 +273,7 @@ fn forward<T: Real + 'static>(
         };
         Ok((
             lp,
-            Tape {
+            LlamaTape {
                 c: c.clone(),
                 hd,
                 tab,
@@ -402,15 +290,17 @@ fn forward<T: Real + 'static>(
     })
 }
 
-impl<T: Real + 'static> Tape<T> {
+impl<T: Real> LlamaTape<T> {
     fn backward(self, model: &Model, dlp: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let dlp: Vec<T> = dlp
             .to_dtype(T::DTYPE)?
             .flatten_all()?
             .to_vec1()
             .context("the log-probs' gradient")?;
-        let ix = Index::new(&self.c, &model.params)?;
-        let grads = with_weights::<T, _>(&model.params, |w| self.run_backward(&ix, w, &dlp))?;
+        let Net::Llama(_, ix) = &model.net else {
+            bail!("the hand-written backward needs the llama-family model its forward ran on");
+        };
+        let grads = with_weights::<T, _>(&model.params, |w| self.run_backward(ix, w, &dlp))?;
         let shapes: Vec<_> = model
             .params
             .vars()
@@ -428,7 +318,7 @@ impl<T: Real + 'static> Tape<T> {
             .collect()
     }
 
-    fn run_backward(self, ix: &Index, w: &[&[T]], dlp: &[T]) -> Result<Vec<Option<Vec<T>>>> {
+    fn run_backward(self, ix: &LlamaWeights, w: &[&[T]], dlp: &[T]) -> Result<Vec<Option<Vec<T>>>> {
         let c = &self.c;
         let (hd, t) = (self.hd, self.hd.t);
         let n = hd.b * t;
@@ -471,7 +361,7 @@ impl<T: Real + 'static> Tape<T> {
                     *x += g;
                 }
             });
-        let head = w[ix.head.unwrap_or(ix.embed)];
+        let head = w[ix.head()];
         let (dhf, dhead) = mm_pair(
             (&dz, false, head, false, (ns, h, vocab)),
             (&dz, true, &self.hf, false, (vocab, h, ns)),
@@ -529,29 +419,29 @@ impl<T: Real + 'static> Tape<T> {
             drop(da);
             rope_rows(&mut dq, hd.nh, hd.d, t, tab, -1.0);
             rope_rows(&mut dk, hd.nkv, hd.d, t, tab, -1.0);
-            if let Some([bq, bk, bv]) = l.bias {
-                out[bq] = Some(col_sums(&dq, qd));
-                out[bk] = Some(col_sums(&dk, kd));
-                out[bv] = Some(col_sums(&dv, kd));
+            for (g, p, width) in [(&dq, &l.q, qd), (&dk, &l.k, kd), (&dv, &l.v, kd)] {
+                if let Some(bias) = p.bias {
+                    out[bias] = Some(col_sums(g, width));
+                }
             }
             let mut dhn1 = vec![T::zero(); n * h];
             for (g, wi, width, first) in [
-                (&dq, l.q, qd, true),
-                (&dk, l.k, kd, false),
-                (&dv, l.v, kd, false),
+                (&dq, l.q.weight, qd, true),
+                (&dk, l.k.weight, kd, false),
+                (&dv, l.v.weight, kd, false),
             ] {
                 let dwi = mm_new(g, true, &a.hn1, false, (width, h, n))?;
                 out[wi] = Some(dwi);
                 mm(&mut dhn1, g, false, w[wi], false, (n, h, width), !first)?;
             }
-            let (mut dxl, din) = split_rms(rms_bwd(&a.x, w[l.in_norm], &dhn1, eps)?, n * h);
+            let (mut dxl, din) = split_rms(rms_bwd(&a.x, w[l.input_norm], &dhn1, eps)?, n * h);
             add_into(&mut dxl, &dxm);
-            out[l.in_norm] = Some(din);
+            out[l.input_norm] = Some(din);
             dx = dxl;
         }
 
         // embedding: rows of the tokens seen (plus the head's gradient when tied)
-        let mut demb = match ix.head {
+        let mut demb = match ix.lm_head {
             None => dhead,
             Some(hi) => {
                 out[hi] = Some(dhead);
