@@ -11,9 +11,11 @@
 //!
 //! It plugs into candle's graph at the log-probs: [`train_logps`] returns them as a leaf
 //! variable; the loss is built on them with candle ops, and [`TrainLogps::param_grads`] turns
-//! the loss's gradient with respect to that leaf into the weights' gradients. Other
-//! architectures, devices and dtypes take candle's graph ([`Model::forward_logps`]), with the
-//! same interface. The weights must not change between the forward and the backward.
+//! the loss's gradient with respect to that leaf into the weights' gradients. Where it does not
+//! apply (other architectures, devices and dtypes) it returns None and [`Model::train_logps`]
+//! takes candle's graph ([`Model::forward_logps`]) behind the same [`TrainLogps`]. The weights
+//! are read through the model's typed index ([`super::llama::LlamaWeights`]) and must not change
+//! between the forward and the backward.
 //!
 //! Checked against candle's graph (itself checked against f64 finite differences and
 //! transformers) in value and every weight's gradient, and against f64 finite differences on its

@@ -4,7 +4,9 @@
 //!
 //! Two forward paths: [`Model::forward`] builds the backprop graph (training), and
 //! [`Model::forward_eval`] runs on detached weights so no graph is ever built (probes,
-//! generation). No module here depends on the GUI.
+//! generation). Each architecture declares its weights once (a typed index, see [`net`]); the
+//! [`Net`] built from that declaration at load is where the model dispatches on its
+//! architecture. No module here depends on the GUI.
 
 pub mod config;
 pub mod fused;

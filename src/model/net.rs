@@ -74,7 +74,7 @@ pub struct Proj<W = usize> {
 }
 
 impl<W> Proj<W> {
-    /// `{name}.weight` of `shape`, then `{name}.bias` [n] when `bias` is Some(n).
+    /// `{name}.weight` of `shape`, then `{name}.bias` of n elements when `bias` is Some(n).
     pub fn build<E>(
         f: &mut Declare<'_, W, E>,
         name: &str,
@@ -98,7 +98,7 @@ pub struct Norm<W = usize> {
 }
 
 impl<W> Norm<W> {
-    /// `{name}.weight` (ones), then `{name}.bias` (zeros), both [n].
+    /// `{name}.weight` (ones), then `{name}.bias` (zeros), n elements each.
     pub fn build<E>(
         f: &mut Declare<'_, W, E>,
         name: &str,
