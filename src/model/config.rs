@@ -371,6 +371,26 @@ impl ModelConfig {
         }
     }
 
+    /// The number of transformer blocks.
+    pub fn num_layers(&self) -> usize {
+        match self {
+            ModelConfig::Llama(c) | ModelConfig::Qwen2(c) => c.num_hidden_layers,
+            ModelConfig::GptNeox(c) => c.num_hidden_layers,
+            ModelConfig::Gpt2(c) => c.n_layer,
+        }
+    }
+
+    /// This config with `n` transformer blocks.
+    pub fn with_num_layers(&self, n: usize) -> ModelConfig {
+        let mut c = self.clone();
+        match &mut c {
+            ModelConfig::Llama(c) | ModelConfig::Qwen2(c) => c.num_hidden_layers = n,
+            ModelConfig::GptNeox(c) => c.num_hidden_layers = n,
+            ModelConfig::Gpt2(c) => c.n_layer = n,
+        }
+        c
+    }
+
     pub fn tied(&self) -> bool {
         match self {
             ModelConfig::Llama(c) | ModelConfig::Qwen2(c) => c.tie_word_embeddings,

@@ -1,15 +1,19 @@
-//! Fused CPU kernels with hand-written backward passes for the hot spots of training. candle's
-//! CPU element-wise ops run one thread and one op at a time, and the backward of a composite
-//! (RMSNorm, softmax, SwiGLU, RoPE, log-softmax) is many more such ops, so these were 10–50× the
-//! cost of their FLOPs. Each kernel here is one parallel pass forward and one backward:
+//! Fused CPU nodes with hand-written backward passes for the hot spots of training, as candle
+//! CustomOps. candle's CPU element-wise ops run one thread and one op at a time, and the
+//! backward of a composite (RMSNorm, softmax, SwiGLU, RoPE, log-softmax) is many more such ops,
+//! so these were 10–50× the cost of their FLOPs. Each node here is one parallel pass forward and
+//! one backward, run by the slice kernels of [`super::kernels`]:
 //! - [`target_logp`] computes logp[n] = z[n, t_n] − logsumexp(z[n, :]), gradient onehot − softmax;
 //! - [`rms_norm`] computes y = x·r·w with r = 1/sqrt(mean(x²) + ε);
 //! - [`softmax_causal`] computes softmax(scale·x) over the last dim, optionally causal;
 //! - [`swiglu`] computes silu(a)·b;
-//! - [`rope`] applies the rotary embedding (HF's two halves) to the first `rot` dims of a head.
+//! - [`rope`] applies the rotary embedding (HF's two halves) to the first `rot` dims of a head;
+//! - [`linear`] and [`attention`] are matmul nodes whose gradients are contiguous;
+//! - [`head_logp`] is the LM head fused with the target log-prob (the logits never enter the
+//!   graph).
 //!
 //! CPU and f32/f64 only: callers use the composite candle ops on other devices and dtypes.
-//! Every kernel is checked against its composite in value and gradient (tests below), and the
+//! Every node is checked against its composite in value and gradient (tests below), and the
 //! whole model against f64 finite differences (tests/gradients.rs).
 
 use std::sync::Arc;
@@ -18,209 +22,15 @@ use candle_core::{
     CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Error, Layout, Result, Shape, Tensor,
     WithDType,
 };
-use rayon::prelude::*;
+
+use super::kernels::{
+    Real, attn_bwd, attn_fwd, gemm_xwt, rms_bwd, rms_fwd, rope_apply, softmax_bwd, softmax_fwd,
+    swiglu_bwd, swiglu_fwd, target_logp_grad_rows, target_logp_rows,
+};
 
 /// Whether the fused kernels apply to this tensor.
 pub fn usable(x: &Tensor) -> bool {
     x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)
-}
-
-/// Floats the kernels are written for. The f32 versions of the row kernels run eight lanes at
-/// a time (`wide`): written as scalar loops, a float max or sum is one long dependency chain
-/// that the compiler may not reorder, and SwiGLU's branch keeps it scalar too (~2 ns per
-/// element).
-pub(super) trait Real: WithDType + std::ops::Neg<Output = Self> {
-    fn abs_(self) -> Self;
-    fn min_(self, o: Self) -> Self;
-    /// exp of every element, in place, for arguments ≤ 0 (what softmax-like kernels need).
-    fn exp_nonpos(xs: &mut [Self]);
-    /// The largest element (−∞ for none; NaNs are skipped).
-    fn max_of(xs: &[Self]) -> Self {
-        xs.iter().copied().fold(
-            Self::from_f64(f64::NEG_INFINITY),
-            |m, x| if x > m { x } else { m },
-        )
-    }
-    /// Σ xs in f64.
-    fn sum_f64(xs: &[Self]) -> f64 {
-        xs.iter().map(|x| x.to_f64()).sum()
-    }
-    /// y = silu(a)·b element-wise.
-    fn swiglu(a: &[Self], b: &[Self], y: &mut [Self]) {
-        for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
-            let e = (-a.abs_()).to_f64().exp();
-            let s = Self::from_f64(if a >= Self::zero() {
-                1.0 / (1.0 + e)
-            } else {
-                e / (1.0 + e)
-            });
-            *y = a * s * b;
-        }
-    }
-    /// y = silu(a)·b and s = σ(a) element-wise.
-    fn swiglu_sig(a: &[Self], b: &[Self], y: &mut [Self], s: &mut [Self]) {
-        for j in 0..a.len() {
-            let e = (-a[j].abs_()).to_f64().exp();
-            s[j] = Self::from_f64(if a[j] >= Self::zero() {
-                1.0 / (1.0 + e)
-            } else {
-                e / (1.0 + e)
-            });
-            y[j] = a[j] * s[j] * b[j];
-        }
-    }
-    /// The backward of [`Real::swiglu`]: da = g·b·σ(a)·(1 + a·(1 − σ(a))), db = g·silu(a).
-    fn swiglu_grad(a: &[Self], b: &[Self], g: &[Self], da: &mut [Self], db: &mut [Self]) {
-        for j in 0..a.len() {
-            let e = (-a[j].abs_()).to_f64().exp();
-            let s = Self::from_f64(if a[j] >= Self::zero() {
-                1.0 / (1.0 + e)
-            } else {
-                e / (1.0 + e)
-            });
-            da[j] = g[j] * b[j] * s * (Self::one() + a[j] * (Self::one() - s));
-            db[j] = g[j] * a[j] * s;
-        }
-    }
-}
-impl Real for f32 {
-    fn abs_(self) -> Self {
-        self.abs()
-    }
-    fn min_(self, o: Self) -> Self {
-        self.min(o)
-    }
-    fn exp_nonpos(xs: &mut [f32]) {
-        exp_nonpos_f32(xs);
-    }
-    fn max_of(xs: &[f32]) -> f32 {
-        let mut ch = xs.chunks_exact(8);
-        let mut m = f32x8::splat(f32::NEG_INFINITY);
-        for c in &mut ch {
-            m = m.max(lanes(c));
-        }
-        let m = m.to_array().into_iter().fold(f32::NEG_INFINITY, f32::max);
-        ch.remainder().iter().copied().fold(m, f32::max)
-    }
-    fn sum_f64(xs: &[f32]) -> f64 {
-        // eight f32 lanes over blocks of 256 (32 values per lane), blocks summed in f64
-        let mut total = 0f64;
-        for block in xs.chunks(256) {
-            let mut acc = f32x8::ZERO;
-            let mut ch = block.chunks_exact(8);
-            for c in &mut ch {
-                acc += lanes(c);
-            }
-            total += acc.to_array().iter().map(|&x| f64::from(x)).sum::<f64>()
-                + ch.remainder().iter().map(|&x| f64::from(x)).sum::<f64>();
-        }
-        total
-    }
-    fn swiglu(a: &[f32], b: &[f32], y: &mut [f32]) {
-        let n8 = a.len() / 8 * 8;
-        for ((yc, ac), bc) in y[..n8]
-            .chunks_exact_mut(8)
-            .zip(a[..n8].chunks_exact(8))
-            .zip(b[..n8].chunks_exact(8))
-        {
-            let a = lanes(ac);
-            let s = sigmoid8(a);
-            yc.copy_from_slice(&(a * s * lanes(bc)).to_array());
-        }
-        for j in n8..a.len() {
-            let e = (-a[j].abs()).exp();
-            y[j] = a[j] * sigmoid_from(a[j], e) * b[j];
-        }
-    }
-    fn swiglu_sig(a: &[f32], b: &[f32], y: &mut [f32], s: &mut [f32]) {
-        let n8 = a.len() / 8 * 8;
-        for (((yc, sc), ac), bc) in y[..n8]
-            .chunks_exact_mut(8)
-            .zip(s[..n8].chunks_exact_mut(8))
-            .zip(a[..n8].chunks_exact(8))
-            .zip(b[..n8].chunks_exact(8))
-        {
-            let a = lanes(ac);
-            let sg = sigmoid8(a);
-            sc.copy_from_slice(&sg.to_array());
-            yc.copy_from_slice(&(a * sg * lanes(bc)).to_array());
-        }
-        for j in n8..a.len() {
-            let e = (-a[j].abs()).exp();
-            s[j] = sigmoid_from(a[j], e);
-            y[j] = a[j] * s[j] * b[j];
-        }
-    }
-    fn swiglu_grad(a: &[f32], b: &[f32], g: &[f32], da: &mut [f32], db: &mut [f32]) {
-        let n8 = a.len() / 8 * 8;
-        let one = f32x8::splat(1.0);
-        for (((dac, dbc), (ac, bc)), gc) in da[..n8]
-            .chunks_exact_mut(8)
-            .zip(db[..n8].chunks_exact_mut(8))
-            .zip(a[..n8].chunks_exact(8).zip(b[..n8].chunks_exact(8)))
-            .zip(g[..n8].chunks_exact(8))
-        {
-            let (a, b, g) = (lanes(ac), lanes(bc), lanes(gc));
-            let s = sigmoid8(a);
-            dac.copy_from_slice(&(g * b * s * (one + a * (one - s))).to_array());
-            dbc.copy_from_slice(&(g * a * s).to_array());
-        }
-        for j in n8..a.len() {
-            let e = (-a[j].abs()).exp();
-            let s = sigmoid_from(a[j], e);
-            da[j] = g[j] * b[j] * s * (1.0 + a[j] * (1.0 - s));
-            db[j] = g[j] * a[j] * s;
-        }
-    }
-}
-impl Real for f64 {
-    fn abs_(self) -> Self {
-        self.abs()
-    }
-    fn min_(self, o: Self) -> Self {
-        self.min(o)
-    }
-    fn exp_nonpos(xs: &mut [f64]) {
-        for x in xs {
-            *x = x.exp();
-        }
-    }
-}
-
-use wide::{CmpGe, f32x8};
-
-/// Eight consecutive f32s (the caller passes chunks of exactly 8).
-#[inline]
-fn lanes(c: &[f32]) -> f32x8 {
-    let mut a = [0f32; 8];
-    a.copy_from_slice(c);
-    f32x8::from(a)
-}
-
-/// σ(a) per lane from e = exp(−|a|): 1/(1+e) for a ≥ 0, e/(1+e) below (stable at ±∞).
-#[inline]
-fn sigmoid8(a: f32x8) -> f32x8 {
-    let one = f32x8::splat(1.0);
-    let e = (-a.abs()).exp();
-    let inv = one / (one + e);
-    a.cmp_ge(f32x8::ZERO).blend(inv, e * inv)
-}
-
-/// exp(x) in place for x ≤ 0 (−∞ gives 0), eight lanes at a time with `wide`'s polynomial
-/// exp (relative error ~1e-7 against libm, see the test): the scalar libm call was the cost of
-/// SwiGLU, softmax and the log-softmax of the logits. Arguments below −87.3 give 0 (their
-/// exp is subnormal or 0 anyway, and FTZ is on).
-pub fn exp_nonpos_f32(xs: &mut [f32]) {
-    use wide::f32x8;
-    let mut chunks = xs.chunks_exact_mut(8);
-    for c in &mut chunks {
-        let mut a = [0f32; 8];
-        a.copy_from_slice(c);
-        c.copy_from_slice(&f32x8::from(a).exp().to_array());
-    }
-    for x in chunks.into_remainder() {
-        *x = x.exp();
-    }
 }
 
 fn slice<'a, T: WithDType>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [T]> {
@@ -246,59 +56,6 @@ macro_rules! by_dtype {
 struct TargetLogp;
 struct TargetLogpGrad;
 
-/// logsumexp of a row: max and exponentials in T (in blocks of 512), their sum in f64.
-fn row_lse<T: Real>(z: &[T]) -> f64 {
-    let m = T::max_of(z);
-    let mut buf = [T::zero(); 512];
-    let mut s = 0f64;
-    for ch in z.chunks(512) {
-        let b = &mut buf[..ch.len()];
-        for (o, &x) in b.iter_mut().zip(ch) {
-            *o = x - m;
-        }
-        T::exp_nonpos(b);
-        s += T::sum_f64(b);
-    }
-    m.to_f64() + s.ln()
-}
-
-fn tl_fwd<T: Real>(z: &[T], t: &[u32], v: usize) -> Result<Vec<T>> {
-    z.par_chunks(v)
-        .zip(t.par_iter())
-        .map(|(row, &ti)| {
-            let x = row.get(ti as usize).copied().ok_or_else(|| {
-                Error::Msg(format!("target-logp: target {ti} outside vocabulary {v}"))
-            })?;
-            Ok(T::from_f64(x.to_f64() - row_lse(row)))
-        })
-        .collect()
-}
-
-/// `gl` holds (upstream gradient, logsumexp) per row: the normalizer needs no second pass.
-fn tl_bwd<T: Real>(z: &[T], t: &[u32], gl: &[T], v: usize) -> Result<Vec<T>> {
-    let mut out = vec![T::zero(); z.len()];
-    out.par_chunks_mut(v)
-        .zip(z.par_chunks(v))
-        .zip(t.par_iter().zip(gl.par_chunks(2)))
-        .for_each(|((o, row), (&ti, gl))| {
-            let (gi, lse) = (gl[0], gl[1]);
-            if gi == T::zero() {
-                return;
-            }
-            for (oj, &zj) in o.iter_mut().zip(row) {
-                *oj = (zj - lse).min_(T::zero());
-            }
-            T::exp_nonpos(o);
-            for oj in o.iter_mut() {
-                *oj = -gi * *oj;
-            }
-            if let Some(x) = o.get_mut(ti as usize) {
-                *x += gi;
-            }
-        });
-    Ok(out)
-}
-
 impl CustomOp2 for TargetLogp {
     fn name(&self) -> &'static str {
         "target-logp"
@@ -321,10 +78,10 @@ impl CustomOp2 for TargetLogp {
         }
         let out = match s1 {
             CpuStorage::F32(_) => {
-                CpuStorage::F32(tl_fwd(slice::<f32>(s1, l1, self.name())?, t, v)?)
+                CpuStorage::F32(target_logp_rows(slice::<f32>(s1, l1, self.name())?, t, v)?)
             }
             CpuStorage::F64(_) => {
-                CpuStorage::F64(tl_fwd(slice::<f64>(s1, l1, self.name())?, t, v)?)
+                CpuStorage::F64(target_logp_rows(slice::<f64>(s1, l1, self.name())?, t, v)?)
             }
             _ => return Err(Error::Msg("target-logp: logits must be f32 or f64".into())),
         };
@@ -363,13 +120,13 @@ impl CustomOp3 for TargetLogpGrad {
         let (_, v) = l1.shape().dims2()?;
         let t = slice::<u32>(s2, l2, self.name())?;
         let out = match (s1, s3) {
-            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(tl_bwd(
+            (CpuStorage::F32(_), CpuStorage::F32(_)) => CpuStorage::F32(target_logp_grad_rows(
                 slice::<f32>(s1, l1, self.name())?,
                 t,
                 slice::<f32>(s3, l3, self.name())?,
                 v,
             )?),
-            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(tl_bwd(
+            (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(target_logp_grad_rows(
                 slice::<f64>(s1, l1, self.name())?,
                 t,
                 slice::<f64>(s3, l3, self.name())?,
@@ -389,59 +146,6 @@ impl CustomOp3 for TargetLogpGrad {
 
 struct RmsNorm(f64);
 struct RmsNormGrad(f64);
-
-pub(super) fn rms_fwd<T: Real>(x: &[T], w: &[T], eps: f64) -> Result<Vec<T>> {
-    let h = w.len();
-    let mut y = vec![T::zero(); x.len()];
-    y.par_chunks_mut(h)
-        .zip(x.par_chunks(h))
-        .for_each(|(yr, xr)| {
-            let ms = xr.iter().map(|&v| v.to_f64() * v.to_f64()).sum::<f64>() / h as f64;
-            let r = T::from_f64(1.0 / (ms + eps).sqrt());
-            for j in 0..h {
-                yr[j] = xr[j] * r * w[j];
-            }
-        });
-    Ok(y)
-}
-
-/// [dx (x.len()) ; dw (h)] in one buffer.
-pub(super) fn rms_bwd<T: Real>(x: &[T], w: &[T], g: &[T], eps: f64) -> Result<Vec<T>> {
-    let h = w.len();
-    let rows = x.len() / h;
-    let mut out = vec![T::zero(); x.len() + h];
-    let (dx, _) = out.split_at_mut(x.len());
-    let block = rows
-        .div_ceil(rayon::current_num_threads().max(1) * 4)
-        .max(1);
-    let partial: Vec<Vec<f64>> = dx
-        .par_chunks_mut(h * block)
-        .zip(x.par_chunks(h * block).zip(g.par_chunks(h * block)))
-        .map(|(dxb, (xb, gb))| {
-            let mut dw = vec![0f64; h];
-            for ((dxr, xr), gr) in dxb.chunks_mut(h).zip(xb.chunks(h)).zip(gb.chunks(h)) {
-                let ms = xr.iter().map(|&v| v.to_f64() * v.to_f64()).sum::<f64>() / h as f64;
-                let r = 1.0 / (ms + eps).sqrt();
-                let c = (0..h)
-                    .map(|j| w[j].to_f64() * gr[j].to_f64() * xr[j].to_f64())
-                    .sum::<f64>()
-                    / h as f64;
-                for j in 0..h {
-                    let (xj, gj) = (xr[j].to_f64(), gr[j].to_f64());
-                    dxr[j] = T::from_f64(r * w[j].to_f64() * gj - xj * r * r * r * c);
-                    dw[j] += gj * xj * r;
-                }
-            }
-            dw
-        })
-        .collect();
-    for p in partial {
-        for j in 0..h {
-            out[x.len() + j] += T::from_f64(p[j]);
-        }
-    }
-    Ok(out)
-}
 
 impl CustomOp2 for RmsNorm {
     fn name(&self) -> &'static str {
@@ -510,62 +214,6 @@ struct SoftmaxGrad {
     scale: f64,
 }
 
-/// One row of softmax(scale · x) in place, over its first `n` entries (the rest become 0: keys
-/// a causal query does not see). Shared by the softmax node and the fused attention.
-pub(super) fn softmax_row<T: Real>(row: &mut [T], n: usize, scale: f64) {
-    let sc = T::from_f64(scale);
-    for x in &mut row[..n] {
-        *x *= sc;
-    }
-    let m = T::max_of(&row[..n]);
-    for x in &mut row[..n] {
-        *x = (*x - m).min_(T::zero());
-    }
-    T::exp_nonpos(&mut row[..n]);
-    let sum = T::sum_f64(&row[..n]);
-    let inv = T::from_f64(1.0 / sum);
-    for x in &mut row[..n] {
-        *x *= inv;
-    }
-    for x in &mut row[n..] {
-        *x = T::zero();
-    }
-}
-
-/// The backward of [`softmax_row`] in place: g ← scale · p ⊙ (g − ⟨p, g⟩).
-pub(super) fn softmax_grad_row<T: Real>(p: &[T], g: &mut [T], scale: f64) {
-    let dot: f64 = p
-        .iter()
-        .zip(g.iter())
-        .map(|(a, b)| a.to_f64() * b.to_f64())
-        .sum();
-    let (dot, sc) = (T::from_f64(dot), T::from_f64(scale));
-    for (x, &pj) in g.iter_mut().zip(p) {
-        *x = sc * pj * (*x - dot);
-    }
-}
-
-/// Causal (query i of T sees keys j ≤ i + (S − T)) or full softmax over rows of length `s`.
-pub(super) fn softmax_n(i: usize, t: usize, s: usize, causal: bool) -> usize {
-    if causal { (i + 1 + s - t).min(s) } else { s }
-}
-
-fn softmax_fwd<T: Real>(x: &[T], t: usize, s: usize, scale: f64, causal: bool) -> Result<Vec<T>> {
-    let mut y = x.to_vec();
-    y.par_chunks_mut(s)
-        .enumerate()
-        .for_each(|(row, yr)| softmax_row(yr, softmax_n(row % t, t, s, causal), scale));
-    Ok(y)
-}
-
-fn softmax_bwd<T: Real>(y: &[T], g: &[T], s: usize, scale: f64) -> Result<Vec<T>> {
-    let mut dx = g.to_vec();
-    dx.par_chunks_mut(s)
-        .zip(y.par_chunks(s))
-        .for_each(|(dr, yr)| softmax_grad_row(yr, dr, scale));
-    Ok(dx)
-}
-
 impl CustomOp1 for Softmax {
     fn name(&self) -> &'static str {
         "fused-softmax"
@@ -625,40 +273,6 @@ pub fn softmax_causal(x: &Tensor, scale: f64, causal: bool) -> Result<Tensor> {
 
 struct Swiglu;
 struct SwigluGrad;
-
-fn swiglu_fwd<T: Real>(a: &[T], b: &[T]) -> Result<Vec<T>> {
-    let mut y = vec![T::zero(); a.len()];
-    y.par_chunks_mut(4096)
-        .zip(a.par_chunks(4096).zip(b.par_chunks(4096)))
-        .for_each(|(yc, (ac, bc))| T::swiglu(ac, bc, yc));
-    Ok(y)
-}
-
-/// σ(a) from e = exp(−|a|), stable for any a.
-#[inline]
-fn sigmoid_from<T: Real>(a: T, e: T) -> T {
-    if a >= T::zero() {
-        T::one() / (T::one() + e)
-    } else {
-        e / (T::one() + e)
-    }
-}
-
-/// [da ; db] in one buffer.
-fn swiglu_bwd<T: Real>(a: &[T], b: &[T], g: &[T]) -> Result<Vec<T>> {
-    let n = a.len();
-    let mut out = vec![T::zero(); 2 * n];
-    let (da, db) = out.split_at_mut(n);
-    da.par_chunks_mut(4096)
-        .zip(db.par_chunks_mut(4096))
-        .zip(
-            a.par_chunks(4096)
-                .zip(b.par_chunks(4096))
-                .zip(g.par_chunks(4096)),
-        )
-        .for_each(|((dac, dbc), ((ac, bc), gc))| T::swiglu_grad(ac, bc, gc, dac, dbc));
-    Ok(out)
-}
 
 impl CustomOp2 for Swiglu {
     fn name(&self) -> &'static str {
@@ -728,29 +342,6 @@ struct Rope {
     sin: Arc<Vec<f64>>,
     rot: usize,
     sign: f64,
-}
-
-fn rope_apply<T: Real>(
-    x: &[T],
-    d: usize,
-    t: usize,
-    rot: usize,
-    cos: &[f64],
-    sin: &[f64],
-    sign: f64,
-) -> Result<Vec<T>> {
-    let half = rot / 2;
-    let mut y = x.to_vec();
-    y.par_chunks_mut(d).enumerate().for_each(|(row, yr)| {
-        let p = row % t;
-        for i in 0..half {
-            let (c, s) = (cos[p * half + i], sign * sin[p * half + i]);
-            let (a, b) = (yr[i].to_f64(), yr[i + half].to_f64());
-            yr[i] = T::from_f64(a * c - b * s);
-            yr[i + half] = T::from_f64(b * c + a * s);
-        }
-    });
-    Ok(y)
 }
 
 impl CustomOp1 for Rope {
@@ -827,14 +418,14 @@ impl CustomOp2 for Linear {
                 n,
                 k,
                 out,
-            )),
+            )?),
             (CpuStorage::F64(_), CpuStorage::F64(_)) => CpuStorage::F64(gemm_xwt(
                 slice::<f64>(s1, l1, self.name())?,
                 slice::<f64>(s2, l2, self.name())?,
                 n,
                 k,
                 out,
-            )),
+            )?),
             _ => {
                 return Err(Error::Msg(
                     "fused-linear: x and W must both be f32 or f64".into(),
@@ -857,175 +448,9 @@ impl CustomOp2 for Linear {
     }
 }
 
-/// y = x·Wᵀ straight from the storages (x [n, k], W [out, k], both contiguous), with the gemm
-/// crate on rayon's threads: no input copies.
-fn gemm_xwt<T: WithDType + 'static>(x: &[T], w: &[T], n: usize, k: usize, out: usize) -> Vec<T> {
-    let mut y = vec![T::zero(); n * out];
-    if n == 0 || out == 0 {
-        return y;
-    }
-    let threads = rayon::current_num_threads();
-    let par = if threads > 1 && n * out * k >= 1 << 16 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: the pointers cover x (n·k), W (out·k) and y (n·out) with the strides given:
-    // y[i, j] at i·out + j, x[i, l] at i·k + l, and Wᵀ[l, j] = W[j, l] at j·k + l.
-    unsafe {
-        gemm::gemm(
-            n,
-            out,
-            k,
-            y.as_mut_ptr(),
-            1,
-            out as isize,
-            false,
-            x.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr(),
-            k as isize,
-            1,
-            T::zero(),
-            T::one(),
-            false,
-            false,
-            false,
-            par,
-        );
-    }
-    y
-}
-
 /// x [N, in] · W [out, in]ᵀ on the fused path.
 pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op2(&w.contiguous()?, Linear)
-}
-
-/// C (m×n, row stride `c_rs`) = A·B on one thread, with A and B given by (row, column)
-/// strides: the per-head products of attention are far too small to split across threads.
-#[allow(clippy::too_many_arguments)]
-fn mm1<T: WithDType + 'static>(
-    m: usize,
-    n: usize,
-    k: usize,
-    c: &mut [T],
-    c_rs: usize,
-    a: &[T],
-    a_rs: usize,
-    a_cs: usize,
-    b: &[T],
-    b_rs: usize,
-    b_cs: usize,
-) {
-    debug_assert!(c.len() >= (m - 1) * c_rs + n);
-    // SAFETY: the callers pass slices that cover (m−1)·rs + (cols−1)·cs + 1 elements of each
-    // operand with the strides given (one head's q, k, v, scores or gradients).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            c_rs as isize,
-            false,
-            a.as_ptr(),
-            a_cs as isize,
-            a_rs as isize,
-            b.as_ptr(),
-            b_cs as isize,
-            b_rs as isize,
-            T::zero(),
-            T::one(),
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
-}
-
-/// Causal softmax(scale·s) of one head's scores [T, S] in place: query i sees keys
-/// j ≤ i + (S − T); the rest become 0.
-fn softmax_rows_causal<T: Real>(p: &mut [T], t: usize, s: usize, scale: f64) {
-    for (i, row) in p.chunks_mut(s).take(t).enumerate() {
-        softmax_row(row, softmax_n(i, t, s, true), scale);
-    }
-}
-
-/// Per head (in parallel over B·H): p = causal softmax(scale·q·kᵀ), out = p·v.
-/// q [BH, T, D], k, v [BH, S, D] → [BH, T, D].
-#[allow(clippy::too_many_arguments)]
-fn attn_fwd<T: Real + 'static>(
-    q: &[T],
-    k: &[T],
-    v: &[T],
-    bh: usize,
-    t: usize,
-    s: usize,
-    d: usize,
-    scale: f64,
-) -> Vec<T> {
-    let mut out = vec![T::zero(); bh * t * d];
-    out.par_chunks_mut(t * d).enumerate().for_each(|(h, o)| {
-        let (qh, kh, vh) = (
-            &q[h * t * d..(h + 1) * t * d],
-            &k[h * s * d..(h + 1) * s * d],
-            &v[h * s * d..(h + 1) * s * d],
-        );
-        let mut p = vec![T::zero(); t * s];
-        mm1(t, s, d, &mut p, s, qh, d, 1, kh, 1, d); // q·kᵀ
-        softmax_rows_causal(&mut p, t, s, scale);
-        mm1(t, d, s, o, d, &p, s, 1, vh, d, 1); // p·v
-    });
-    out
-}
-
-/// The backward of [`attn_fwd`] per head (heads in parallel): (dq [BH, T, D], dk [BH, S, D],
-/// dv [BH, S, D]).
-#[allow(clippy::too_many_arguments)]
-fn attn_bwd<T: Real + 'static>(
-    q: &[T],
-    k: &[T],
-    v: &[T],
-    g: &[T],
-    bh: usize,
-    t: usize,
-    s: usize,
-    d: usize,
-    scale: f64,
-) -> (Vec<T>, Vec<T>, Vec<T>) {
-    let mut dq_all = vec![T::zero(); bh * t * d];
-    let mut dk_all = vec![T::zero(); bh * s * d];
-    let mut dv_all = vec![T::zero(); bh * s * d];
-    dq_all
-        .par_chunks_mut(t * d)
-        .zip(dk_all.par_chunks_mut(s * d))
-        .zip(dv_all.par_chunks_mut(s * d))
-        .enumerate()
-        .for_each(|(h, ((dq, dk), dv))| {
-            let (qh, kh, vh, gh) = (
-                &q[h * t * d..(h + 1) * t * d],
-                &k[h * s * d..(h + 1) * s * d],
-                &v[h * s * d..(h + 1) * s * d],
-                &g[h * t * d..(h + 1) * t * d],
-            );
-            let mut p = vec![T::zero(); t * s];
-            mm1(t, s, d, &mut p, s, qh, d, 1, kh, 1, d);
-            softmax_rows_causal(&mut p, t, s, scale);
-            mm1(s, d, t, dv, d, &p, 1, s, gh, d, 1); // dv = pᵀ·g
-            let mut dp = vec![T::zero(); t * s];
-            mm1(t, s, d, &mut dp, s, gh, d, 1, vh, 1, d); // dp = g·vᵀ
-            // ds = scale · p ⊙ (dp − rowsum(p ⊙ dp)), in dp
-            for (pr, dr) in p.chunks(s).zip(dp.chunks_mut(s)) {
-                softmax_grad_row(pr, dr, scale);
-            }
-            mm1(t, d, s, dq, d, &dp, s, 1, kh, d, 1); // dq = ds·k
-            mm1(s, d, t, dk, d, &dp, 1, s, qh, d, 1); // dk = dsᵀ·q
-        });
-    (dq_all, dk_all, dv_all)
 }
 
 /// A contiguous CPU tensor's elements, borrowed for `f`.
@@ -1077,7 +502,7 @@ impl CustomOp3 for Attention {
         let out = by_dtype!(
             self.name(),
             s1,
-            attn_fwd_r(s1, l1, s2, l2, s3, l3),
+            attn_fwd(s1, l1, s2, l2, s3, l3),
             bh,
             t,
             s,
@@ -1113,9 +538,7 @@ impl CustomOp3 for Attention {
             let (dq, dk, dv) = with_slice::<T, _>(q, |qs| {
                 with_slice::<T, _>(k, |ks| {
                     with_slice::<T, _>(v, |vs| {
-                        with_slice::<T, _>(g, |gs| {
-                            Ok(attn_bwd(qs, ks, vs, gs, b * h, t, s, d, scale))
-                        })
+                        with_slice::<T, _>(g, |gs| attn_bwd(qs, ks, vs, gs, b * h, t, s, d, scale))
                     })
                 })
             })?;
@@ -1138,20 +561,6 @@ impl CustomOp3 for Attention {
         };
         Ok((Some(dq), Some(dk), Some(dv)))
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn attn_fwd_r<T: Real + 'static>(
-    q: &[T],
-    k: &[T],
-    v: &[T],
-    bh: usize,
-    t: usize,
-    s: usize,
-    d: usize,
-    scale: f64,
-) -> Result<Vec<T>> {
-    Ok(attn_fwd(q, k, v, bh, t, s, d, scale))
 }
 
 /// Causal scaled dot-product attention on the fused path; q [B, H, T, Dh], k, v [B, H, S, Dh].
@@ -1205,8 +614,8 @@ impl CustomOp3 for HeadLogp {
                     n,
                     h,
                     v,
-                );
-                let out = CpuStorage::F32(tl_fwd(&z, t, v)?);
+                )?;
+                let out = CpuStorage::F32(target_logp_rows(&z, t, v)?);
                 (out, Tensor::from_vec(z, (n, v), &dev)?)
             }
             (CpuStorage::F64(_), CpuStorage::F64(_)) => {
@@ -1216,8 +625,8 @@ impl CustomOp3 for HeadLogp {
                     n,
                     h,
                     v,
-                );
-                let out = CpuStorage::F64(tl_fwd(&z, t, v)?);
+                )?;
+                let out = CpuStorage::F64(target_logp_rows(&z, t, v)?);
                 (out, Tensor::from_vec(z, (n, v), &dev)?)
             }
             _ => {
@@ -1384,93 +793,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn vector_exp_matches_libm() {
-        let xs: Vec<f32> = (0..20_000).map(|i| -(i as f32) * 0.0044).collect(); // 0 … −88
-        let mut got = xs.clone();
-        exp_nonpos_f32(&mut got);
-        for (x, g) in xs.iter().zip(&got) {
-            let want = x.exp();
-            if *x > -87.0 {
-                assert!(
-                    (g - want).abs() <= 2e-7 * want,
-                    "exp({x}) = {g}, libm {want}"
-                );
-            } else {
-                assert!(*g <= 1e-37);
-            }
-        }
-        let mut inf = [f32::NEG_INFINITY; 9];
-        exp_nonpos_f32(&mut inf);
-        assert!(inf.iter().all(|&e| e == 0.0));
-    }
-
-    /// The eight-lane f32 row kernels (max, f64 sum, SwiGLU and its gradient) against the
-    /// scalar f64 definitions, on lengths that are and are not multiples of 8, with extremes.
-    #[test]
-    fn f32_lane_kernels_match_f64_scalar() {
-        let mut r = 0x2545f4914f6cdd1du64;
-        let mut rnd = || {
-            r ^= r << 13;
-            r ^= r >> 7;
-            r ^= r << 17;
-            (r >> 11) as f64 / (1u64 << 53) as f64
-        };
-        for n in [1usize, 7, 8, 9, 255, 256, 257, 1000] {
-            let a: Vec<f32> = (0..n)
-                .map(|i| match i % 97 {
-                    0 => 120.0,
-                    1 => -120.0,
-                    _ => ((rnd() - 0.5) * 16.0) as f32,
-                })
-                .collect();
-            let b: Vec<f32> = (0..n).map(|_| (rnd() - 0.5) as f32 * 4.0).collect();
-            let g: Vec<f32> = (0..n).map(|_| (rnd() - 0.5) as f32).collect();
-            let a64: Vec<f64> = a.iter().map(|&x| f64::from(x)).collect();
-            let b64: Vec<f64> = b.iter().map(|&x| f64::from(x)).collect();
-            let g64: Vec<f64> = g.iter().map(|&x| f64::from(x)).collect();
-
-            assert_eq!(
-                f64::from(f32::max_of(&a)),
-                f64::max_of(&a64),
-                "max, n = {n}"
-            );
-            let pos: Vec<f32> = b.iter().map(|x| x.abs()).collect();
-            let (s32, s64) = (
-                f32::sum_f64(&pos),
-                f64::sum_f64(&pos.iter().map(|&x| f64::from(x)).collect::<Vec<_>>()),
-            );
-            assert!(
-                (s32 - s64).abs() <= 1e-6 * s64,
-                "sum {s32} vs {s64}, n = {n}"
-            );
-
-            let mut y = vec![0f32; n];
-            let mut y64 = vec![0f64; n];
-            f32::swiglu(&a, &b, &mut y);
-            f64::swiglu(&a64, &b64, &mut y64);
-            let (mut da, mut db) = (vec![0f32; n], vec![0f32; n]);
-            let (mut da64, mut db64) = (vec![0f64; n], vec![0f64; n]);
-            f32::swiglu_grad(&a, &b, &g, &mut da, &mut db);
-            f64::swiglu_grad(&a64, &b64, &g64, &mut da64, &mut db64);
-            for j in 0..n {
-                for (got, want, what) in [
-                    (y[j], y64[j], "silu(a)·b"),
-                    (da[j], da64[j], "da"),
-                    (db[j], db64[j], "db"),
-                ] {
-                    assert!(got.is_finite(), "{what} at a = {}", a[j]);
-                    let tol = 1e-6 * (1.0 + want.abs() + f64::from(a[j]).abs() * 1e-1);
-                    assert!(
-                        (f64::from(got) - want).abs() <= tol,
-                        "{what}: {got} vs {want} at a = {}, n = {n}",
-                        a[j]
-                    );
-                }
-            }
-        }
-        assert_eq!(f32::max_of(&[]), f32::NEG_INFINITY);
-    }
     #[test]
     fn swiglu_is_stable_at_extremes_in_f32() {
         let a = Tensor::new(

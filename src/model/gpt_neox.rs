@@ -10,50 +10,100 @@ use super::config::GptNeoxConfig;
 use super::layers::{
     KvMode, Rope, attention, causal_mask_after, gelu, inv_freq, layer_norm, linear,
 };
+use super::net::{Declare, Norm, Proj, WeightSpec};
 
-pub fn param_shapes(c: &GptNeoxConfig) -> Vec<(String, Vec<usize>)> {
-    let h = c.hidden_size;
-    let mut v = vec![(
-        "gpt_neox.embed_in.weight".to_string(),
-        vec![c.vocab_size, h],
-    )];
-    for i in 0..c.num_hidden_layers {
-        let p = format!("gpt_neox.layers.{i}");
-        for ln in ["input_layernorm", "post_attention_layernorm"] {
-            v.push((format!("{p}.{ln}.weight"), vec![h]));
-            v.push((format!("{p}.{ln}.bias"), vec![h]));
+/// The name of the untied LM head (GPT-NeoX's `embed_out`).
+pub const EMBED_OUT: &str = "embed_out.weight";
+
+/// One GPT-NeoX layer's weights: positions in [`super::Params`] (or what the builder kept).
+#[derive(Clone, Debug)]
+pub struct GptNeoxLayer<W = usize> {
+    pub input_norm: Norm<W>,
+    pub post_norm: Norm<W>,
+    /// The fused q/k/v projection, laid out per head ([H, 3, Dh] along the output).
+    pub qkv: Proj<W>,
+    pub dense: Proj<W>,
+    /// dense_h_to_4h and dense_4h_to_h.
+    pub up: Proj<W>,
+    pub down: Proj<W>,
+}
+
+/// Every weight of a GPT-NeoX (Pythia) model.
+#[derive(Clone, Debug)]
+pub struct GptNeoxWeights<W = usize> {
+    pub embed_in: W,
+    pub layers: Vec<GptNeoxLayer<W>>,
+    pub final_norm: Norm<W>,
+    /// `embed_out`; None when tied to the input embedding.
+    pub embed_out: Option<W>,
+}
+
+impl<W> GptNeoxWeights<W> {
+    /// Declares every weight of the model with its HF name, shape and initialisation, in
+    /// checkpoint order, keeping what `f` returns for each.
+    pub fn build<E>(c: &GptNeoxConfig, f: &mut Declare<'_, W, E>) -> std::result::Result<Self, E> {
+        let (h, inter) = (c.hidden_size, c.intermediate_size);
+        let attn_bias = |n: usize| c.attention_bias.then_some(n);
+        let embed_in = f(WeightSpec::normal(
+            "gpt_neox.embed_in.weight".into(),
+            vec![c.vocab_size, h],
+        ))?;
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let p = format!("gpt_neox.layers.{i}");
+            let input_norm = Norm::build(f, &format!("{p}.input_layernorm"), h)?;
+            let post_norm = Norm::build(f, &format!("{p}.post_attention_layernorm"), h)?;
+            let qkv = Proj::build(
+                f,
+                &format!("{p}.attention.query_key_value"),
+                vec![3 * h, h],
+                attn_bias(3 * h),
+            )?;
+            let dense = Proj::build(f, &format!("{p}.attention.dense"), vec![h, h], attn_bias(h))?;
+            let up = Proj::build(
+                f,
+                &format!("{p}.mlp.dense_h_to_4h"),
+                vec![inter, h],
+                Some(inter),
+            )?;
+            let down = Proj::build(
+                f,
+                &format!("{p}.mlp.dense_4h_to_h"),
+                vec![h, inter],
+                Some(h),
+            )?;
+            layers.push(GptNeoxLayer {
+                input_norm,
+                post_norm,
+                qkv,
+                dense,
+                up,
+                down,
+            });
         }
-        v.push((
-            format!("{p}.attention.query_key_value.weight"),
-            vec![3 * h, h],
-        ));
-        if c.attention_bias {
-            v.push((format!("{p}.attention.query_key_value.bias"), vec![3 * h]));
-        }
-        v.push((format!("{p}.attention.dense.weight"), vec![h, h]));
-        if c.attention_bias {
-            v.push((format!("{p}.attention.dense.bias"), vec![h]));
-        }
-        v.push((
-            format!("{p}.mlp.dense_h_to_4h.weight"),
-            vec![c.intermediate_size, h],
-        ));
-        v.push((
-            format!("{p}.mlp.dense_h_to_4h.bias"),
-            vec![c.intermediate_size],
-        ));
-        v.push((
-            format!("{p}.mlp.dense_4h_to_h.weight"),
-            vec![h, c.intermediate_size],
-        ));
-        v.push((format!("{p}.mlp.dense_4h_to_h.bias"), vec![h]));
+        let final_norm = Norm::build(f, "gpt_neox.final_layer_norm", h)?;
+        let embed_out = if c.tie_word_embeddings {
+            None
+        } else {
+            Some(f(WeightSpec::normal(
+                EMBED_OUT.into(),
+                vec![c.vocab_size, h],
+            ))?)
+        };
+        Ok(GptNeoxWeights {
+            embed_in,
+            layers,
+            final_norm,
+            embed_out,
+        })
     }
-    v.push(("gpt_neox.final_layer_norm.weight".to_string(), vec![h]));
-    v.push(("gpt_neox.final_layer_norm.bias".to_string(), vec![h]));
-    if !c.tie_word_embeddings {
-        v.push(("embed_out.weight".to_string(), vec![c.vocab_size, h]));
+}
+
+impl GptNeoxWeights {
+    /// The LM head's position (the input embedding's when tied).
+    pub fn head(&self) -> usize {
+        self.embed_out.unwrap_or(self.embed_in)
     }
-    v
 }
 
 /// Number of rotary dimensions per head (even).
@@ -63,23 +113,15 @@ pub fn rotary_ndims(c: &GptNeoxConfig) -> usize {
     r - r % 2
 }
 
-pub fn forward(c: &GptNeoxConfig, w: &Weights, ids: &Tensor) -> Result<Tensor> {
-    let x = hidden(c, w, ids, &mut KvMode::Off)?;
-    linear(&x, &lm_head(c, w)?, None)
-}
-
-/// The LM head's weight [V, H] (the input embedding when tied).
-pub fn lm_head(c: &GptNeoxConfig, w: &Weights) -> Result<Tensor> {
-    if c.tie_word_embeddings {
-        w.get("gpt_neox.embed_in.weight")
-    } else {
-        w.get("embed_out.weight")
-    }
-}
-
 /// The final normalized hidden states [B, T, H], after the cached prefix when `kv` attends to
 /// one.
-pub fn hidden(c: &GptNeoxConfig, w: &Weights, ids: &Tensor, kv: &mut KvMode) -> Result<Tensor> {
+pub fn hidden(
+    c: &GptNeoxConfig,
+    ix: &GptNeoxWeights,
+    w: &Weights,
+    ids: &Tensor,
+    kv: &mut KvMode,
+) -> Result<Tensor> {
     let (b, t) = ids.dims2()?;
     let dev = ids.device();
     let h = c.hidden_size;
@@ -87,33 +129,22 @@ pub fn hidden(c: &GptNeoxConfig, w: &Weights, ids: &Tensor, kv: &mut KvMode) -> 
     let dh = h / nh;
     let rot = rotary_ndims(c);
     let exact = c.hidden_act == "gelu";
-    let dtype = w.get("gpt_neox.embed_in.weight")?.dtype();
+    let embed = w.get(ix.embed_in)?;
+    let dtype = embed.dtype();
     let off = kv.offset();
     let mask = causal_mask_after(t, off, dtype, dev)?;
     let rope = Rope::at(&inv_freq(rot, c.rotary_emb_base), off, t, dtype, dev)?;
-    let embed = w.get("gpt_neox.embed_in.weight")?;
     let mut x = embed.embedding(&ids.flatten_all()?)?.reshape((b, t, h))?;
-    for i in 0..c.num_hidden_layers {
-        let p = format!("gpt_neox.layers.{i}");
-        let bias = |name: &str| -> Result<Option<Tensor>> {
-            if c.attention_bias {
-                w.get(name).map(Some)
-            } else {
-                Ok(None)
-            }
-        };
-        let ln1 = layer_norm(
-            &x,
-            &w.get(&format!("{p}.input_layernorm.weight"))?,
-            &w.get(&format!("{p}.input_layernorm.bias"))?,
-            c.layer_norm_eps,
-        )?;
-        let qkv = linear(
-            &ln1,
-            &w.get(&format!("{p}.attention.query_key_value.weight"))?,
-            bias(&format!("{p}.attention.query_key_value.bias"))?.as_ref(),
-        )?
-        .reshape((b, t, nh, 3 * dh))?;
+    let norm = |x: &Tensor, n: &Norm| -> Result<Tensor> {
+        layer_norm(x, &w.get(n.weight)?, &w.get(n.bias)?, c.layer_norm_eps)
+    };
+    let proj = |x: &Tensor, p: &Proj| -> Result<Tensor> {
+        let bias = p.bias.map(|b| w.get(b)).transpose()?;
+        linear(x, &w.get(p.weight)?, bias.as_ref())
+    };
+    for (i, l) in ix.layers.iter().enumerate() {
+        let ln1 = norm(&x, &l.input_norm)?;
+        let qkv = proj(&ln1, &l.qkv)?.reshape((b, t, nh, 3 * dh))?;
         let head = |j: usize| -> Result<Tensor> {
             qkv.narrow(D::Minus1, j * dh, dh)?
                 .transpose(1, 2)?
@@ -122,28 +153,10 @@ pub fn hidden(c: &GptNeoxConfig, w: &Weights, ids: &Tensor, kv: &mut KvMode) -> 
         let q = rope.apply(&head(0)?)?;
         let (k, v) = kv.keys_values(i, rope.apply(&head(1)?)?, head(2)?)?;
         let a = attention(&q, &k, &v, &mask)?;
-        let a = linear(
-            &a,
-            &w.get(&format!("{p}.attention.dense.weight"))?,
-            bias(&format!("{p}.attention.dense.bias"))?.as_ref(),
-        )?;
+        let a = proj(&a, &l.dense)?;
         let mlp = |inp: &Tensor| -> Result<Tensor> {
-            let ln2 = layer_norm(
-                inp,
-                &w.get(&format!("{p}.post_attention_layernorm.weight"))?,
-                &w.get(&format!("{p}.post_attention_layernorm.bias"))?,
-                c.layer_norm_eps,
-            )?;
-            let u = linear(
-                &ln2,
-                &w.get(&format!("{p}.mlp.dense_h_to_4h.weight"))?,
-                Some(&w.get(&format!("{p}.mlp.dense_h_to_4h.bias"))?),
-            )?;
-            linear(
-                &gelu(&u, exact)?,
-                &w.get(&format!("{p}.mlp.dense_4h_to_h.weight"))?,
-                Some(&w.get(&format!("{p}.mlp.dense_4h_to_h.bias"))?),
-            )
+            let ln2 = norm(inp, &l.post_norm)?;
+            proj(&gelu(&proj(&ln2, &l.up)?, exact)?, &l.down)
         };
         x = if c.use_parallel_residual {
             let m = mlp(&x)?;
@@ -154,10 +167,5 @@ pub fn hidden(c: &GptNeoxConfig, w: &Weights, ids: &Tensor, kv: &mut KvMode) -> 
             (x1 + m)?
         };
     }
-    layer_norm(
-        &x,
-        &w.get("gpt_neox.final_layer_norm.weight")?,
-        &w.get("gpt_neox.final_layer_norm.bias")?,
-        c.layer_norm_eps,
-    )
+    norm(&x, &ix.final_norm)
 }

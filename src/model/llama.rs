@@ -2,54 +2,143 @@
 //! Compare with transformers' `modeling_llama.py`: pre-norm RMSNorm blocks, RoPE on two halves,
 //! grouped-query attention, SwiGLU MLP, final RMSNorm, `lm_head` (or the tied embedding).
 
-use candle_core::{D, Result, Tensor};
+use candle_core::{Result, Tensor};
 
 use super::Weights;
 use super::config::{Llama3Rope, LlamaConfig};
 use super::layers::{
     KvMode, Rope, attention, causal_mask_after, inv_freq, linear, repeat_kv, rms_norm, swiglu,
 };
+use super::net::{Declare, Proj, WeightSpec};
 
-/// Every weight tensor of the model with its shape, in HF names.
-pub fn param_shapes(c: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
-    let h = c.hidden_size;
-    let q = c.num_attention_heads * c.head_dim;
-    let kv = c.num_key_value_heads * c.head_dim;
-    let mut v = vec![(
-        "model.embed_tokens.weight".to_string(),
-        vec![c.vocab_size, h],
-    )];
-    for i in 0..c.num_hidden_layers {
-        let p = format!("model.layers.{i}");
-        v.push((format!("{p}.input_layernorm.weight"), vec![h]));
-        v.push((format!("{p}.self_attn.q_proj.weight"), vec![q, h]));
-        v.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, h]));
-        v.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, h]));
-        if c.attention_bias {
-            v.push((format!("{p}.self_attn.q_proj.bias"), vec![q]));
-            v.push((format!("{p}.self_attn.k_proj.bias"), vec![kv]));
-            v.push((format!("{p}.self_attn.v_proj.bias"), vec![kv]));
+/// The name of the untied LM head (HF's `lm_head`).
+pub const LM_HEAD: &str = "lm_head.weight";
+
+/// One decoder layer's weights: positions in [`super::Params`] (or what the builder kept).
+#[derive(Clone, Debug)]
+pub struct LlamaLayer<W = usize> {
+    pub input_norm: W,
+    /// q/k/v projections; their biases for qwen2 (llama with `attention_bias`).
+    pub q: Proj<W>,
+    pub k: Proj<W>,
+    pub v: Proj<W>,
+    pub o: W,
+    pub post_norm: W,
+    pub gate: W,
+    pub up: W,
+    pub down: W,
+}
+
+/// Every weight of a llama/qwen2 model.
+#[derive(Clone, Debug)]
+pub struct LlamaWeights<W = usize> {
+    pub embed: W,
+    pub layers: Vec<LlamaLayer<W>>,
+    pub norm: W,
+    /// `lm_head`; None when tied to the embedding.
+    pub lm_head: Option<W>,
+}
+
+impl<W> LlamaWeights<W> {
+    /// Declares every weight of the model with its HF name, shape and initialisation, in
+    /// checkpoint order, keeping what `f` returns for each.
+    pub fn build<E>(c: &LlamaConfig, f: &mut Declare<'_, W, E>) -> std::result::Result<Self, E> {
+        let (h, inter) = (c.hidden_size, c.intermediate_size);
+        let qd = c.num_attention_heads * c.head_dim;
+        let kvd = c.num_key_value_heads * c.head_dim;
+        let embed = f(WeightSpec::normal(
+            "model.embed_tokens.weight".into(),
+            vec![c.vocab_size, h],
+        ))?;
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let input_norm = f(WeightSpec::ones(
+                format!("{p}.input_layernorm.weight"),
+                vec![h],
+            ))?;
+            let (qn, kn, vn) = (
+                format!("{p}.self_attn.q_proj"),
+                format!("{p}.self_attn.k_proj"),
+                format!("{p}.self_attn.v_proj"),
+            );
+            let qw = f(WeightSpec::normal(format!("{qn}.weight"), vec![qd, h]))?;
+            let kw = f(WeightSpec::normal(format!("{kn}.weight"), vec![kvd, h]))?;
+            let vw = f(WeightSpec::normal(format!("{vn}.weight"), vec![kvd, h]))?;
+            // the three biases follow the three weights
+            let (qb, kb, vb) = if c.attention_bias {
+                (
+                    Some(f(WeightSpec::zeros(format!("{qn}.bias"), vec![qd]))?),
+                    Some(f(WeightSpec::zeros(format!("{kn}.bias"), vec![kvd]))?),
+                    Some(f(WeightSpec::zeros(format!("{vn}.bias"), vec![kvd]))?),
+                )
+            } else {
+                (None, None, None)
+            };
+            let o = f(WeightSpec::normal(
+                format!("{p}.self_attn.o_proj.weight"),
+                vec![h, qd],
+            ))?;
+            let post_norm = f(WeightSpec::ones(
+                format!("{p}.post_attention_layernorm.weight"),
+                vec![h],
+            ))?;
+            let gate = f(WeightSpec::normal(
+                format!("{p}.mlp.gate_proj.weight"),
+                vec![inter, h],
+            ))?;
+            let up = f(WeightSpec::normal(
+                format!("{p}.mlp.up_proj.weight"),
+                vec![inter, h],
+            ))?;
+            let down = f(WeightSpec::normal(
+                format!("{p}.mlp.down_proj.weight"),
+                vec![h, inter],
+            ))?;
+            layers.push(LlamaLayer {
+                input_norm,
+                q: Proj {
+                    weight: qw,
+                    bias: qb,
+                },
+                k: Proj {
+                    weight: kw,
+                    bias: kb,
+                },
+                v: Proj {
+                    weight: vw,
+                    bias: vb,
+                },
+                o,
+                post_norm,
+                gate,
+                up,
+                down,
+            });
         }
-        v.push((format!("{p}.self_attn.o_proj.weight"), vec![h, q]));
-        v.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
-        v.push((
-            format!("{p}.mlp.gate_proj.weight"),
-            vec![c.intermediate_size, h],
-        ));
-        v.push((
-            format!("{p}.mlp.up_proj.weight"),
-            vec![c.intermediate_size, h],
-        ));
-        v.push((
-            format!("{p}.mlp.down_proj.weight"),
-            vec![h, c.intermediate_size],
-        ));
+        let norm = f(WeightSpec::ones("model.norm.weight".into(), vec![h]))?;
+        let lm_head = if c.tie_word_embeddings {
+            None
+        } else {
+            Some(f(WeightSpec::normal(
+                LM_HEAD.into(),
+                vec![c.vocab_size, h],
+            ))?)
+        };
+        Ok(LlamaWeights {
+            embed,
+            layers,
+            norm,
+            lm_head,
+        })
     }
-    v.push(("model.norm.weight".to_string(), vec![h]));
-    if !c.tie_word_embeddings {
-        v.push(("lm_head.weight".to_string(), vec![c.vocab_size, h]));
+}
+
+impl LlamaWeights {
+    /// The LM head's position (the embedding's when tied).
+    pub fn head(&self) -> usize {
+        self.lm_head.unwrap_or(self.embed)
     }
-    v
 }
 
 /// RoPE inverse frequencies, with llama3 scaling when configured.
@@ -76,64 +165,43 @@ fn llama3_scale(freq: f64, s: &Llama3Rope) -> f64 {
     }
 }
 
-/// Logits [B, T, V] for token ids [B, T] (right padding is fine: attention is causal).
-pub fn forward(c: &LlamaConfig, w: &Weights, ids: &Tensor) -> Result<Tensor> {
-    let x = hidden(c, w, ids, &mut KvMode::Off)?;
-    let logits = linear(&x, &lm_head(c, w)?, None)?;
-    debug_assert_eq!(logits.dim(D::Minus1)?, c.vocab_size);
-    Ok(logits)
-}
-
-/// The LM head's weight [V, H] (the embedding when tied).
-pub fn lm_head(c: &LlamaConfig, w: &Weights) -> Result<Tensor> {
-    if c.tie_word_embeddings {
-        w.get("model.embed_tokens.weight")
-    } else {
-        w.get("lm_head.weight")
-    }
-}
-
 /// The final normalized hidden states [B, T, H] for token ids [B, T], at positions starting
 /// after the cached prefix when `kv` attends to one.
-pub fn hidden(c: &LlamaConfig, w: &Weights, ids: &Tensor, kv: &mut KvMode) -> Result<Tensor> {
+pub fn hidden(
+    c: &LlamaConfig,
+    ix: &LlamaWeights,
+    w: &Weights,
+    ids: &Tensor,
+    kv: &mut KvMode,
+) -> Result<Tensor> {
     let (b, t) = ids.dims2()?;
     let dev = ids.device();
     let dh = c.head_dim;
     let nh = c.num_attention_heads;
     let nkv = c.num_key_value_heads;
-    let dtype = w.get("model.embed_tokens.weight")?.dtype();
+    let embed = w.get(ix.embed)?;
+    let dtype = embed.dtype();
     let off = kv.offset();
     let mask = causal_mask_after(t, off, dtype, dev)?;
     let rope = Rope::at(&rope_freqs(c), off, t, dtype, dev)?;
-    let embed = w.get("model.embed_tokens.weight")?;
     let mut x = embed
         .embedding(&ids.flatten_all()?)?
         .reshape((b, t, c.hidden_size))?;
-    for i in 0..c.num_hidden_layers {
-        let p = format!("model.layers.{i}");
-        let hn = rms_norm(
-            &x,
-            &w.get(&format!("{p}.input_layernorm.weight"))?,
-            c.rms_norm_eps,
-        )?;
-        let proj = |name: &str| -> Result<Tensor> {
-            let wt = w.get(&format!("{p}.self_attn.{name}.weight"))?;
-            let bias = if c.attention_bias {
-                Some(w.get(&format!("{p}.self_attn.{name}.bias"))?)
-            } else {
-                None
-            };
-            linear(&hn, &wt, bias.as_ref())
+    for (i, l) in ix.layers.iter().enumerate() {
+        let hn = rms_norm(&x, &w.get(l.input_norm)?, c.rms_norm_eps)?;
+        let proj = |p: &Proj| -> Result<Tensor> {
+            let bias = p.bias.map(|b| w.get(b)).transpose()?;
+            linear(&hn, &w.get(p.weight)?, bias.as_ref())
         };
-        let q = proj("q_proj")?
+        let q = proj(&l.q)?
             .reshape((b, t, nh, dh))?
             .transpose(1, 2)?
             .contiguous()?;
-        let k = proj("k_proj")?
+        let k = proj(&l.k)?
             .reshape((b, t, nkv, dh))?
             .transpose(1, 2)?
             .contiguous()?;
-        let v = proj("v_proj")?
+        let v = proj(&l.v)?
             .reshape((b, t, nkv, dh))?
             .transpose(1, 2)?
             .contiguous()?;
@@ -142,21 +210,13 @@ pub fn hidden(c: &LlamaConfig, w: &Weights, ids: &Tensor, kv: &mut KvMode) -> Re
         let k = repeat_kv(&k, nh / nkv)?;
         let v = repeat_kv(&v, nh / nkv)?;
         let a = attention(&q, &k, &v, &mask)?;
-        let a = linear(&a, &w.get(&format!("{p}.self_attn.o_proj.weight"))?, None)?;
+        let a = linear(&a, &w.get(l.o)?, None)?;
         x = (x + a)?;
-        let hn = rms_norm(
-            &x,
-            &w.get(&format!("{p}.post_attention_layernorm.weight"))?,
-            c.rms_norm_eps,
-        )?;
-        let g = linear(&hn, &w.get(&format!("{p}.mlp.gate_proj.weight"))?, None)?;
-        let u = linear(&hn, &w.get(&format!("{p}.mlp.up_proj.weight"))?, None)?;
-        let m = linear(
-            &swiglu(&g, &u)?,
-            &w.get(&format!("{p}.mlp.down_proj.weight"))?,
-            None,
-        )?;
+        let hn = rms_norm(&x, &w.get(l.post_norm)?, c.rms_norm_eps)?;
+        let g = linear(&hn, &w.get(l.gate)?, None)?;
+        let u = linear(&hn, &w.get(l.up)?, None)?;
+        let m = linear(&swiglu(&g, &u)?, &w.get(l.down)?, None)?;
         x = (x + m)?;
     }
-    rms_norm(&x, &w.get("model.norm.weight")?, c.rms_norm_eps)
+    rms_norm(&x, &w.get(ix.norm)?, c.rms_norm_eps)
 }

@@ -4,15 +4,20 @@
 //!
 //! Two forward paths: [`Model::forward`] builds the backprop graph (training), and
 //! [`Model::forward_eval`] runs on detached weights so no graph is ever built (probes,
-//! generation). No module here depends on the GUI.
+//! generation). Each architecture declares its weights once (a typed index, see [`net`]); the
+//! [`Net`] built from that declaration at load is where the model dispatches on its
+//! architecture. No module here depends on the GUI.
 
 pub mod config;
 pub mod fused;
 pub mod gpt2;
 pub mod gpt_neox;
+pub mod kernels;
 pub mod layers;
 pub mod llama;
+mod logps;
 pub mod manual;
+pub mod net;
 pub mod tokenizer;
 pub mod weights;
 
@@ -23,6 +28,8 @@ use candle_core::{DType, Device, Tensor, Var};
 use sha2::{Digest, Sha256};
 
 pub use config::{Arch, ModelConfig};
+pub use logps::TrainLogps;
+pub use net::Net;
 pub use tokenizer::Tok;
 pub use weights::Params;
 
@@ -37,11 +44,14 @@ pub struct Weights<'a> {
 }
 
 impl Weights<'_> {
-    pub fn get(&self, name: &str) -> candle_core::Result<Tensor> {
-        let v = self
-            .params
-            .get(name)
-            .ok_or_else(|| candle_core::Error::Msg(format!("weight \"{name}\" is missing")))?;
+    /// The weight at position `i` of the parameter list (positions from the model's [`Net`]).
+    pub fn get(&self, i: usize) -> candle_core::Result<Tensor> {
+        let v = self.params.vars().get(i).ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "weight #{i} is missing ({} weights)",
+                self.params.len()
+            ))
+        })?;
         let t = if self.grad {
             v.as_tensor().clone()
         } else {
@@ -70,6 +80,8 @@ pub struct Model {
     /// The dtype the forward pass computes in (the weights' own dtype unless
     /// [`Model::set_precision`] chose bf16).
     pub compute: DType,
+    /// The architecture and where each of its weights is in `params`.
+    net: Net,
 }
 
 impl Model {
@@ -132,6 +144,7 @@ impl Model {
             &param_shapes(&config),
             &dir.display().to_string(),
         )?;
+        let net = Net::new(&config, &params)?;
         let mut model = Model {
             config,
             params,
@@ -141,6 +154,7 @@ impl Model {
             fingerprint: String::new(),
             raw_config: raw,
             compute: DType::F32,
+            net,
         };
         model.fingerprint = model.compute_fingerprint()?;
         Ok(model)
@@ -162,28 +176,28 @@ impl Model {
         let normal =
             Normal::new(0.0f64, init_std).map_err(|e| anyhow!("init_std {init_std}: {e}"))?;
         let mut entries = Vec::new();
-        for (name, shape) in param_shapes(&config) {
-            let n: usize = shape.iter().product();
-            let is_norm = name.contains("norm") || name.contains("ln_");
-            let data: Vec<f32> = if name.ends_with(".bias") {
-                vec![0.0; n]
-            } else if is_norm {
-                vec![1.0; n]
-            } else {
-                (0..n).map(|_| normal.sample(&mut rng) as f32).collect()
+        for spec in Net::specs(&config) {
+            let n: usize = spec.shape.iter().product();
+            let data: Vec<f32> = match spec.init {
+                net::Init::Zeros => vec![0.0; n],
+                net::Init::Ones => vec![1.0; n],
+                net::Init::Normal => (0..n).map(|_| normal.sample(&mut rng) as f32).collect(),
             };
-            let t = Tensor::from_vec(data, shape.as_slice(), device)?;
-            entries.push((name, Var::from_tensor(&t)?));
+            let t = Tensor::from_vec(data, spec.shape.as_slice(), device)?;
+            entries.push((spec.name, Var::from_tensor(&t)?));
         }
+        let params = Params::new(entries);
+        let net = Net::new(&config, &params)?;
         let mut model = Model {
             config,
-            params: Params::new(entries),
+            params,
             tok,
             device: device.clone(),
             dir: None,
             fingerprint: String::new(),
             raw_config,
             compute: DType::F32,
+            net,
         };
         model.fingerprint = model.compute_fingerprint()?;
         Ok(model)
@@ -225,8 +239,8 @@ impl Model {
             grad: true,
             compute: self.compute,
         };
-        let h = self.hidden(&w, ids, &mut layers::KvMode::Off)?;
-        let head = self.lm_head(&w)?;
+        let h = self.net.hidden(&w, ids, &mut layers::KvMode::Off)?;
+        let head = self.net.lm_head(&w)?;
         let hs = h.dim(2)?;
         let flat_t = targets.flatten_all()?;
         if fused::usable(&h) {
@@ -244,8 +258,8 @@ impl Model {
     /// Per-position log-probs [B, T] for a training step, with the way back to the weights'
     /// gradients: llama/qwen2 on the CPU run a hand-written backward ([`manual`]), the rest
     /// candle's graph. Same values as [`Model::forward_logps`].
-    pub fn train_logps(&self, ids: &Tensor, targets: &Tensor) -> Result<manual::TrainLogps> {
-        manual::train_logps(self, ids, targets, None)
+    pub fn train_logps(&self, ids: &Tensor, targets: &Tensor) -> Result<TrainLogps> {
+        self.train_logps_where(ids, targets, None)
     }
 
     /// [`Model::train_logps`] for a loss that uses only the positions where `mask` [B, T] is
@@ -256,8 +270,25 @@ impl Model {
         ids: &Tensor,
         targets: &Tensor,
         mask: &Tensor,
-    ) -> Result<manual::TrainLogps> {
-        manual::train_logps(self, ids, targets, Some(mask))
+    ) -> Result<TrainLogps> {
+        self.train_logps_where(ids, targets, Some(mask))
+    }
+
+    fn train_logps_where(
+        &self,
+        ids: &Tensor,
+        targets: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<TrainLogps> {
+        if let Some(tl) = manual::train_logps(self, ids, targets, mask)? {
+            return Ok(tl);
+        }
+        let lp = self.forward_logps(ids, targets)?;
+        let logps = match mask {
+            Some(m) => (&lp * m.to_dtype(lp.dtype())?)?,
+            None => lp,
+        };
+        Ok(TrainLogps::graph(logps))
     }
 
     /// Logits [B, T, V] on detached weights: no backprop graph is built.
@@ -293,10 +324,10 @@ impl Model {
             grad: false,
             compute: self.compute,
         };
-        let head = self.lm_head(&w)?;
+        let head = self.net.lm_head(&w)?;
         let mut cache = KvCache::default();
         let ids = Tensor::from_slice(prefix, (1, prefix.len()), &self.device)?;
-        let h = self.hidden(&w, &ids, &mut KvMode::Record(&mut cache))?;
+        let h = self.net.hidden(&w, &ids, &mut KvMode::Record(&mut cache))?;
         let last = h.narrow(1, prefix.len() - 1, 1)?;
         let first = layers::linear(&last, &head, None)?; // [1, 1, V]
         let first = first.broadcast_as((r, 1, first.dim(2)?))?;
@@ -309,25 +340,9 @@ impl Model {
             inp[i * (l - 1)..i * (l - 1) + c.len() - 1].copy_from_slice(&c[..c.len() - 1]);
         }
         let ids = Tensor::from_vec(inp, (r, l - 1), &self.device)?;
-        let h = self.hidden(&w, &ids, &mut KvMode::Attend(&cache))?;
+        let h = self.net.hidden(&w, &ids, &mut KvMode::Attend(&cache))?;
         let rest = layers::linear(&h, &head, None)?;
         Ok(Tensor::cat(&[&first, &rest], 1)?)
-    }
-
-    fn hidden(&self, w: &Weights, ids: &Tensor, kv: &mut layers::KvMode) -> Result<Tensor> {
-        Ok(match &self.config {
-            ModelConfig::Llama(c) | ModelConfig::Qwen2(c) => llama::hidden(c, w, ids, kv)?,
-            ModelConfig::GptNeox(c) => gpt_neox::hidden(c, w, ids, kv)?,
-            ModelConfig::Gpt2(c) => gpt2::hidden(c, w, ids, kv)?,
-        })
-    }
-
-    fn lm_head(&self, w: &Weights) -> Result<Tensor> {
-        Ok(match &self.config {
-            ModelConfig::Llama(c) | ModelConfig::Qwen2(c) => llama::lm_head(c, w)?,
-            ModelConfig::GptNeox(c) => gpt_neox::lm_head(c, w)?,
-            ModelConfig::Gpt2(c) => gpt2::lm_head(c, w)?,
-        })
     }
 
     fn run(&self, ids: &Tensor, grad: bool) -> Result<Tensor> {
@@ -343,12 +358,7 @@ impl Model {
             grad,
             compute: self.compute,
         };
-        let logits = match &self.config {
-            ModelConfig::Llama(c) | ModelConfig::Qwen2(c) => llama::forward(c, &w, ids)?,
-            ModelConfig::GptNeox(c) => gpt_neox::forward(c, &w, ids)?,
-            ModelConfig::Gpt2(c) => gpt2::forward(c, &w, ids)?,
-        };
-        Ok(logits)
+        Ok(self.net.forward(&w, ids)?)
     }
 
     /// Copies of all weights (e.g. to restore or to diff later).
@@ -439,6 +449,7 @@ impl Model {
             fingerprint: self.fingerprint.clone(),
             raw_config: self.raw_config.clone(),
             compute: dtype,
+            net: self.net.clone(),
         })
     }
 
@@ -470,31 +481,20 @@ impl Model {
 /// count read from a file costs nothing before it is checked against the weights).
 pub fn param_count(config: &ModelConfig) -> u128 {
     let with_layers = |n: usize| {
-        let mut c = config.clone();
-        match &mut c {
-            ModelConfig::Llama(c) | ModelConfig::Qwen2(c) => c.num_hidden_layers = n,
-            ModelConfig::GptNeox(c) => c.num_hidden_layers = n,
-            ModelConfig::Gpt2(c) => c.n_layer = n,
-        }
-        param_shapes(&c)
+        Net::specs(&config.with_num_layers(n))
             .iter()
-            .map(|(_, s)| s.iter().map(|&d| d as u128).product::<u128>())
+            .map(|s| s.shape.iter().map(|&d| d as u128).product::<u128>())
             .sum::<u128>()
     };
-    let layers = match config {
-        ModelConfig::Llama(c) | ModelConfig::Qwen2(c) => c.num_hidden_layers,
-        ModelConfig::GptNeox(c) => c.num_hidden_layers,
-        ModelConfig::Gpt2(c) => c.n_layer,
-    };
     let (outside, one) = (with_layers(0), with_layers(1));
-    outside + (one - outside) * layers as u128
+    outside + (one - outside) * config.num_layers() as u128
 }
 
-/// The weight list of an architecture: names (HF) and shapes.
+/// The weight list of an architecture: names (HF) and shapes, in checkpoint order (see
+/// [`Net::specs`]).
 pub fn param_shapes(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
-    match config {
-        ModelConfig::Llama(c) | ModelConfig::Qwen2(c) => llama::param_shapes(c),
-        ModelConfig::GptNeox(c) => gpt_neox::param_shapes(c),
-        ModelConfig::Gpt2(c) => gpt2::param_shapes(c),
-    }
+    Net::specs(config)
+        .into_iter()
+        .map(|s| (s.name, s.shape))
+        .collect()
 }

@@ -201,22 +201,16 @@ fn is_buffer(name: &str) -> bool {
         || name.ends_with("attention.masked_bias")
 }
 
-/// Builds [`Params`] from loaded tensors, in the architecture's order, checking every shape.
-/// `alias` maps a canonical name to the name found in the file (e.g. GPT-2 without the
-/// `transformer.` prefix). Tensors the architecture does not use are reported as an error unless
-/// they are known buffers or the untied/tied LM head.
+/// Builds [`Params`] from loaded tensors, in the order of `shapes` (the architecture's),
+/// checking every shape. GPT-2 checkpoints without the `transformer.` prefix are read as with it
+/// ([`super::gpt2::with_prefix`]). Tensors the architecture does not use are reported as an
+/// error unless they are known buffers or an LM head stored beside the embedding it is tied to.
 pub fn params_from_tensors(
-    mut tensors: HashMap<String, Tensor>,
+    tensors: HashMap<String, Tensor>,
     shapes: &[(String, Vec<usize>)],
     source: &str,
 ) -> Result<Params> {
-    // GPT-2 checkpoints from OpenAI's conversion lack the "transformer." prefix.
-    if !tensors.contains_key("transformer.wte.weight") && tensors.contains_key("wte.weight") {
-        tensors = tensors
-            .into_iter()
-            .map(|(k, v)| (format!("transformer.{k}"), v))
-            .collect();
-    }
+    let mut tensors = super::gpt2::with_prefix(tensors);
     let mut entries = Vec::with_capacity(shapes.len());
     for (name, shape) in shapes {
         let t = tensors
@@ -234,12 +228,7 @@ pub fn params_from_tensors(
     }
     let mut unused: Vec<&String> = tensors
         .keys()
-        .filter(|k| {
-            !is_buffer(k)
-                && k.as_str() != "lm_head.weight"
-                && k.as_str() != "transformer.lm_head.weight"
-                && k.as_str() != "embed_out.weight"
-        })
+        .filter(|k| !is_buffer(k) && !super::net::is_tied_head_copy(k))
         .collect();
     unused.sort();
     if let Some(first) = unused.first() {

@@ -209,7 +209,7 @@ pub fn scores_and_diagnostics(logits: &Tensor, batch: &Batch) -> Result<(Vec<f64
                     for (o, &x) in e.iter_mut().zip(ch) {
                         *o = (x - max).min(0.0);
                     }
-                    crate::model::fused::exp_nonpos_f32(e);
+                    crate::model::kernels::exp_nonpos_f32(e);
                     let (mut a, mut b) = (0f32, 0f32);
                     for &x in e.iter() {
                         a += x;

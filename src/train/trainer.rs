@@ -19,7 +19,7 @@ use super::onpolicy;
 use super::optim::{self, Optimizer};
 use crate::data::{self, ChatTemplate, Family, PreferenceRecord, ProbeSet};
 use crate::model::Model;
-use crate::model::manual::TrainLogps;
+use crate::model::TrainLogps;
 use crate::probe::{Batch, Evaluation, ProbeRunner, Seq, logprob};
 use crate::run::Writer;
 use crate::schema::config::{Algo, InfluenceTarget, TrainConfig};

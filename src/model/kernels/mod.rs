@@ -1,0 +1,315 @@
+//! The slice-level numerics of the CPU training path, with no candle tensors: the `Real` float
+//! trait and its eight-lane f32 row kernels (via `wide`: exp, max, blocked f64 sums, sigmoid,
+//! SwiGLU), the row kernels built on them (`rows`), per-head attention (`attention`) and the one
+//! checked gemm wrapper every matrix product of the crate goes through (`gemm`). The candle
+//! nodes of [`super::fused`] and the hand-written training pass of [`super::manual`] are both
+//! written on these.
+
+mod attention;
+mod gemm;
+mod rows;
+
+pub(crate) use attention::*;
+pub(crate) use gemm::*;
+pub(crate) use rows::*;
+
+use candle_core::WithDType;
+use wide::{CmpGe, f32x8};
+
+/// Floats the kernels are written for. The f32 versions of the row kernels run eight lanes at
+/// a time (`wide`): written as scalar loops, a float max or sum is one long dependency chain
+/// that the compiler may not reorder, and SwiGLU's branch keeps it scalar too (~2 ns per
+/// element).
+pub(crate) trait Real: WithDType + std::ops::Neg<Output = Self> {
+    fn abs_(self) -> Self;
+    fn min_(self, o: Self) -> Self;
+    /// exp of every element, in place, for arguments ≤ 0 (what softmax-like kernels need).
+    fn exp_nonpos(xs: &mut [Self]);
+    /// The largest element (−∞ for none; NaNs are skipped).
+    fn max_of(xs: &[Self]) -> Self {
+        xs.iter().copied().fold(
+            Self::from_f64(f64::NEG_INFINITY),
+            |m, x| if x > m { x } else { m },
+        )
+    }
+    /// Σ xs in f64.
+    fn sum_f64(xs: &[Self]) -> f64 {
+        xs.iter().map(|x| x.to_f64()).sum()
+    }
+    /// y = silu(a)·b element-wise.
+    fn swiglu(a: &[Self], b: &[Self], y: &mut [Self]) {
+        for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+            let e = (-a.abs_()).to_f64().exp();
+            let s = Self::from_f64(if a >= Self::zero() {
+                1.0 / (1.0 + e)
+            } else {
+                e / (1.0 + e)
+            });
+            *y = a * s * b;
+        }
+    }
+    /// y = silu(a)·b and s = σ(a) element-wise.
+    fn swiglu_sig(a: &[Self], b: &[Self], y: &mut [Self], s: &mut [Self]) {
+        for j in 0..a.len() {
+            let e = (-a[j].abs_()).to_f64().exp();
+            s[j] = Self::from_f64(if a[j] >= Self::zero() {
+                1.0 / (1.0 + e)
+            } else {
+                e / (1.0 + e)
+            });
+            y[j] = a[j] * s[j] * b[j];
+        }
+    }
+    /// The backward of [`Real::swiglu`]: da = g·b·σ(a)·(1 + a·(1 − σ(a))), db = g·silu(a).
+    fn swiglu_grad(a: &[Self], b: &[Self], g: &[Self], da: &mut [Self], db: &mut [Self]) {
+        for j in 0..a.len() {
+            let e = (-a[j].abs_()).to_f64().exp();
+            let s = Self::from_f64(if a[j] >= Self::zero() {
+                1.0 / (1.0 + e)
+            } else {
+                e / (1.0 + e)
+            });
+            da[j] = g[j] * b[j] * s * (Self::one() + a[j] * (Self::one() - s));
+            db[j] = g[j] * a[j] * s;
+        }
+    }
+}
+impl Real for f32 {
+    fn abs_(self) -> Self {
+        self.abs()
+    }
+    fn min_(self, o: Self) -> Self {
+        self.min(o)
+    }
+    fn exp_nonpos(xs: &mut [f32]) {
+        exp_nonpos_f32(xs);
+    }
+    fn max_of(xs: &[f32]) -> f32 {
+        let mut ch = xs.chunks_exact(8);
+        let mut m = f32x8::splat(f32::NEG_INFINITY);
+        for c in &mut ch {
+            m = m.max(lanes(c));
+        }
+        let m = m.to_array().into_iter().fold(f32::NEG_INFINITY, f32::max);
+        ch.remainder().iter().copied().fold(m, f32::max)
+    }
+    fn sum_f64(xs: &[f32]) -> f64 {
+        // eight f32 lanes over blocks of 256 (32 values per lane), blocks summed in f64
+        let mut total = 0f64;
+        for block in xs.chunks(256) {
+            let mut acc = f32x8::ZERO;
+            let mut ch = block.chunks_exact(8);
+            for c in &mut ch {
+                acc += lanes(c);
+            }
+            total += acc.to_array().iter().map(|&x| f64::from(x)).sum::<f64>()
+                + ch.remainder().iter().map(|&x| f64::from(x)).sum::<f64>();
+        }
+        total
+    }
+    fn swiglu(a: &[f32], b: &[f32], y: &mut [f32]) {
+        let n8 = a.len() / 8 * 8;
+        for ((yc, ac), bc) in y[..n8]
+            .chunks_exact_mut(8)
+            .zip(a[..n8].chunks_exact(8))
+            .zip(b[..n8].chunks_exact(8))
+        {
+            let a = lanes(ac);
+            let s = sigmoid8(a);
+            yc.copy_from_slice(&(a * s * lanes(bc)).to_array());
+        }
+        for j in n8..a.len() {
+            let e = (-a[j].abs()).exp();
+            y[j] = a[j] * sigmoid_from(a[j], e) * b[j];
+        }
+    }
+    fn swiglu_sig(a: &[f32], b: &[f32], y: &mut [f32], s: &mut [f32]) {
+        let n8 = a.len() / 8 * 8;
+        for (((yc, sc), ac), bc) in y[..n8]
+            .chunks_exact_mut(8)
+            .zip(s[..n8].chunks_exact_mut(8))
+            .zip(a[..n8].chunks_exact(8))
+            .zip(b[..n8].chunks_exact(8))
+        {
+            let a = lanes(ac);
+            let sg = sigmoid8(a);
+            sc.copy_from_slice(&sg.to_array());
+            yc.copy_from_slice(&(a * sg * lanes(bc)).to_array());
+        }
+        for j in n8..a.len() {
+            let e = (-a[j].abs()).exp();
+            s[j] = sigmoid_from(a[j], e);
+            y[j] = a[j] * s[j] * b[j];
+        }
+    }
+    fn swiglu_grad(a: &[f32], b: &[f32], g: &[f32], da: &mut [f32], db: &mut [f32]) {
+        let n8 = a.len() / 8 * 8;
+        let one = f32x8::splat(1.0);
+        for (((dac, dbc), (ac, bc)), gc) in da[..n8]
+            .chunks_exact_mut(8)
+            .zip(db[..n8].chunks_exact_mut(8))
+            .zip(a[..n8].chunks_exact(8).zip(b[..n8].chunks_exact(8)))
+            .zip(g[..n8].chunks_exact(8))
+        {
+            let (a, b, g) = (lanes(ac), lanes(bc), lanes(gc));
+            let s = sigmoid8(a);
+            dac.copy_from_slice(&(g * b * s * (one + a * (one - s))).to_array());
+            dbc.copy_from_slice(&(g * a * s).to_array());
+        }
+        for j in n8..a.len() {
+            let e = (-a[j].abs()).exp();
+            let s = sigmoid_from(a[j], e);
+            da[j] = g[j] * b[j] * s * (1.0 + a[j] * (1.0 - s));
+            db[j] = g[j] * a[j] * s;
+        }
+    }
+}
+impl Real for f64 {
+    fn abs_(self) -> Self {
+        self.abs()
+    }
+    fn min_(self, o: Self) -> Self {
+        self.min(o)
+    }
+    fn exp_nonpos(xs: &mut [f64]) {
+        for x in xs {
+            *x = x.exp();
+        }
+    }
+}
+
+/// Eight consecutive f32s (the caller passes chunks of exactly 8).
+#[inline]
+fn lanes(c: &[f32]) -> f32x8 {
+    let mut a = [0f32; 8];
+    a.copy_from_slice(c);
+    f32x8::from(a)
+}
+
+/// σ(a) per lane from e = exp(−|a|): 1/(1+e) for a ≥ 0, e/(1+e) below (stable at ±∞).
+#[inline]
+fn sigmoid8(a: f32x8) -> f32x8 {
+    let one = f32x8::splat(1.0);
+    let e = (-a.abs()).exp();
+    let inv = one / (one + e);
+    a.cmp_ge(f32x8::ZERO).blend(inv, e * inv)
+}
+
+/// exp(x) in place for x ≤ 0 (−∞ gives 0), eight lanes at a time with `wide`'s polynomial
+/// exp (relative error ~1e-7 against libm, see the test): the scalar libm call was the cost of
+/// SwiGLU, softmax and the log-softmax of the logits. Arguments below −87.3 give 0 (their
+/// exp is subnormal or 0 anyway, and FTZ is on).
+pub fn exp_nonpos_f32(xs: &mut [f32]) {
+    let mut chunks = xs.chunks_exact_mut(8);
+    for c in &mut chunks {
+        let mut a = [0f32; 8];
+        a.copy_from_slice(c);
+        c.copy_from_slice(&f32x8::from(a).exp().to_array());
+    }
+    for x in chunks.into_remainder() {
+        *x = x.exp();
+    }
+}
+
+/// σ(a) from e = exp(−|a|), stable for any a.
+#[inline]
+pub(crate) fn sigmoid_from<T: Real>(a: T, e: T) -> T {
+    if a >= T::zero() {
+        T::one() / (T::one() + e)
+    } else {
+        e / (T::one() + e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vector_exp_matches_libm() {
+        let xs: Vec<f32> = (0..20_000).map(|i| -(i as f32) * 0.0044).collect(); // 0 … −88
+        let mut got = xs.clone();
+        exp_nonpos_f32(&mut got);
+        for (x, g) in xs.iter().zip(&got) {
+            let want = x.exp();
+            if *x > -87.0 {
+                assert!(
+                    (g - want).abs() <= 2e-7 * want,
+                    "exp({x}) = {g}, libm {want}"
+                );
+            } else {
+                assert!(*g <= 1e-37);
+            }
+        }
+        let mut inf = [f32::NEG_INFINITY; 9];
+        exp_nonpos_f32(&mut inf);
+        assert!(inf.iter().all(|&e| e == 0.0));
+    }
+
+    /// The eight-lane f32 row kernels (max, f64 sum, SwiGLU and its gradient) against the
+    /// scalar f64 definitions, on lengths that are and are not multiples of 8, with extremes.
+    #[test]
+    fn f32_lane_kernels_match_f64_scalar() {
+        let mut r = 0x2545f4914f6cdd1du64;
+        let mut rnd = || {
+            r ^= r << 13;
+            r ^= r >> 7;
+            r ^= r << 17;
+            (r >> 11) as f64 / (1u64 << 53) as f64
+        };
+        for n in [1usize, 7, 8, 9, 255, 256, 257, 1000] {
+            let a: Vec<f32> = (0..n)
+                .map(|i| match i % 97 {
+                    0 => 120.0,
+                    1 => -120.0,
+                    _ => ((rnd() - 0.5) * 16.0) as f32,
+                })
+                .collect();
+            let b: Vec<f32> = (0..n).map(|_| (rnd() - 0.5) as f32 * 4.0).collect();
+            let g: Vec<f32> = (0..n).map(|_| (rnd() - 0.5) as f32).collect();
+            let a64: Vec<f64> = a.iter().map(|&x| f64::from(x)).collect();
+            let b64: Vec<f64> = b.iter().map(|&x| f64::from(x)).collect();
+            let g64: Vec<f64> = g.iter().map(|&x| f64::from(x)).collect();
+
+            assert_eq!(
+                f64::from(f32::max_of(&a)),
+                f64::max_of(&a64),
+                "max, n = {n}"
+            );
+            let pos: Vec<f32> = b.iter().map(|x| x.abs()).collect();
+            let (s32, s64) = (
+                f32::sum_f64(&pos),
+                f64::sum_f64(&pos.iter().map(|&x| f64::from(x)).collect::<Vec<_>>()),
+            );
+            assert!(
+                (s32 - s64).abs() <= 1e-6 * s64,
+                "sum {s32} vs {s64}, n = {n}"
+            );
+
+            let mut y = vec![0f32; n];
+            let mut y64 = vec![0f64; n];
+            f32::swiglu(&a, &b, &mut y);
+            f64::swiglu(&a64, &b64, &mut y64);
+            let (mut da, mut db) = (vec![0f32; n], vec![0f32; n]);
+            let (mut da64, mut db64) = (vec![0f64; n], vec![0f64; n]);
+            f32::swiglu_grad(&a, &b, &g, &mut da, &mut db);
+            f64::swiglu_grad(&a64, &b64, &g64, &mut da64, &mut db64);
+            for j in 0..n {
+                for (got, want, what) in [
+                    (y[j], y64[j], "silu(a)·b"),
+                    (da[j], da64[j], "da"),
+                    (db[j], db64[j], "db"),
+                ] {
+                    assert!(got.is_finite(), "{what} at a = {}", a[j]);
+                    let tol = 1e-6 * (1.0 + want.abs() + f64::from(a[j]).abs() * 1e-1);
+                    assert!(
+                        (f64::from(got) - want).abs() <= tol,
+                        "{what}: {got} vs {want} at a = {}, n = {n}",
+                        a[j]
+                    );
+                }
+            }
+        }
+        assert_eq!(f32::max_of(&[]), f32::NEG_INFINITY);
+    }
+}
