@@ -805,3 +805,50 @@ fn the_train_panel_defaults_are_the_cli_defaults() {
         "the run definitions differ"
     );
 }
+
+/// A run recorded elsewhere from the probe file of `ldviz probes` (no per-token traces, no
+/// transfer matrix, no influence) opens, plots every family, and every tab draws.
+#[test]
+fn a_run_recorded_elsewhere_from_the_probe_file_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let probes = dir.path().join("probes.jsonl");
+    common::ldviz_ok(&[
+        "probes",
+        "--probes",
+        "4",
+        "--algo",
+        "dpo",
+        "--out",
+        probes.to_str().unwrap(),
+    ]);
+    let run = dir.path().join("external.jsonl");
+    std::fs::write(
+        &run,
+        common::external_run(&probes, 3, true).join("\n") + "\n",
+    )
+    .unwrap();
+    let mut h = harness(LdvizApp::new(&Launch::default()));
+    h.state_mut().open_run(&run);
+    h.step();
+    h.step();
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+    let families = h.state().active_run().unwrap().run.header.families.len();
+    let drawn = h.state().curves.drawn.clone();
+    assert_eq!(drawn.len(), families, "{drawn:?}");
+    assert!(drawn.iter().all(|(_, n)| *n == 3), "{drawn:?}");
+    for tab in [
+        Tab::Tokens,
+        Tab::Metrics,
+        Tab::Influence,
+        Tab::Transfer,
+        Tab::Curves,
+    ] {
+        h.state_mut().tab = tab;
+        h.step();
+        h.key_press(egui::Key::Home);
+        h.step();
+        h.key_press(egui::Key::End);
+        h.step();
+    }
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+}
