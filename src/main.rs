@@ -26,6 +26,8 @@ struct Cli {
 enum Cmd {
     /// Finetune a model and record the learning dynamics into a run file.
     Train(Box<cli::train::TrainArgs>),
+    /// Write the probes `ldviz train` would evaluate with the same flags (for runs trained elsewhere).
+    Probes(Box<cli::probes::ProbesArgs>),
     /// Print the summed log-prob of chosen and rejected for every record, one JSON object per line.
     Logprob(cli::logprob::LogprobArgs),
     /// Summarize a run file: per family, the mean over probes at the first and last evaluation.
@@ -51,6 +53,7 @@ fn main() -> ExitCode {
     let result = match args.cmd {
         None => cli::app::run(args.app),
         Some(Cmd::Train(a)) => cli::train::run(*a),
+        Some(Cmd::Probes(a)) => cli::probes::run(*a),
         Some(Cmd::Logprob(a)) => cli::logprob::run(a),
         Some(Cmd::Inspect(a)) => cli::inspect::run(a),
         Some(Cmd::Export(a)) => cli::export::run(a),

@@ -805,3 +805,125 @@ fn the_train_panel_defaults_are_the_cli_defaults() {
         "the run definitions differ"
     );
 }
+
+/// A run recorded elsewhere from the probe file of `ldviz probes` (no per-token traces, no
+/// transfer matrix, no influence) opens, plots every family, and every tab draws.
+#[test]
+fn a_run_recorded_elsewhere_from_the_probe_file_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    let probes = dir.path().join("probes.jsonl");
+    common::ldviz_ok(&[
+        "probes",
+        "--probes",
+        "4",
+        "--algo",
+        "dpo",
+        "--out",
+        probes.to_str().unwrap(),
+    ]);
+    let run = dir.path().join("external.jsonl");
+    std::fs::write(
+        &run,
+        common::external_run(&probes, 3, true).join("\n") + "\n",
+    )
+    .unwrap();
+    let mut h = harness(LdvizApp::new(&Launch::default()));
+    h.state_mut().open_run(&run);
+    h.step();
+    h.step();
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+    let families = h.state().active_run().unwrap().run.header.families.len();
+    let drawn = h.state().curves.drawn.clone();
+    assert_eq!(drawn.len(), families, "{drawn:?}");
+    assert!(drawn.iter().all(|(_, n)| *n == 3), "{drawn:?}");
+    for tab in [
+        Tab::Tokens,
+        Tab::Metrics,
+        Tab::Influence,
+        Tab::Transfer,
+        Tab::Curves,
+    ] {
+        h.state_mut().tab = tab;
+        h.step();
+        h.key_press(egui::Key::Home);
+        h.step();
+        h.key_press(egui::Key::End);
+        h.step();
+    }
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+}
+
+/// A run file another process is still writing is followed: opened without an end record, its
+/// new records (an evaluation among them written in two halves) appear in the same store
+/// without reopening, the cursor follows them, and the end record stops following.
+#[test]
+fn a_growing_run_file_is_followed_until_its_end() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let probes = dir.path().join("probes.jsonl");
+    common::ldviz_ok(&[
+        "probes",
+        "--probes",
+        "3",
+        "--algo",
+        "dpo",
+        "--out",
+        probes.to_str().unwrap(),
+    ]);
+    // header, phase, eval 0 | step 1, eval 1, step 2, eval 2, step 3, eval 3, end
+    let lines = common::external_run(&probes, 4, true);
+    let run = dir.path().join("growing.jsonl");
+    std::fs::write(&run, lines[..3].join("\n") + "\n").unwrap();
+    let mut h = harness(LdvizApp::new(&Launch::default()));
+    h.state_mut().open_run(&run);
+    h.step();
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+    assert_eq!(h.state().runs.len(), 1);
+    assert_eq!(h.state().active_run().unwrap().n_evals(), 1);
+    assert_eq!(h.state().followed.len(), 1);
+    assert_eq!(h.state().timeline.mode, Mode::Following);
+    assert!(label_contains(&h, "1 evals, following"));
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let writer = {
+        let run = run.clone();
+        let rest = lines[3..].to_vec();
+        std::thread::spawn(move || {
+            let mut f = std::fs::OpenOptions::new().append(true).open(&run).unwrap();
+            for (k, line) in rest.iter().enumerate() {
+                if k == 1 {
+                    // eval 1 in two halves, a pause between
+                    let mid = line.len() / 2;
+                    f.write_all(&line.as_bytes()[..mid]).unwrap();
+                    f.flush().unwrap();
+                    std::thread::sleep(Duration::from_millis(600));
+                    f.write_all(format!("{}\n", &line[mid..]).as_bytes())
+                        .unwrap();
+                } else {
+                    f.write_all(format!("{line}\n").as_bytes()).unwrap();
+                }
+                f.flush().unwrap();
+                if k == 1 {
+                    // wait until the app has shown eval 1 before writing on
+                    go_rx.recv_timeout(Duration::from_secs(60)).unwrap();
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    step_until(&mut h, 60, |a| a.active_run().unwrap().n_evals() >= 2);
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+    assert_eq!(h.state().active_run().unwrap().n_evals(), 2);
+    go_tx.send(()).unwrap();
+    step_until(&mut h, 60, |a| a.active_run().unwrap().ended());
+    writer.join().unwrap();
+    let app = h.state();
+    assert!(app.errors.is_empty(), "{:?}", app.errors);
+    assert_eq!(app.runs.len(), 1);
+    let store = app.active_run().unwrap();
+    assert_eq!(store.n_evals(), 4);
+    assert_eq!(store.run.steps.len(), 3);
+    assert!(app.followed.is_empty(), "the end record stops following");
+    assert_eq!(app.timeline.index(Some(store)), Some(3));
+    assert_eq!(app.curves.drawn.len(), store.run.header.families.len());
+    assert!(app.curves.drawn.iter().all(|(_, n)| *n == 4));
+}

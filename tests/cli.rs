@@ -1432,3 +1432,173 @@ fn a_copied_binary_trains_the_embedded_demo_and_reads_the_sample_runs_anywhere()
             && unpacked[0].join("demo.jsonl").exists()
     );
 }
+
+/// The probe file's lines, parsed.
+fn probe_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// `ldviz probes` writes exactly the probes (texts and order) and the configuration that
+/// `ldviz train` with the same flags records in its header: on the embedded demo data, and on
+/// a data file with a held-out fraction.
+#[test]
+fn probes_are_the_probes_train_evaluates() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefs = fixtures().join("prefs.jsonl");
+    let llama = fixtures().join("llama");
+    let cases: [Vec<&str>; 2] = [
+        vec!["--probes", "8", "--algo", "sft", "--steps", "1"],
+        vec![
+            "--data",
+            p(&prefs),
+            "--model",
+            p(&llama),
+            "--test-fraction",
+            "0.25",
+            "--probes",
+            "all",
+            "--algo",
+            "dpo",
+            "--steps",
+            "1",
+            "--transfer-prompts",
+            "100",
+            "--seed",
+            "3",
+        ],
+    ];
+    for (k, flags) in cases.iter().enumerate() {
+        let probes = dir.path().join(format!("probes{k}.jsonl"));
+        let run = dir.path().join(format!("run{k}.jsonl"));
+        // the same flags, some of them only about training (they go into the header's config)
+        let same = ["--eval-every", "1000", "--influence-every", "0"];
+        let mut args = vec!["probes", "--out", p(&probes)];
+        args.extend(flags.iter().chain(&same));
+        ok(&args);
+        let mut args = vec!["train", "--quiet", "--out", p(&run)];
+        args.extend(flags.iter().chain(&same));
+        ok(&args);
+        let trained = ldviz::run::read_run(&run).unwrap().header;
+        let lines = probe_lines(&probes);
+        let h = &lines[0];
+        let text = std::fs::read_to_string(&probes).unwrap();
+        assert!(text.starts_with(r#"{"type":"probes_header","format":"ldviz-probes","#));
+        assert_eq!(h["type"], "probes_header");
+        assert_eq!(h["format"], "ldviz-probes");
+        assert_eq!(h["version"], 1);
+        assert_eq!(h["ldviz_version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(
+            h["conventions"],
+            serde_json::to_value(&trained.conventions).unwrap()
+        );
+        assert_eq!(
+            h["lengths"],
+            serde_json::json!({"max_prompt": 256, "max_total": 512})
+        );
+        assert_eq!(
+            h["families"],
+            serde_json::to_value(&trained.families).unwrap()
+        );
+        assert_eq!(h["top_k"], 5);
+        let n = trained.probes.len();
+        let m = if k == 0 { 8 } else { n };
+        assert_eq!(h["transfer_prompts"], m.min(if k == 0 { 16 } else { 100 }));
+        // the run header: a valid RunHeader with what ldviz knows without a model
+        let rh: ldviz::run::RunHeader = serde_json::from_value(h["run_header"].clone()).unwrap();
+        assert_eq!(rh.config, trained.config);
+        assert_eq!(rh.data, trained.data);
+        assert_eq!(rh.families, trained.families);
+        assert_eq!(rh.examples_per_epoch, trained.examples_per_epoch);
+        assert_eq!((rh.batch_size, rh.phases.len()), (0, 0));
+        assert_eq!((rh.model.n_params, rh.model.path.as_str()), (0, ""));
+        assert_eq!(rh.probes.len(), n);
+        // one line per probe, header order, every family with a text and nothing else
+        assert_eq!(lines.len(), n + 1);
+        for ((line, info), want) in lines[1..].iter().zip(&rh.probes).zip(&trained.probes) {
+            assert_eq!(line["type"], "probe");
+            assert_eq!(line["index"], want.index);
+            assert_eq!(line["prompt"], want.prompt.as_str());
+            assert_eq!(
+                line["responses"],
+                serde_json::to_value(&want.responses).unwrap()
+            );
+            assert_eq!(line.as_object().unwrap().len(), 4);
+            assert!(want.responses.len() == trained.families.len() - 1);
+            assert!(line["responses"].get("argmax").is_none());
+            assert_eq!(
+                (info.index, &info.prompt, &info.responses),
+                (want.index, &want.prompt, &want.responses)
+            );
+            assert!(info.tokens.is_empty());
+        }
+    }
+}
+
+/// A run file made from the probe file's run header (model and token ids filled in, evaluation
+/// records from elsewhere) reads and inspects like one of ldviz's own.
+#[test]
+fn a_run_recorded_elsewhere_from_the_probe_file_inspects() {
+    let dir = tempfile::tempdir().unwrap();
+    let probes = dir.path().join("probes.jsonl");
+    ok(&[
+        "probes",
+        "--probes",
+        "4",
+        "--algo",
+        "dpo",
+        "--out",
+        p(&probes),
+    ]);
+    let run = dir.path().join("external.jsonl");
+    let lines = common::external_run(&probes, 3, true);
+    std::fs::write(&run, lines.join("\n") + "\n").unwrap();
+    let s: Value = serde_json::from_str(&ok(&["inspect", p(&run), "--json"])).unwrap();
+    assert_eq!(s["evaluations"], 3);
+    assert_eq!(s["probes"], 4);
+    let chosen = &s["families"]["chosen"];
+    assert_eq!(chosen["first"].as_f64().unwrap(), 0.0);
+    assert_eq!(chosen["last"].as_f64().unwrap(), -1.0);
+    ok(&["inspect", p(&run)]);
+    let csv = dir.path().join("external.csv");
+    ok(&["export", p(&run), "--csv", p(&csv)]);
+    assert!(std::fs::read_to_string(&csv).unwrap().lines().count() > 4);
+}
+
+/// Bad flags give one-line errors naming the flag or the file; an existing --out is refused
+/// without --force and kept as it was.
+#[test]
+fn probes_refuses_bad_flags_and_an_existing_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("probes.jsonl");
+    let o = p(&out);
+    let cases: [(&[&str], &str); 6] = [
+        (&["--probes", "0"], "--probes"),
+        (&["--test-fraction", "1"], "--test-fraction"),
+        (&["--data", "/no/such/data.jsonl"], "/no/such/data.jsonl"),
+        (&["--model", "/no/such/model"], "--model /no/such/model"),
+        (&["--save-model", "m"], "--save-model"),
+        (&["--max-len", "10"], "--max-len"),
+    ];
+    for (flags, want) in cases {
+        let mut args = vec!["probes", "--out", o];
+        args.extend(flags);
+        let err = fails(&args);
+        assert!(err.contains(want), "{flags:?}: {err}");
+        assert!(!out.exists());
+    }
+    std::fs::write(&out, "keep me\n").unwrap();
+    let err = fails(&["probes", "--probes", "2", "--out", o]);
+    assert!(
+        err.contains("probes.jsonl") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "keep me\n");
+    ok(&["probes", "--probes", "2", "--out", o, "--force"]);
+    assert_eq!(probe_lines(&out).len(), 3);
+    let err = fails(&["probes", "--out", p(dir.path()), "--force"]);
+    assert!(err.contains("is a folder"), "{err}");
+}

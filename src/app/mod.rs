@@ -4,8 +4,10 @@
 //! [`Event`]s into [`RunStore`]s, and every view implements [`View`]: each frame it draws from a
 //! read-only [`ViewCtx`] (the runs, the active run, the cursor) and its own state, and asks for
 //! every other change (cursor, active run, overlay, opening, closing, training, dialogs) by
-//! queueing an [`Action`], applied by the shell at the end of the frame. File dialogs run on their own threads and report back over a
-//! channel; every dialog action is also reachable through a path window (dialogs.rs: opened
+//! queueing an [`Action`], applied by the shell at the end of the frame. A run file opened
+//! without an `end` record is followed: the shell reads its new records every
+//! [`FOLLOW_EVERY`] (a [`Follower`]) into its store, as it feeds a live trainer's. File dialogs
+//! run on their own threads and report back over a channel; every dialog action is also reachable through a path window (dialogs.rs: opened
 //! from the top bar, and by itself when no native dialog can open), a path field or a CLI
 //! argument.
 
@@ -27,7 +29,7 @@ use std::time::Instant;
 use anyhow::{Result, anyhow};
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::run::{Event, RunStore, XAxis};
+use crate::run::{Event, Follower, RunStore, XAxis};
 use crate::train::{Command, TrainerHandle};
 
 pub use curves::CurvesView;
@@ -110,6 +112,8 @@ pub struct ViewCtx<'a> {
     /// Runs overlaid in the curves.
     pub overlay: &'a [usize],
     pub live: Option<&'a Live>,
+    /// Run files being followed as another process writes them.
+    pub followed: &'a [Follower],
     pub sample_runs: &'a [PathBuf],
     pub recent_models: &'a [String],
     pub recent_data: &'a [String],
@@ -125,6 +129,14 @@ impl ViewCtx<'_> {
     /// Queues a change, applied at the end of the frame.
     pub fn act(&self, a: Action) {
         self.actions.borrow_mut().push(a);
+    }
+
+    /// Whether run `i` is a file being followed as it grows.
+    pub fn is_followed(&self, i: usize) -> bool {
+        self.runs
+            .get(i)
+            .and_then(|r| r.path.as_deref())
+            .is_some_and(|p| self.followed.iter().any(|f| f.path() == p))
     }
 
     /// The queued changes.
@@ -149,6 +161,7 @@ macro_rules! view_ctx {
             x: $app.curves.settings.x,
             overlay: &$app.overlay,
             live: $app.live.as_ref(),
+            followed: &$app.followed,
             sample_runs: &$app.sample_runs,
             recent_models: &$app.persisted.recent_models,
             recent_data: &$app.persisted.recent_data,
@@ -171,6 +184,9 @@ pub struct Persisted {
 
 pub const STORAGE_KEY: &str = "ldviz";
 
+/// How often a followed run file is read for new records.
+pub const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// A trainer the app started.
 pub struct Live {
     pub handle: Option<TrainerHandle>,
@@ -190,6 +206,10 @@ pub struct LdvizApp {
     /// The run the views show.
     pub active: usize,
     pub live: Option<Live>,
+    /// Run files another process is still writing (opened without an `end` record), read every
+    /// [`FOLLOW_EVERY`]; each stops at its `end` record or at an error.
+    pub followed: Vec<Follower>,
+    last_follow: Instant,
     pub setup: SetupView,
     pub curves: CurvesView,
     /// Runs (indices into `runs`) overlaid in the curves for one family.
@@ -262,6 +282,8 @@ impl LdvizApp {
             runs: Vec::new(),
             active: 0,
             live: None,
+            followed: Vec::new(),
+            last_follow: Instant::now(),
             setup,
             curves,
             timeline: Timeline::default(),
@@ -339,8 +361,14 @@ impl LdvizApp {
             self.active = i;
             return Ok(());
         }
-        let store = RunStore::open(path)?;
-        if store.run.truncated {
+        let (store, follower) = RunStore::open_following(path)?;
+        if let Some(f) = follower {
+            self.notice = Some(format!(
+                "{}: no end record yet: following the file as it grows",
+                path.display()
+            ));
+            self.followed.push(f);
+        } else if store.run.truncated {
             self.notice = Some(format!(
                 "{}: the last record was cut off (the writer was killed); everything before it is loaded",
                 path.display()
@@ -472,6 +500,41 @@ impl LdvizApp {
         got
     }
 
+    /// Reads the followed run files' new records into their stores (every [`FOLLOW_EVERY`]);
+    /// a file that ended, or failed, is no longer followed (a failure is shown, and everything
+    /// read before it kept). Returns whether records arrived.
+    pub fn poll_followed(&mut self) -> bool {
+        if self.followed.is_empty() || self.last_follow.elapsed() < FOLLOW_EVERY {
+            return false;
+        }
+        self.last_follow = Instant::now();
+        let mut got = false;
+        let runs = &mut self.runs;
+        let errors = &mut self.errors;
+        self.followed.retain_mut(|f| {
+            let Some(store) = runs
+                .iter_mut()
+                .find(|r| r.path.as_deref() == Some(f.path()))
+            else {
+                return false;
+            };
+            let mut events = Vec::new();
+            let r = f.poll(&mut events);
+            got |= !events.is_empty();
+            for ev in events {
+                store.apply(ev);
+            }
+            store.run.skipped_records = f.skipped_records();
+            if let Err(e) = r {
+                errors.push(format!(
+                    "{e:#} (stopped following; every record read before it is kept)"
+                ));
+            }
+            !f.ended()
+        });
+        got
+    }
+
     fn apply_actions(&mut self, ctx: &egui::Context) {
         let actions = std::mem::take(&mut self.actions);
         for a in actions {
@@ -522,7 +585,9 @@ impl LdvizApp {
                 live.run = Some(r - 1);
             }
         }
-        self.runs.remove(i);
+        let closed = self.runs.remove(i);
+        self.followed
+            .retain(|f| Some(f.path()) != closed.path.as_deref());
         self.overlay.retain(|&j| j != i);
         for j in self.overlay.iter_mut() {
             if *j > i {
@@ -641,7 +706,7 @@ impl LdvizApp {
             self.on_picked(p);
         }
         self.handle_drops(&ctx);
-        let got = self.poll_trainer();
+        let got = self.poll_trainer() | self.poll_followed();
         let dt = ctx.input(|i| i.stable_dt).min(0.1) as f64;
         self.timeline.handle_keys(&ctx, self.runs.get(self.active));
         self.timeline.advance(self.runs.get(self.active), dt);
@@ -684,6 +749,8 @@ impl LdvizApp {
         let training = self.live.as_ref().is_some_and(|l| !l.finished);
         if training || got || self.timeline.mode == Mode::Playing {
             ctx.request_repaint_after(std::time::Duration::from_millis(33));
+        } else if !self.followed.is_empty() {
+            ctx.request_repaint_after(FOLLOW_EVERY);
         }
         self.screenshot_step(&ctx);
     }

@@ -436,7 +436,13 @@ fn show(v: &mut SetupView, ctx: &ViewCtx<'_>, ui: &mut egui::Ui) {
                 r.name,
                 r.run.header.config.algo,
                 r.n_evals(),
-                if r.ended() { "" } else { ", live" }
+                if r.ended() {
+                    ""
+                } else if ctx.is_followed(i) {
+                    ", following"
+                } else {
+                    ", live"
+                }
             );
             if ui.selectable_label(ctx.active == i, label).clicked() {
                 ctx.act(Action::Activate(i));

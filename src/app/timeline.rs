@@ -183,7 +183,7 @@ impl Timeline {
             }
             if ui
                 .selectable_label(self.mode == Mode::Following, "Follow")
-                .on_hover_text("tail the live run")
+                .on_hover_text("tail the live run, or a run file still being written")
                 .clicked()
             {
                 self.mode = Mode::Following;

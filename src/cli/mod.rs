@@ -8,5 +8,6 @@ pub mod export;
 pub mod inspect;
 pub mod logprob;
 pub mod pretrain;
+pub mod probes;
 pub mod squeeze;
 pub mod train;

@@ -196,7 +196,7 @@ fn cut_tokens(text: &str) -> Option<(String, &str)> {
 }
 
 /// One parsed line.
-enum Line {
+pub(super) enum Line {
     Record(Event),
     /// A valid JSON object whose `"type"` this version does not know.
     Unknown,
@@ -230,7 +230,7 @@ fn parse_line(text: &str) -> Line {
 }
 
 /// The gzip magic bytes: a run file that starts with them is read through a decompressor.
-const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+pub(super) const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
 /// The bytes of a run file, plain or gzipped (detected by content, not by name). A gzipped file
 /// is decompressed as a stream; one cut short (a copy interrupted, a download stopped) yields
@@ -332,16 +332,13 @@ pub fn read_run(path: &Path) -> Result<Run> {
     Ok(run)
 }
 
-/// Parses the (decompressed) bytes of a run file as [`read_run`] does; `path` names the file in
-/// errors.
-pub fn parse_run(path: &Path, bytes: &[u8]) -> Result<Run> {
-    use rayon::prelude::*;
-    // Line slices (1-based line numbers); the last may lack its newline (a killed writer).
-    let mut lines: Vec<(usize, &[u8], bool)> = Vec::new();
+/// The lines of `bytes`, numbered from `first_no`: (line number, bytes without the newline,
+/// whether the newline was there). The last may lack its newline (a killed writer).
+pub(super) fn split_lines(bytes: &[u8], first_no: usize) -> Vec<(usize, &[u8], bool)> {
+    let mut lines = Vec::new();
     let mut start = 0usize;
-    let mut no = 0usize;
+    let mut no = first_no;
     while start < bytes.len() {
-        no += 1;
         match memchr::memchr(b'\n', &bytes[start..]) {
             Some(k) => {
                 lines.push((no, &bytes[start..start + k], true));
@@ -352,10 +349,18 @@ pub fn parse_run(path: &Path, bytes: &[u8]) -> Result<Run> {
                 start = bytes.len();
             }
         }
+        no += 1;
     }
-    // (line number, complete, parsed record; None for a blank line)
-    type Parsed = (usize, bool, Option<Line>);
-    let parsed: Vec<Parsed> = lines
+    lines
+}
+
+/// A parsed line: (line number, complete, the record; None for a blank line).
+pub(super) type Parsed = (usize, bool, Option<Line>);
+
+/// Parses lines (from [`split_lines`]) in parallel, in order.
+pub(super) fn parse_lines(lines: &[(usize, &[u8], bool)]) -> Vec<Parsed> {
+    use rayon::prelude::*;
+    lines
         .par_iter()
         .map(|&(no, line, complete)| {
             let text = match std::str::from_utf8(line) {
@@ -367,7 +372,46 @@ pub fn parse_run(path: &Path, bytes: &[u8]) -> Result<Run> {
             }
             (no, complete, Some(parse_line(text)))
         })
-        .collect();
+        .collect()
+}
+
+/// Refuses a header of another format or of a newer version than this reader's.
+pub(super) fn check_header(path: &Path, h: &RunHeader) -> Result<()> {
+    if h.format != FORMAT {
+        bail!(
+            "{}:1: format \"{}\" is not \"{FORMAT}\"",
+            path.display(),
+            escape_controls(&h.format)
+        );
+    }
+    if h.version > VERSION {
+        bail!(
+            "{}:1: run file version {} is newer than this ldviz reads ({VERSION}); update ldviz",
+            path.display(),
+            h.version
+        );
+    }
+    Ok(())
+}
+
+/// The error of a complete line that is not a run record.
+pub(super) fn invalid_line(path: &Path, line_no: usize, e: &str) -> anyhow::Error {
+    if e == "not UTF-8" {
+        anyhow!("{}:{line_no}: not UTF-8", path.display())
+    } else {
+        anyhow!(
+            "{}:{line_no}: not a valid run record: {}",
+            path.display(),
+            escape_controls(e)
+        )
+    }
+}
+
+/// Parses the (decompressed) bytes of a run file as [`read_run`] does; `path` names the file in
+/// errors.
+pub fn parse_run(path: &Path, bytes: &[u8]) -> Result<Run> {
+    let lines = split_lines(bytes, 1);
+    let parsed = parse_lines(&lines);
     drop(lines);
     let mut run: Option<Run> = None;
     for (line_no, complete, ev) in parsed {
@@ -391,31 +435,11 @@ pub fn parse_run(path: &Path, bytes: &[u8]) -> Result<Run> {
                 }
                 break;
             }
-            Line::Invalid(e) if e == "not UTF-8" => {
-                bail!("{}:{line_no}: not UTF-8", path.display())
-            }
-            Line::Invalid(e) => bail!(
-                "{}:{line_no}: not a valid run record: {}",
-                path.display(),
-                escape_controls(&e)
-            ),
+            Line::Invalid(e) => return Err(invalid_line(path, line_no, &e)),
         };
         match (&mut run, ev) {
             (None, Event::Header(h)) => {
-                if h.format != FORMAT {
-                    bail!(
-                        "{}:1: format \"{}\" is not \"{FORMAT}\"",
-                        path.display(),
-                        escape_controls(&h.format)
-                    );
-                }
-                if h.version > VERSION {
-                    bail!(
-                        "{}:1: run file version {} is newer than this ldviz reads ({VERSION}); update ldviz",
-                        path.display(),
-                        h.version
-                    );
-                }
+                check_header(path, &h)?;
                 run = Some(Run::new(*h));
             }
             (None, _) => bail!(

@@ -470,6 +470,18 @@ impl RunStore {
         Ok(RunStore::from_run(name, Some(path.to_path_buf()), run))
     }
 
+    /// Loads a run file that may still be growing: the store of what is recorded so far, and
+    /// the [`super::Follower`] that reads the rest as it lands (plain files without an `end`
+    /// record; see [`super::open_following`]). Feed its records through [`RunStore::apply`].
+    pub fn open_following(path: &Path) -> Result<(RunStore, Option<super::Follower>)> {
+        let (run, follower) = super::open_following(path)?;
+        let name = super::reader::run_name(path);
+        Ok((
+            RunStore::from_run(name, Some(path.to_path_buf()), run),
+            follower,
+        ))
+    }
+
     pub fn from_run(name: String, path: Option<PathBuf>, run: Run) -> RunStore {
         let mut store = RunStore {
             name,
@@ -571,7 +583,7 @@ impl RunStore {
         RunStore::from_run(name, path, Run::new(header))
     }
 
-    /// Applies one event of a live run.
+    /// Applies one event of a live run (from the trainer, or from a followed run file).
     pub fn apply(&mut self, ev: Event) {
         match ev {
             Event::State { paused, .. } => self.paused = paused,

@@ -1,5 +1,6 @@
 //! The run file's schema: the training configuration a run records in its header, every record
-//! type of a run file, and the per-token traces and diagnostics an evaluation carries.
+//! type of a run file, the probe file of `ldviz probes`, and the per-token traces and
+//! diagnostics an evaluation carries.
 //!
 //! A leaf of the crate: it builds only on the value types of [`crate::data`] (families, dataset
 //! formats, probe counts) and [`crate::device`] (device and precision). The trainer
@@ -9,6 +10,7 @@
 pub mod config;
 pub mod event;
 pub mod nonfinite;
+pub mod probe_file;
 pub mod trace;
 
 pub use config::{

@@ -130,6 +130,93 @@ pub fn load_records(
     Ok((ds, train, test))
 }
 
+/// The data side of a run, before any weights are loaded: the dataset, its training and test
+/// records and the probe set. `ldviz train` (through [`Session::prepare`]) and `ldviz probes`
+/// both make it here, so the probe file holds exactly the probes a run evaluates.
+pub struct RunData {
+    pub dataset: data::Dataset,
+    pub train: Vec<PreferenceRecord>,
+    pub test: Vec<PreferenceRecord>,
+    pub probe_set: ProbeSet,
+}
+
+impl RunData {
+    /// Loads the data of `cfg`; `model_dir` is read only for its chat template (conversational
+    /// data is rendered through it).
+    pub fn load(cfg: &TrainConfig, model_dir: &Path) -> Result<RunData> {
+        let (dataset, train, test) = load_records(cfg, model_dir)?;
+        // the probe records are the data file's training records: name the file
+        let probe_set = data::build_probe_set(&train, &test, cfg.probes, cfg.seed)
+            .with_context(|| dataset.path.display().to_string())?;
+        Ok(RunData {
+            dataset,
+            train,
+            test,
+            probe_set,
+        })
+    }
+
+    /// The header's `data` entry.
+    pub fn info(&self, cfg: &TrainConfig) -> DataInfo {
+        DataInfo {
+            path: self.dataset.path.display().to_string(),
+            format: self.dataset.format,
+            fingerprint: self.dataset.fingerprint.clone(),
+            n_records: self.dataset.records.len(),
+            n_train: self.train.len(),
+            n_test: self.test.len(),
+            test_path: cfg.test_data.clone(),
+        }
+    }
+
+    /// The probes as a header lists them, with the token ids `tokens(position)` gives (an empty
+    /// map where the token ids are not known).
+    pub fn probe_infos(
+        &self,
+        mut tokens: impl FnMut(usize) -> BTreeMap<Family, Vec<u32>>,
+    ) -> Vec<ProbeInfo> {
+        self.probe_set
+            .probes
+            .iter()
+            .enumerate()
+            .map(|(i, p)| ProbeInfo {
+                index: p.index,
+                prompt: p.prompt.clone(),
+                responses: p.responses.clone(),
+                tokens: tokens(i),
+            })
+            .collect()
+    }
+
+    /// The run header of `cfg` on this data: every training record is an example of an epoch.
+    pub fn header(
+        &self,
+        cfg: &TrainConfig,
+        model: ModelInfo,
+        probes: Vec<ProbeInfo>,
+        phases: Vec<PhasePlan>,
+    ) -> RunHeader {
+        RunHeader {
+            format: FORMAT.to_string(),
+            version: VERSION,
+            ldviz_version: env!("CARGO_PKG_VERSION").to_string(),
+            created_unix: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            config: cfg.clone(),
+            conventions: Conventions::default(),
+            model,
+            data: self.info(cfg),
+            families: self.probe_set.families.clone(),
+            probes,
+            phases,
+            batch_size: cfg.batch_size,
+            examples_per_epoch: self.train.len(),
+        }
+    }
+}
+
 impl Session {
     pub fn prepare(cfg: &TrainConfig) -> Result<Session> {
         cfg.validate()?;
@@ -137,12 +224,11 @@ impl Session {
         let device = crate::device::open(cfg.device, cfg.precision)?;
         let mut model = Model::load(&model_dir, &device)?;
         model.set_precision(cfg.precision);
-        let (ds, train, test) = load_records(cfg, &model_dir)?;
-        // the probe records are the data file's training records: name the file
-        let probe_set = data::build_probe_set(&train, &test, cfg.probes, cfg.seed)
-            .with_context(|| ds.path.display().to_string())?;
+        let rd = RunData::load(cfg, &model_dir)?;
+        let ds = &rd.dataset;
         let lim = cfg.lengths;
-        let pairs = train
+        let pairs = rd
+            .train
             .iter()
             .map(|r| {
                 Ok(Pair {
@@ -163,9 +249,9 @@ impl Session {
                 );
             }
         }
-        let runner = ProbeRunner::new(&model, &probe_set, lim, cfg.top_k)?.with_transfer(
+        let runner = ProbeRunner::new(&model, &rd.probe_set, lim, cfg.top_k)?.with_transfer(
             &model,
-            &probe_set,
+            &rd.probe_set,
             lim,
             cfg.transfer_prompts,
         )?;
@@ -178,59 +264,28 @@ impl Session {
                 steps: p.duration.steps(pairs.len(), cfg.batch_size),
             })
             .collect();
-        let probes = probe_set
-            .probes
-            .iter()
-            .zip(&runner.probes)
-            .map(|(p, tp)| ProbeInfo {
-                index: p.index,
-                prompt: p.prompt.clone(),
-                responses: p.responses.clone(),
-                tokens: tp
-                    .seqs
+        let probes = rd.probe_infos(|i| {
+            runner.probes.get(i).map_or_else(BTreeMap::new, |tp| {
+                tp.seqs
                     .iter()
                     .filter(|(f, _)| matches!(f, Family::Chosen | Family::Rejected))
                     .map(|(f, s)| (*f, s.response.clone()))
-                    .collect(),
+                    .collect()
             })
-            .collect();
-        let header = RunHeader {
-            format: FORMAT.to_string(),
-            version: VERSION,
-            ldviz_version: env!("CARGO_PKG_VERSION").to_string(),
-            created_unix: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-            config: cfg.clone(),
-            conventions: Conventions::default(),
-            model: ModelInfo {
-                path: model_dir.display().to_string(),
-                arch: model.arch().model_type().to_string(),
-                fingerprint: model.fingerprint.clone(),
-                n_params: model.n_params(),
-                vocab_size: model.vocab_size(),
-                eos_id: model.eos_id(),
-            },
-            data: DataInfo {
-                path: ds.path.display().to_string(),
-                format: ds.format,
-                fingerprint: ds.fingerprint.clone(),
-                n_records: ds.records.len(),
-                n_train: train.len(),
-                n_test: test.len(),
-                test_path: cfg.test_data.clone(),
-            },
-            families: probe_set.families.clone(),
-            probes,
-            phases,
-            batch_size: cfg.batch_size,
-            examples_per_epoch: pairs.len(),
+        });
+        let model_info = ModelInfo {
+            path: model_dir.display().to_string(),
+            arch: model.arch().model_type().to_string(),
+            fingerprint: model.fingerprint.clone(),
+            n_params: model.n_params(),
+            vocab_size: model.vocab_size(),
+            eos_id: model.eos_id(),
         };
+        let header = rd.header(cfg, model_info, probes, phases);
         Ok(Session {
             cfg: cfg.clone(),
             model,
-            probe_set,
+            probe_set: rd.probe_set,
             header,
             pairs,
             runner,

@@ -144,3 +144,62 @@ pub fn trajectory_options(fixtures: &Path, algo: Algo, lr: f64) -> TrainOptions 
         ..train_options(&fixtures.join("llama"), &fixtures.join("prefs.jsonl"))
     }
 }
+
+/// A run file as a recorder that trains elsewhere writes it from the probe file `probes`
+/// (`ldviz probes`): the probe file's `run_header` with the model and the probes' token ids
+/// filled in, a phase, then `evals` evaluations (every family's log-prob falling by 0.5 per
+/// evaluation, no per-token traces) with a step record between each, and no end record when
+/// `end` is false (a run still being written).
+pub fn external_run(probes: &Path, evals: usize, end: bool) -> Vec<String> {
+    use serde_json::{Value, json};
+    let text = std::fs::read_to_string(probes).unwrap();
+    let first: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    let mut h = first["run_header"].clone();
+    h["model"] = json!({"path": "org/model", "arch": "llama", "fingerprint": "abc",
+        "n_params": 1000, "vocab_size": 64, "eos_id": 2});
+    for p in h["probes"].as_array_mut().unwrap() {
+        p["tokens"] = json!({"chosen": [5, 6, 2], "rejected": [7, 2]});
+    }
+    let algo = h["config"]["algo"].as_str().unwrap().to_string();
+    h["phases"] = json!([{"name": algo, "algo": algo, "steps": evals}]);
+    // "type" first, as the documentation asks (the other records' members come sorted)
+    let header = format!(r#"{{"type":"header",{}"#, &h.to_string()[1..]);
+    let families: Vec<String> = first["families"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap().to_string())
+        .collect();
+    let n = h["probes"].as_array().unwrap().len();
+    let mut lines = vec![
+        header,
+        json!({"type": "phase", "name": algo, "algo": algo, "step": 0, "examples": 0}).to_string(),
+    ];
+    for k in 0..evals {
+        if k > 0 {
+            lines.push(
+                json!({"type": "step", "step": k, "examples": 4 * k, "epoch": 0.1 * k as f64,
+                    "phase": algo, "batch": [], "metrics": {"loss": 1.0 / k as f64}, "wall_ms": 0.0})
+                .to_string(),
+            );
+        }
+        let logps: serde_json::Map<String, Value> = families
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.clone(), json!(vec![-(i as f64) - 0.5 * k as f64; n])))
+            .collect();
+        lines.push(
+            json!({"type": "eval", "step": k, "examples": 4 * k, "epoch": 0.1 * k as f64,
+                "phase": algo, "logps": logps, "tokens": []})
+            .to_string(),
+        );
+    }
+    if end {
+        lines.push(
+            json!({"type": "end", "reason": "completed", "step": evals.saturating_sub(1),
+                "message": null})
+            .to_string(),
+        );
+    }
+    lines
+}
