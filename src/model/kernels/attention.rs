@@ -43,17 +43,7 @@ pub(crate) fn attn_fwd<T: Real>(
                 &k[h * s * d..(h + 1) * s * d],
                 &v[h * s * d..(h + 1) * s * d],
             );
-            let mut p = vec![T::zero(); t * s];
-            // q·kᵀ
-            gemm(
-                (t, s, d),
-                &mut MatMut::new(&mut p, s),
-                false,
-                (qh, rows(d)),
-                (kh, cols(d)),
-                false,
-            )?;
-            softmax_rows_causal(&mut p, t, s, scale);
+            let p = probs_hm(qh, kh, (t, s, d), scale)?;
             // p·v
             gemm(
                 (t, d, s),
@@ -65,6 +55,28 @@ pub(crate) fn attn_fwd<T: Real>(
             )
         })?;
     Ok(out)
+}
+
+/// One head's attention probabilities [T, S]: the causal softmax of scale·q·kᵀ (head-major q
+/// [T, D], k [S, D]), as the forward and the backward both need them.
+fn probs_hm<T: Real>(
+    qh: &[T],
+    kh: &[T],
+    (t, s, d): (usize, usize, usize),
+    scale: f64,
+) -> Result<Vec<T>> {
+    let mut p = vec![T::zero(); t * s];
+    // q·kᵀ
+    gemm(
+        (t, s, d),
+        &mut MatMut::new(&mut p, s),
+        false,
+        (qh, rows(d)),
+        (kh, cols(d)),
+        false,
+    )?;
+    softmax_rows_causal(&mut p, t, s, scale);
+    Ok(p)
 }
 
 /// The backward of [`attn_fwd`] per head (heads in parallel): (dq [BH, T, D], dk [BH, S, D],
@@ -96,16 +108,7 @@ pub(crate) fn attn_bwd<T: Real>(
                 &v[h * s * d..(h + 1) * s * d],
                 &g[h * t * d..(h + 1) * t * d],
             );
-            let mut p = vec![T::zero(); t * s];
-            gemm(
-                (t, s, d),
-                &mut MatMut::new(&mut p, s),
-                false,
-                (qh, rows(d)),
-                (kh, cols(d)),
-                false,
-            )?;
-            softmax_rows_causal(&mut p, t, s, scale);
+            let p = probs_hm(qh, kh, (t, s, d), scale)?;
             // dv = pᵀ·g
             gemm(
                 (s, d, t),
