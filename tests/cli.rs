@@ -1665,3 +1665,41 @@ fn train_on_an_ultrafeedback_parquet() {
         "{err}"
     );
 }
+
+/// A Hugging Face trainer_state.json (TRL's DPOTrainer) inspects and exports as a run of TRL
+/// metrics without evaluations.
+#[test]
+fn inspect_and_export_a_trainer_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = fixtures().join("trainer_state.json");
+    let s: Value = serde_json::from_str(&ok(&["inspect", p(&state), "--json"])).unwrap();
+    assert_eq!(
+        (s["steps"].as_u64(), s["evaluations"].as_u64()),
+        (Some(8), Some(0))
+    );
+    assert!(
+        s["end"].as_str().unwrap().contains("train_loss 0.6465"),
+        "{s}"
+    );
+    let text = ok(&["inspect", p(&state)]);
+    assert!(text.contains("trainer_state.json"), "{text}");
+    let csv = dir.path().join("state.csv");
+    ok(&["export", p(&state), "--csv", p(&csv)]);
+    let metrics = std::fs::read_to_string(dir.path().join("state.metrics.csv")).unwrap();
+    let mut lines = metrics.lines();
+    let head: Vec<&str> = lines.next().unwrap().split(',').collect();
+    for k in [
+        "loss",
+        "rewards/chosen",
+        "logps/chosen",
+        "grad_norm",
+        "eval_loss",
+    ] {
+        assert!(head.contains(&k), "{k}: {head:?}");
+    }
+    assert_eq!(lines.count(), 4);
+    assert!(metrics.contains("nan"), "the NaN grad_norm");
+    // a plot needs evaluations: a one-line error
+    let err = fails(&["export", p(&state), "--png", p(&dir.path().join("x.png"))]);
+    assert!(err.contains("no evaluations"), "{err}");
+}

@@ -324,9 +324,13 @@ pub fn looks_like_run_file(path: &Path) -> bool {
 }
 
 /// Loads a run file (plain JSON Lines or gzipped). Lines are parsed in parallel, then applied
-/// in order.
+/// in order. A Hugging Face `trainer_state.json` (one JSON object with a `log_history`) is read
+/// as a run of TRL metrics (see [`super::hf_state`]).
 pub fn read_run(path: &Path) -> Result<Run> {
     let (bytes, cut_stream) = read_run_bytes(path)?;
+    if super::hf_state::is_trainer_state(&bytes) {
+        return super::hf_state::parse_trainer_state(path, &bytes);
+    }
     let mut run = parse_run(path, &bytes)?;
     run.truncated |= cut_stream;
     Ok(run)
