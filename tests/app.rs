@@ -927,3 +927,35 @@ fn a_growing_run_file_is_followed_until_its_end() {
     assert_eq!(app.curves.drawn.len(), store.run.header.families.len());
     assert!(app.curves.drawn.iter().all(|(_, n)| *n == 4));
 }
+
+/// A Hugging Face trainer_state.json opens (dropped on the window) as a run of TRL metrics: the
+/// curves tab says there are no evaluations, the TRL metrics tab draws its curves.
+#[test]
+fn a_trainer_state_opens_with_its_trl_metrics() {
+    let state = common::fixtures().join("trainer_state.json");
+    let mut h = harness(LdvizApp::new(&Launch::default()));
+    // dropped on the window, it opens as a run (not as the dataset)
+    h.input_mut()
+        .dropped_files
+        .push(std::sync::Arc::new(Dropped(state.clone())));
+    h.step();
+    h.step();
+    assert_eq!(h.state().runs.len(), 1);
+    assert_eq!(h.state().setup.options.data, "default");
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+    assert!(h.state().followed.is_empty());
+    let store = h.state().active_run().unwrap();
+    assert_eq!((store.run.steps.len(), store.n_evals()), (4, 0));
+    assert!(label_contains(&h, "This run has no evaluations"));
+    h.state_mut().tab = Tab::Metrics;
+    h.step();
+    h.step();
+    for k in ["rewards/chosen", "logps/rejected", "eval_loss", "grad_norm"] {
+        assert!(label_contains(&h, k), "{k}");
+    }
+    for tab in [Tab::Tokens, Tab::Influence, Tab::Transfer] {
+        h.state_mut().tab = tab;
+        h.step();
+    }
+    assert!(h.state().errors.is_empty(), "{:?}", h.state().errors);
+}

@@ -1602,3 +1602,104 @@ fn probes_refuses_bad_flags_and_an_existing_out() {
     let err = fails(&["probes", "--out", p(dir.path()), "--force"]);
     assert!(err.contains("is a folder"), "{err}");
 }
+
+/// A Hugging Face parquet export (UltraFeedback binarized's schema) trains like JSON Lines: two
+/// DPO steps on the llama fixture, its records' texts in the header; a parquet without the
+/// preference columns is a one-line error naming the columns it has.
+#[test]
+fn train_on_an_ultrafeedback_parquet() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("uf.jsonl");
+    let model = fixtures().join("llama");
+    let data = fixtures().join("ultrafeedback_tiny.parquet");
+    ok(&[
+        "train",
+        "--model",
+        p(&model),
+        "--data",
+        p(&data),
+        "--algo",
+        "dpo",
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--probes",
+        "4",
+        "--eval-every",
+        "2",
+        "--quiet",
+        "--out",
+        p(&run),
+    ]);
+    let r = ldviz::run::read_run(&run).unwrap();
+    assert_eq!(r.steps.len(), 2);
+    assert!(r.end.is_some() && r.evals.len() >= 2);
+    assert_eq!(
+        r.header.data.format,
+        ldviz::data::DataFormat::Conversational
+    );
+    assert_eq!((r.header.data.n_records, r.header.probes.len()), (6, 4));
+    assert_eq!(
+        r.header.probes[0].prompt,
+        "User: What is the capital of France?\n\nAssistant:"
+    );
+    assert_eq!(
+        r.header.probes[0].responses[&ldviz::data::Family::Chosen],
+        " The capital of France is Paris."
+    );
+    let s: Value = serde_json::from_str(&ok(&["inspect", p(&run), "--json"])).unwrap();
+    assert_eq!(s["steps"], 2);
+    let err = fails(&[
+        "train",
+        "--model",
+        p(&model),
+        "--data",
+        p(&fixtures().join("not_preferences.parquet")),
+        "--out",
+        p(&dir.path().join("x.jsonl")),
+    ]);
+    assert!(
+        err.contains("not_preferences.parquet: no \"chosen\" or \"rejected\" columns")
+            && err.contains("\"text\" (string)"),
+        "{err}"
+    );
+}
+
+/// A Hugging Face trainer_state.json (TRL's DPOTrainer) inspects and exports as a run of TRL
+/// metrics without evaluations.
+#[test]
+fn inspect_and_export_a_trainer_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = fixtures().join("trainer_state.json");
+    let s: Value = serde_json::from_str(&ok(&["inspect", p(&state), "--json"])).unwrap();
+    assert_eq!(
+        (s["steps"].as_u64(), s["evaluations"].as_u64()),
+        (Some(8), Some(0))
+    );
+    assert!(
+        s["end"].as_str().unwrap().contains("train_loss 0.6465"),
+        "{s}"
+    );
+    let text = ok(&["inspect", p(&state)]);
+    assert!(text.contains("trainer_state.json"), "{text}");
+    let csv = dir.path().join("state.csv");
+    ok(&["export", p(&state), "--csv", p(&csv)]);
+    let metrics = std::fs::read_to_string(dir.path().join("state.metrics.csv")).unwrap();
+    let mut lines = metrics.lines();
+    let head: Vec<&str> = lines.next().unwrap().split(',').collect();
+    for k in [
+        "loss",
+        "rewards/chosen",
+        "logps/chosen",
+        "grad_norm",
+        "eval_loss",
+    ] {
+        assert!(head.contains(&k), "{k}: {head:?}");
+    }
+    assert_eq!(lines.count(), 4);
+    assert!(metrics.contains("nan"), "the NaN grad_norm");
+    // a plot needs evaluations: a one-line error
+    let err = fails(&["export", p(&state), "--png", p(&dir.path().join("x.png"))]);
+    assert!(err.contains("no evaluations"), "{err}");
+}

@@ -366,11 +366,27 @@ fn show(cv: &mut CurvesView, ctx: &ViewCtx<'_>, ui: &mut egui::Ui) {
         return;
     }
     controls(cv, ctx, ui);
+    let active = ctx.active.min(ctx.runs.len() - 1);
+    if ctx.overlay.is_empty()
+        && let Some(store) = ctx.runs.get(active)
+        && store.n_evals() == 0
+    {
+        cv.drawn.clear();
+        ui.centered_and_justified(|ui| {
+            ui.label(if store.run.steps.is_empty() {
+                "No evaluations yet."
+            } else if store.run.header.probes.is_empty() {
+                "This run has no evaluations (no probes were scored: TRL metrics only); its metrics are in the TRL metrics tab."
+            } else {
+                "No evaluations yet; the optimizer steps so far are in the TRL metrics tab."
+            });
+        });
+        return;
+    }
     let s = cv.settings.clone();
     let probe = cv.probe;
     // One bucket per 2 pixels: each keeps its min and max (1 point per pixel column).
     let buckets = (ui.available_width().max(100.0) / 2.0) as usize;
-    let active = ctx.active.min(ctx.runs.len() - 1);
     let y = s.y_mode(ctx.runs.get(active));
     let cursor_x = ctx
         .runs

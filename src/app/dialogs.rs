@@ -177,11 +177,11 @@ impl LdvizApp {
                 let started = Instant::now();
                 let picked = match kind {
                     DialogKind::Runs => d
-                        .add_filter("run files", &["jsonl"])
+                        .add_filter("run files", &["jsonl", "gz", "json"])
                         .pick_files()
                         .map(Picked::Run),
                     DialogKind::Data => d
-                        .add_filter("preference data", &["jsonl", "json", "gz"])
+                        .add_filter("preference data", &["jsonl", "json", "gz", "parquet"])
                         .pick_file()
                         .map(Picked::Data),
                     DialogKind::Model => d.pick_folder().map(Picked::Model),

@@ -895,7 +895,7 @@ pub enum DialogKind {
 }
 
 /// Whether a file looks like an ldviz run file, plain or gzipped (its first line is a run
-/// header).
+/// header), or a Hugging Face trainer state.
 pub fn is_run_file(p: &Path) -> bool {
     crate::run::looks_like_run_file(p)
 }

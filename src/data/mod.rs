@@ -5,7 +5,8 @@
 //!   unrelated and non-human responses, and the computed greedy response y*), grouped for plots.
 //! - [`record`]: [`PreferenceRecord`], one (prompt, chosen, rejected) triple plus any extra
 //!   families a probe file gives, with its position in the file for error messages.
-//! - [`formats`]: reading JSON Lines / JSON array files (optionally gzipped), detecting and parsing
+//! - [`formats`]: reading JSON Lines / JSON array files (optionally gzipped) and parquet files,
+//!   detecting and parsing
 //!   the supported formats (the authors' probe schema, TRL standard, implicit-prompt and
 //!   conversational, Anthropic HH-RLHF; one private module each) and rendering conversations with
 //!   a Hugging Face chat template or a documented plain template.

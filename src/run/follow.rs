@@ -178,11 +178,23 @@ fn is_gzipped(path: &Path) -> Result<bool> {
     Ok(head == GZIP_MAGIC)
 }
 
+/// Whether the file is a Hugging Face trainer state (rewritten whole, never appended to).
+fn is_trainer_state_file(path: &Path) -> Result<bool> {
+    let mut head = Vec::new();
+    std::fs::File::open(path)
+        .with_context(|| format!("{}: cannot open run file", path.display()))?
+        .take(1 << 16)
+        .read_to_end(&mut head)
+        .with_context(|| format!("{}: cannot read run file", path.display()))?;
+    Ok(super::hf_state::is_trainer_state(&head))
+}
+
 /// Opens a run file that may still be growing: the run as recorded so far, and a [`Follower`]
 /// positioned after its last complete record when the file is plain JSON Lines without an `end`
-/// record. A gzipped file is read once, as [`reader::read_run`] reads it, and not followed.
+/// record. A gzipped file or a Hugging Face trainer state is read once, as
+/// [`reader::read_run`] reads it, and not followed.
 pub fn open_following(path: &Path) -> Result<(Run, Option<Follower>)> {
-    if is_gzipped(path)? {
+    if is_gzipped(path)? || is_trainer_state_file(path)? {
         return Ok((reader::read_run(path)?, None));
     }
     let mut f = Follower::new(path);

@@ -1,9 +1,11 @@
 //! Run files: the versioned, append-only JSON Lines record of a run (header, then one record per
 //! event), its writer, its reader (tolerant of a cut last line), the follower of a file still
-//! being written, and the `inspect` summary.
+//! being written, Hugging Face `trainer_state.json` files read as runs of TRL metrics, and the
+//! `inspect` summary.
 //! The format is documented in RUNFILE.md.
 
 pub mod follow;
+pub mod hf_state;
 pub mod reader;
 pub mod store;
 pub mod summary;

@@ -296,7 +296,7 @@ pub fn run_name(path: &Path) -> String {
 }
 
 /// Whether a file looks like an ldviz run file, plain or gzipped: its first line is a run
-/// header (reads at most the first 4 KiB of its content).
+/// header, or it is a Hugging Face trainer state (reads at most the first 4 KiB of its content).
 pub fn looks_like_run_file(path: &Path) -> bool {
     use std::io::Read;
     let Ok(mut f) = std::fs::File::open(path) else {
@@ -319,14 +319,30 @@ pub fn looks_like_run_file(path: &Path) -> bool {
     if read.is_err() && first.is_empty() {
         return false;
     }
+    if super::hf_state::is_trainer_state(&first) {
+        return true;
+    }
+    // `{"type":"header"` with any whitespace between the tokens (Python's json.dumps adds some)
     let s = String::from_utf8_lossy(&first);
-    s.starts_with("{\"type\":\"header\"") && s.contains("\"format\":\"ldviz-run\"")
+    let mut rest = s.trim_start();
+    for token in ["{", "\"type\"", ":", "\"header\""] {
+        match rest.strip_prefix(token) {
+            Some(r) => rest = r.trim_start(),
+            None => return false,
+        }
+    }
+    let compact: String = s.split_whitespace().collect();
+    compact.contains("\"format\":\"ldviz-run\"")
 }
 
 /// Loads a run file (plain JSON Lines or gzipped). Lines are parsed in parallel, then applied
-/// in order.
+/// in order. A Hugging Face `trainer_state.json` (one JSON object with a `log_history`) is read
+/// as a run of TRL metrics (see [`super::hf_state`]).
 pub fn read_run(path: &Path) -> Result<Run> {
     let (bytes, cut_stream) = read_run_bytes(path)?;
+    if super::hf_state::is_trainer_state(&bytes) {
+        return super::hf_state::parse_trainer_state(path, &bytes);
+    }
     let mut run = parse_run(path, &bytes)?;
     run.truncated |= cut_stream;
     Ok(run)
@@ -488,6 +504,17 @@ mod tests {
         assert!(!looks_like_run_file(&p));
         std::fs::write(&p, b"").unwrap();
         assert!(!looks_like_run_file(&p));
+        // Python's separators, and a Hugging Face trainer state
+        std::fs::write(
+            &p,
+            b"{\"type\": \"header\", \"format\": \"ldviz-run\", \"version\": 1",
+        )
+        .unwrap();
+        assert!(looks_like_run_file(&p));
+        std::fs::write(&p, b"{\"type\": \"step\", \"format\": \"ldviz-run\"").unwrap();
+        assert!(!looks_like_run_file(&p));
+        let state = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/trainer_state.json");
+        assert!(looks_like_run_file(&state));
     }
 
     fn gzip(bytes: &[u8]) -> Vec<u8> {

@@ -18,7 +18,8 @@ pub struct TrainOptions {
     /// Hugging Face model folder, or "default" for the embedded model.
     #[arg(long, default_value_t = d().model)]
     pub model: String,
-    /// Preference data file (.jsonl, .json, .jsonl.gz), or "default" for the demo dataset.
+    /// Preference data file (.jsonl, .json, .jsonl.gz, .parquet), or "default" for the demo
+    /// dataset.
     #[arg(long, default_value_t = d().data)]
     pub data: String,
     /// Held-out records (for irr_test and random_nonhum).

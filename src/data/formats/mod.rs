@@ -8,6 +8,12 @@
 //! are 1-based lines of the (decompressed) file; for a JSON array file they are the element
 //! index + 1. The dataset fingerprint is the SHA-256 of the file bytes as stored on disk.
 //!
+//! Parquet files (Hugging Face dataset exports, recognised by their magic bytes `PAR1`; snappy,
+//! gzip, zstd or lz4 pages) are read row by row: the columns a format uses (`prompt`, `chosen`,
+//! `rejected` and the probe families) become the JSON object a line would hold, strings,
+//! numbers, lists and `{role, content}` structs alike, and go through the same format code. Their
+//! errors say `row N` (1-based) where a line number would be, and a record's line is its row.
+//!
 //! # Formats ([`DataFormat`]; detected from the first record unless forced)
 //! - **probe**, the authors' probe schema: `prompt`, `chosen`, `rejected` and any of the optional
 //!   family keys (`chosen_initial`, `chosen_gptsemantic`, `chosen_gptformat`,
@@ -55,6 +61,7 @@
 mod conversational;
 mod hh;
 mod implicit;
+mod parquet_rows;
 mod probe;
 mod standard;
 
@@ -199,7 +206,10 @@ pub fn parse_dataset(
     let fingerprint = fingerprint_bytes(raw);
     let gz = raw.starts_with(&[0x1f, 0x8b]) || path.extension().is_some_and(|e| e == "gz");
     let decompressed;
-    let bytes = if gz {
+    let parquet = raw.starts_with(parquet_rows::MAGIC);
+    let bytes = if parquet {
+        raw
+    } else if gz {
         let mut out = Vec::new();
         flate2::read::MultiGzDecoder::new(raw)
             .read_to_end(&mut out)
@@ -212,23 +222,46 @@ pub fn parse_dataset(
     } else {
         raw
     };
-    let objects = read_objects(bytes, &file)?;
+    let objects = if parquet {
+        parquet_rows::read_rows(bytes, &file).map_err(as_row)?
+    } else {
+        read_objects(bytes, &file)?
+    };
+    let parsed = records_of(&objects, &file, format, chat);
+    // a parquet record's "line" is its row: say so
+    let (format, records) = if parquet {
+        parsed.map_err(as_row)?
+    } else {
+        parsed?
+    };
+    Ok(Dataset {
+        path: path.to_path_buf(),
+        format,
+        records,
+        fingerprint,
+    })
+}
+
+/// The records of the file's objects in `format` (detected from the first when `None`).
+fn records_of(
+    objects: &[LineObject],
+    file: &str,
+    format: Option<DataFormat>,
+    chat: Option<&ChatTemplate>,
+) -> Result<(DataFormat, Vec<PreferenceRecord>), DataError> {
     let Some((first_line, first)) = objects.first() else {
         return Err(DataError::File {
-            file,
+            file: file.to_string(),
             msg: "contains no records".to_string(),
         });
     };
     let format = match format {
         Some(f) => f,
-        None => detect_format(first).ok_or_else(|| undetectable(&file, *first_line, first))?,
+        None => detect_format(first).ok_or_else(|| undetectable(file, *first_line, first))?,
     };
     let mut records = Vec::with_capacity(objects.len());
     for (index, (line, obj)) in objects.iter().enumerate() {
-        let cx = Cx {
-            file: &file,
-            line: *line,
-        };
+        let cx = Cx { file, line: *line };
         let (prompt, chosen, rejected, extras) = match format {
             DataFormat::Probe => probe::parse_probe(obj, &cx)?,
             DataFormat::Standard => {
@@ -257,12 +290,27 @@ pub fn parse_dataset(
             extras,
         });
     }
-    Ok(Dataset {
-        path: path.to_path_buf(),
-        format,
-        records,
-        fingerprint,
-    })
+    Ok((format, records))
+}
+
+/// An error about a parquet file's record: its number is a row, not a line.
+fn as_row(e: DataError) -> DataError {
+    match e {
+        DataError::Line { file, line, msg } => DataError::File {
+            file,
+            msg: format!("row {line}: {msg}"),
+        },
+        DataError::Field {
+            file,
+            line,
+            field,
+            msg,
+        } => DataError::File {
+            file,
+            msg: format!("row {line}: field \"{field}\": {msg}"),
+        },
+        e => e,
+    }
 }
 
 fn undetectable(file: &str, line: usize, first: &Map<String, Value>) -> DataError {
