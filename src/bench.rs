@@ -540,3 +540,17 @@ pub fn preset(p: Preset, dev: &Device, prec: Precision, reps: usize) -> Result<P
         eval_tokens: sh.prompts * sh.responses * sh.eval_seq,
     })
 }
+
+/// `ldviz bench --influence`: on the embedded demo (DPO, batch 4, the default observed set:
+/// 8 probes × chosen, rejected, y*, irr_train, chosen_gptsemantic), plain updates alternating
+/// with updates that record their first-order influence; medians of `reps` after 2 warm-ups.
+/// With `flat`, also the flat-gradient reference's median time (ms).
+pub fn influence(reps: usize, flat: bool) -> Result<(crate::train::InfluenceBench, Option<f64>)> {
+    let opts = crate::train::TrainOptions {
+        algo: crate::train::Algo::Dpo,
+        batch_size: 4,
+        ..crate::train::TrainOptions::default()
+    };
+    let s = crate::train::Session::prepare(&opts.to_config()?)?;
+    s.bench_influence(reps.max(1), flat)
+}

@@ -147,7 +147,7 @@ fn dpo_influence(target: ldviz::train::InfluenceTarget) -> ldviz::run::event::In
     recs.remove(0)
 }
 
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
+fn cosine(a: &[f64], b: &[f64]) -> f64 {
     use ldviz::train::influence::{dot, norm};
     dot(a, b) / (norm(a) * norm(b))
 }
@@ -165,7 +165,7 @@ fn dpo_influence_cosine_targets_match_gradients_assembled_by_hand() {
     let text = std::fs::read_to_string(common::fixtures().join("prefs.jsonl")).unwrap();
     // per record 0 and 1: ∇log π(y⁺), ∇log π(y⁻) at θ₀, and Δ = policy minus reference
     // log-ratio (the reference is θ₀ scored without a graph, so Δ is ~0 at the first update)
-    let grads: Vec<(Vec<f32>, Vec<f32>, f64)> = text
+    let grads: Vec<(Vec<f64>, Vec<f64>, f64)> = text
         .lines()
         .take(2)
         .map(|l| {
@@ -197,19 +197,16 @@ fn dpo_influence_cosine_targets_match_gradients_assembled_by_hand() {
     // the update's direction for u, −∇L_u = β(1 − σ(βΔ))(∇log π(y⁺) − ∇log π(y⁻)); the
     // positive factor does not change a cosine but is assembled in full
     let beta = 0.1f64;
-    let descent: Vec<Vec<f32>> = grads
+    let descent: Vec<Vec<f64>> = grads
         .iter()
         .map(|(gc, gj, delta)| {
             assert!(delta.abs() < 1e-3, "Δ at the first update: {delta}");
             let coef = beta * (1.0 - 1.0 / (1.0 + (-beta * delta).exp()));
-            gc.iter()
-                .zip(gj)
-                .map(|(a, b)| (coef * f64::from(a - b)) as f32)
-                .collect()
+            gc.iter().zip(gj).map(|(a, b)| coef * (a - b)).collect()
         })
         .collect();
     // observed rows in order: probe 0 chosen, probe 0 rejected, probe 1 chosen, probe 1 rejected
-    let observed: Vec<&Vec<f32>> = grads.iter().flat_map(|(gc, gj, _)| [gc, gj]).collect();
+    let observed: Vec<&Vec<f64>> = grads.iter().flat_map(|(gc, gj, _)| [gc, gj]).collect();
     let by_target = |t: InfluenceTarget| -> Vec<Vec<f64>> {
         observed
             .iter()

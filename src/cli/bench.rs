@@ -44,9 +44,38 @@ pub struct BenchArgs {
     /// (prompt, response) pair (median of --steps repetitions, the three ways interleaved).
     #[arg(long)]
     probes: bool,
+    /// Instead: on the embedded demo (DPO, batch 4, the default observed set), the time of a
+    /// plain update against an influence record on top of one (medians of --steps after 2
+    /// warm-ups); the JSON line is {"update_ms", "influence_ms", "ratio"}.
+    #[arg(long)]
+    influence: bool,
+    /// With --influence: also time the flat-gradient reference path (slow).
+    #[arg(long, requires = "influence")]
+    flat: bool,
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
+    if a.influence {
+        let (r, flat) = crate::bench::influence(a.steps.clamp(1, 100), a.flat)?;
+        if a.json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            println!(
+                "influence on the default demo (DPO, batch 4, 8 probes x 5 families): update {:.1} ms, influence record {:.1} ms: {:.2}x an update (medians of {})",
+                r.update_ms,
+                r.influence_ms,
+                r.ratio,
+                a.steps.clamp(1, 100)
+            );
+            if let Some(f) = flat {
+                println!(
+                    "flat-gradient reference: {f:.1} ms ({:.1}x the batched record)",
+                    f / r.influence_ms
+                );
+            }
+        }
+        return Ok(());
+    }
     if a.frame {
         return bench_frame(&a);
     }

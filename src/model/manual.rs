@@ -21,15 +21,18 @@
 //! transformers) in value and every weight's gradient, and against f64 finite differences on its
 //! own: tests/manual_backward.rs.
 
+use std::ops::Range;
+
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Tensor, Var, WithDType};
 use rayon::prelude::*;
 
 use super::config::LlamaConfig;
 use super::kernels::{
-    Heads, Real, RopeTab, add_bias, add_into, attn_backward, attn_forward, col_sums, gather_rows,
-    gemm_xwt, log_softmax_rows, mm, mm_new, mm_pair, rms_bwd, rms_fwd, rope_rows, scatter_rows,
-    split_rms, swiglu_grad_in_place, swiglu_keep,
+    Heads, Prod, Real, RopeTab, add_bias, add_into, attn_backward, attn_forward, col_sums,
+    col_sums_segments, gather_rows, gemm_xwt, log_softmax_rows, mm, mm_new, mm_pair, mm_segments,
+    rms_bwd, rms_dw_segments, rms_fwd, rope_rows, scatter_rows, split_rms, swiglu_grad_in_place,
+    swiglu_keep,
 };
 use super::llama::LlamaWeights;
 use super::{Model, Net, Params, TrainLogps};
@@ -48,6 +51,86 @@ impl Tape {
             Tape::F64(t) => t.backward(model, dlp),
         }
     }
+
+    /// Each sequence's (batch row's) own gradient of Σ_t dlp[b, t]·lp[b, t], weight by weight,
+    /// from one backward of the whole batch: sequences do not interact, so every layer's
+    /// per-position inputs a and output gradients δ are each sequence's own, and its weight
+    /// gradient Σ_t δ_tᵀ a_t is taken over its rows alone (same flops as the batch's one
+    /// product). `sink` gets weight i's blocks [B × size of i] (in the compute dtype) and
+    /// must be done with them when it returns: no more than one weight's blocks exist at once,
+    /// never a per-sequence gradient of the whole model. `dlp` is [B·T], row-major.
+    pub(crate) fn backward_per_seq(
+        self,
+        model: &Model,
+        dlp: &[f64],
+        sink: &mut impl SeqGradSink,
+    ) -> Result<()> {
+        match self {
+            Tape::F32(t) => t.backward_per_seq(model, dlp, sink),
+            Tape::F64(t) => t.backward_per_seq(model, dlp, sink),
+        }
+    }
+}
+
+/// What [`Tape::backward_per_seq`] hands each weight's per-sequence gradients to.
+pub(crate) trait SeqGradSink {
+    /// Weight `index` (its position in the model's weights): `blocks` [B × size], sequence s's
+    /// gradient at `blocks[s·size..(s + 1)·size]`, laid out as the weight.
+    fn weight<T: Real>(&mut self, index: usize, blocks: &[T]) -> Result<()>;
+}
+
+/// `targets` value asking the pass to score the position's greedy token (the argmax of its
+/// logits at the weights of the forward): the teacher-forced y* of a sequence.
+pub(crate) const GREEDY_TARGET: u32 = u32::MAX;
+
+/// The hand-written pass's forward on plain buffers, kept for [`Tape::backward_per_seq`]:
+/// `ids`/`targets` [b·t] row-major, `rows` the positions whose log-prob is used (the others get
+/// 0 and no gradient); a target of [`GREEDY_TARGET`] scores the greedy token there. Returns the
+/// per-position log-probs [b·t] (in f64) and the tape, or None where the pass does not apply
+/// (as [`train_logps`]).
+pub(crate) fn forward_rows(
+    model: &Model,
+    ids: Vec<u32>,
+    targets: Vec<u32>,
+    rows: Vec<usize>,
+    (b, t): (usize, usize),
+) -> Result<Option<(Vec<f64>, Tape)>> {
+    let Some(c) = applies(model) else {
+        return Ok(None);
+    };
+    let (cfg, ix) = c;
+    if ids.len() != b * t || targets.len() != b * t || rows.iter().any(|&r| r >= b * t) {
+        bail!(
+            "per-sequence pass over [{b}×{t}]: {} ids, {} targets, rows up to {:?}",
+            ids.len(),
+            targets.len(),
+            rows.iter().max()
+        );
+    }
+    Ok(Some(match model.compute {
+        DType::F32 => {
+            let (lp, tape) =
+                forward::<f32>(cfg, ix, &model.params, ids, targets, Some(rows), b, t)?;
+            (lp.into_iter().map(f64::from).collect(), Tape::F32(tape))
+        }
+        _ => {
+            let (lp, tape) =
+                forward::<f64>(cfg, ix, &model.params, ids, targets, Some(rows), b, t)?;
+            (lp, Tape::F64(tape))
+        }
+    }))
+}
+
+/// The llama-family config and weight index when the hand-written pass applies to `model`:
+/// llama/qwen2 on the CPU, every weight in the compute dtype, f32 or f64.
+fn applies(model: &Model) -> Option<(&LlamaConfig, &LlamaWeights)> {
+    let Net::Llama(c, ix) = &model.net else {
+        return None;
+    };
+    let dt = model.compute;
+    let same_dtype = model.params.vars().iter().all(|v| v.dtype() == dt);
+    (model.device.is_cpu() && same_dtype && matches!(dt, DType::F32 | DType::F64))
+        .then_some((c, ix))
 }
 
 /// Per-position log-probs for training ([`Model::forward_logps`]'s values) from the
@@ -63,14 +146,10 @@ pub fn train_logps(
     targets: &Tensor,
     mask: Option<&Tensor>,
 ) -> Result<Option<TrainLogps>> {
-    let Net::Llama(c, ix) = &model.net else {
+    let Some((c, ix)) = applies(model) else {
         return Ok(None);
     };
     let dt = model.compute;
-    let same_dtype = model.params.vars().iter().all(|v| v.dtype() == dt);
-    if !model.device.is_cpu() || !same_dtype || !matches!(dt, DType::F32 | DType::F64) {
-        return Ok(None);
-    }
     let (b, t) = ids.dims2()?;
     if targets.dims2()? != (b, t) {
         bail!(
@@ -268,6 +347,11 @@ fn forward<T: Real>(
         let ns = targets.len();
         let head = w[ix.head()];
         let mut z = gemm_xwt(&hf, head, ns, h, vocab)?;
+        for (tg, row) in targets.iter_mut().zip(z.chunks(vocab)) {
+            if *tg == GREEDY_TARGET {
+                *tg = greedy(row);
+            }
+        }
         let (lp_sel, inv_sum) = log_softmax_rows(&mut z, &targets, vocab)?;
         let lp = match &rows {
             None => lp_sel,
@@ -292,6 +376,58 @@ fn forward<T: Real>(
     })
 }
 
+/// The index of a row's largest value (the first of equals; NaNs never win).
+fn greedy<T: Real>(row: &[T]) -> u32 {
+    let mut best = 0usize;
+    for (j, &x) in row.iter().enumerate() {
+        if x > row[best] || row[best].to_f64().is_nan() {
+            best = j;
+        }
+    }
+    best as u32
+}
+
+/// Which gradients the backward writes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Split {
+    /// The batch's: one per weight, summed over every sequence.
+    Sum,
+    /// Each sequence's own: [B × size] per weight.
+    PerSeq,
+}
+
+/// (`other`, the weight gradient δᵀa [out×inp] over n rows): summed, beside `other` on a
+/// thread each ([`mm_pair`]), or per segment of rows ([`mm_segments`]) after it.
+fn with_wgrad<T: Real>(
+    other: Prod<'_, T>,
+    (delta, a): (&[T], &[T]),
+    (out, inp, n): (usize, usize, usize),
+    segs: Option<&[Range<usize>]>,
+) -> Result<(Vec<T>, Vec<T>)> {
+    Ok(match segs {
+        None => mm_pair(other, (delta, true, a, false, (out, inp, n)))?,
+        Some(s) => {
+            let (oa, ta, ob, tb, dims) = other;
+            (
+                mm_new(oa, ta, ob, tb, dims)?,
+                mm_segments(delta, a, out, inp, s)?,
+            )
+        }
+    })
+}
+
+/// The weight gradient δᵀa [out×inp] over n rows, summed or per segment of rows.
+fn wgrad<T: Real>(
+    (delta, a): (&[T], &[T]),
+    (out, inp, n): (usize, usize, usize),
+    segs: Option<&[Range<usize>]>,
+) -> Result<Vec<T>> {
+    Ok(match segs {
+        None => mm_new(delta, true, a, false, (out, inp, n))?,
+        Some(s) => mm_segments(delta, a, out, inp, s)?,
+    })
+}
+
 impl<T: Real> LlamaTape<T> {
     fn backward(self, model: &Model, dlp: &Tensor) -> Result<Vec<Option<Tensor>>> {
         let dlp: Vec<T> = dlp
@@ -302,7 +438,16 @@ impl<T: Real> LlamaTape<T> {
         let Net::Llama(_, ix) = &model.net else {
             bail!("the hand-written backward needs the llama-family model its forward ran on");
         };
-        let grads = with_weights::<T, _>(&model.params, |w| self.run_backward(ix, w, &dlp))?;
+        let mut grads: Vec<Option<Vec<T>>> = vec![None; model.params.len()];
+        with_weights::<T, _>(&model.params, |w| {
+            self.run_backward(ix, w, &dlp, Split::Sum, &mut |i, g| {
+                let slot = grads
+                    .get_mut(i)
+                    .with_context(|| format!("no weight {i} in the model"))?;
+                *slot = Some(g);
+                Ok(())
+            })
+        })?;
         let shapes: Vec<_> = model
             .params
             .vars()
@@ -320,10 +465,48 @@ impl<T: Real> LlamaTape<T> {
             .collect()
     }
 
-    fn run_backward(self, ix: &LlamaWeights, w: &[&[T]], dlp: &[T]) -> Result<Vec<Option<Vec<T>>>> {
+    fn backward_per_seq(
+        self,
+        model: &Model,
+        dlp: &[f64],
+        sink: &mut impl SeqGradSink,
+    ) -> Result<()> {
+        let Net::Llama(_, ix) = &model.net else {
+            bail!("the hand-written backward needs the llama-family model its forward ran on");
+        };
+        let dlp: Vec<T> = dlp.iter().map(|&g| T::from_f64(g)).collect();
+        with_weights::<T, _>(&model.params, |w| {
+            self.run_backward(ix, w, &dlp, Split::PerSeq, &mut |i, g| sink.weight(i, &g))
+        })
+    }
+
+    /// The backward from the log-probs' gradient `dlp`: every weight's gradient handed to
+    /// `emit` (weight index, gradient: summed, or [B × size] per sequence by `split`) once.
+    fn run_backward(
+        self,
+        ix: &LlamaWeights,
+        w: &[&[T]],
+        dlp: &[T],
+        split: Split,
+        emit: &mut dyn FnMut(usize, Vec<T>) -> Result<()>,
+    ) -> Result<()> {
         let c = &self.c;
         let (hd, t) = (self.hd, self.hd.t);
         let n = hd.b * t;
+        // per sequence: each batch row's positions, and its positions among the LM head's rows
+        let seqs: Option<Vec<Range<usize>>> =
+            (split == Split::PerSeq).then(|| (0..hd.b).map(|s| s * t..(s + 1) * t).collect());
+        let head_seqs: Option<Vec<Range<usize>>> = match (&seqs, &self.rows) {
+            (Some(_), Some(r)) => Some(
+                (0..hd.b)
+                    .map(|s| {
+                        r.partition_point(|&i| i < s * t)..r.partition_point(|&i| i < (s + 1) * t)
+                    })
+                    .collect(),
+            ),
+            (s, _) => s.clone(),
+        };
+        let (segs, head_segs) = (seqs.as_deref(), head_seqs.as_deref());
         if dlp.len() != n {
             bail!(
                 "the log-probs' gradient has {} values for {n} positions",
@@ -338,7 +521,6 @@ impl<T: Real> LlamaTape<T> {
         );
         let (qd, kd) = (hd.qs(), hd.ks());
         let tab = &self.tab;
-        let mut out: Vec<Option<Vec<T>>> = vec![None; w.len()];
 
         // LM head and log-softmax: dz = g ⊙ (onehot − softmax), in place over the exponentials
         let dlp_sel: Vec<T> = match &self.rows {
@@ -364,37 +546,50 @@ impl<T: Real> LlamaTape<T> {
                 }
             });
         let head = w[ix.head()];
-        let (dhf, dhead) = mm_pair(
+        let (dhf, dhead) = with_wgrad(
             (&dz, false, head, false, (ns, h, vocab)),
-            (&dz, true, &self.hf, false, (vocab, h, ns)),
+            (&dz, &self.hf),
+            (vocab, h, ns),
+            head_segs,
         )?;
         drop(dz);
         let dhf = match &self.rows {
             None => dhf,
             Some(r) => scatter_rows(&dhf, r, h, n),
         };
-        let (mut dx, dnorm) = split_rms(rms_bwd(&self.xl, w[ix.norm], &dhf, eps)?, n * h);
-        out[ix.norm] = Some(dnorm);
+        let (mut dx, mut dnorm) = split_rms(rms_bwd(&self.xl, w[ix.norm], &dhf, eps)?, n * h);
+        if let Some(s) = segs {
+            dnorm = rms_dw_segments(&self.xl, &dhf, h, eps, s);
+        }
+        emit(ix.norm, dnorm)?;
 
         for (l, a) in ix.layers.iter().zip(self.layers).rev() {
             // MLP: x' = xm + down(silu(gate)·up)
-            let (dm, dwd) = mm_pair(
+            let (dm, dwd) = with_wgrad(
                 (&dx, false, w[l.down], false, (n, inter, h)),
-                (&dx, true, &a.m, false, (h, inter, n)),
+                (&dx, &a.m),
+                (h, inter, n),
+                segs,
             )?;
-            out[l.down] = Some(dwd);
+            emit(l.down, dwd)?;
             drop(a.m);
             let (mut dgate, mut dup) = (a.gate, a.up);
             swiglu_grad_in_place(&mut dgate, &mut dup, &a.sig, &dm);
             drop(dm);
             drop(a.sig);
             let (dgate, dup) = (&dgate[..], &dup[..]);
-            let (dwg, dwu) = mm_pair(
-                (dgate, true, &a.hn2, false, (inter, h, n)),
-                (dup, true, &a.hn2, false, (inter, h, n)),
-            )?;
-            out[l.gate] = Some(dwg);
-            out[l.up] = Some(dwu);
+            let (dwg, dwu) = match segs {
+                None => mm_pair(
+                    (dgate, true, &a.hn2, false, (inter, h, n)),
+                    (dup, true, &a.hn2, false, (inter, h, n)),
+                )?,
+                Some(_) => (
+                    wgrad((dgate, &a.hn2), (inter, h, n), segs)?,
+                    wgrad((dup, &a.hn2), (inter, h, n), segs)?,
+                ),
+            };
+            emit(l.gate, dwg)?;
+            emit(l.up, dwu)?;
             let mut dhn2 = vec![T::zero(); n * h];
             mm(
                 &mut dhn2,
@@ -406,16 +601,22 @@ impl<T: Real> LlamaTape<T> {
                 false,
             )?;
             mm(&mut dhn2, dup, false, w[l.up], false, (n, h, inter), true)?;
-            let (mut dxm, dpost) = split_rms(rms_bwd(&a.xm, w[l.post_norm], &dhn2, eps)?, n * h);
+            let (mut dxm, mut dpost) =
+                split_rms(rms_bwd(&a.xm, w[l.post_norm], &dhn2, eps)?, n * h);
+            if let Some(s) = segs {
+                dpost = rms_dw_segments(&a.xm, &dhn2, h, eps, s);
+            }
             add_into(&mut dxm, &dx);
-            out[l.post_norm] = Some(dpost);
+            emit(l.post_norm, dpost)?;
 
             // attention: xm = x + o_proj(attn(rope(q), rope(k), v))
-            let (dwo, da) = mm_pair(
-                (&dxm, true, &a.a, false, (h, qd, n)),
+            let (da, dwo) = with_wgrad(
                 (&dxm, false, w[l.o], false, (n, qd, h)),
+                (&dxm, &a.a),
+                (h, qd, n),
+                segs,
             )?;
-            out[l.o] = Some(dwo);
+            emit(l.o, dwo)?;
             let (mut dq, mut dk, dv) =
                 attn_backward(hd, &a.q, &a.k, &a.v, &da, a.probs.as_deref())?;
             drop(da);
@@ -423,7 +624,13 @@ impl<T: Real> LlamaTape<T> {
             rope_rows(&mut dk, hd.nkv, hd.d, t, tab, -1.0);
             for (g, p, width) in [(&dq, &l.q, qd), (&dk, &l.k, kd), (&dv, &l.v, kd)] {
                 if let Some(bias) = p.bias {
-                    out[bias] = Some(col_sums(g, width));
+                    emit(
+                        bias,
+                        match segs {
+                            None => col_sums(g, width),
+                            Some(s) => col_sums_segments(g, width, s),
+                        },
+                    )?;
                 }
             }
             let mut dhn1 = vec![T::zero(); n * h];
@@ -432,31 +639,35 @@ impl<T: Real> LlamaTape<T> {
                 (&dk, l.k.weight, kd, false),
                 (&dv, l.v.weight, kd, false),
             ] {
-                let dwi = mm_new(g, true, &a.hn1, false, (width, h, n))?;
-                out[wi] = Some(dwi);
+                emit(wi, wgrad((g, &a.hn1), (width, h, n), segs)?)?;
                 mm(&mut dhn1, g, false, w[wi], false, (n, h, width), !first)?;
             }
-            let (mut dxl, din) = split_rms(rms_bwd(&a.x, w[l.input_norm], &dhn1, eps)?, n * h);
+            let (mut dxl, mut din) = split_rms(rms_bwd(&a.x, w[l.input_norm], &dhn1, eps)?, n * h);
+            if let Some(s) = segs {
+                din = rms_dw_segments(&a.x, &dhn1, h, eps, s);
+            }
             add_into(&mut dxl, &dxm);
-            out[l.input_norm] = Some(din);
+            emit(l.input_norm, din)?;
             dx = dxl;
         }
 
-        // embedding: rows of the tokens seen (plus the head's gradient when tied)
+        // embedding: rows of the tokens seen (plus the head's gradient when tied), into the
+        // block of the sequence each position belongs to
+        let blocks = segs.map_or(1, <[_]>::len);
         let mut demb = match ix.lm_head {
             None => dhead,
             Some(hi) => {
-                out[hi] = Some(dhead);
-                vec![T::zero(); vocab * h]
+                emit(hi, dhead)?;
+                vec![T::zero(); blocks * vocab * h]
             }
         };
-        for (row, &id) in dx.chunks(h).zip(&self.ids) {
-            let id = id as usize;
-            for (e, &g) in demb[id * h..(id + 1) * h].iter_mut().zip(row) {
+        let per_block = if segs.is_some() { t } else { n };
+        for (r, (row, &id)) in dx.chunks(h).zip(&self.ids).enumerate() {
+            let at = (r / per_block * vocab + id as usize) * h;
+            for (e, &g) in demb[at..at + h].iter_mut().zip(row) {
                 *e += g;
             }
         }
-        out[ix.embed] = Some(demb);
-        Ok(out)
+        emit(ix.embed, demb)
     }
 }

@@ -16,14 +16,15 @@
 //! contributions sum to the prediction exactly; otherwise the rest is momentum carried from
 //! earlier steps and weight decay.
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use candle_core::{D, Tensor, Var, backprop::GradStore};
 
 use crate::model::Model;
 use crate::probe::{Batch, Seq, logprob};
 
-/// Every var's gradient, flattened and concatenated in var order (zeros where a var has none).
-pub fn flat_grad(vars: &[Var], grads: &GradStore) -> Result<Vec<f32>> {
+/// Every var's gradient, flattened and concatenated in var order (zeros where a var has none),
+/// in f64 (the reference's precision; f32 and f64 models alike).
+pub fn flat_grad(vars: &[Var], grads: &GradStore) -> Result<Vec<f64>> {
     let per_var: Vec<Option<Tensor>> = vars
         .iter()
         .map(|v| grads.get(v.as_tensor()).cloned())
@@ -32,41 +33,40 @@ pub fn flat_grad(vars: &[Var], grads: &GradStore) -> Result<Vec<f32>> {
 }
 
 /// Per-var gradients (None: zeros) flattened and concatenated in var order.
-pub fn flatten_grads(vars: &[Var], grads: &[Option<Tensor>]) -> Result<Vec<f32>> {
+pub fn flatten_grads(vars: &[Var], grads: &[Option<Tensor>]) -> Result<Vec<f64>> {
     let mut out = Vec::new();
     for (v, g) in vars.iter().zip(grads) {
         match g {
             Some(g) => out.extend(
                 g.flatten_all()?
-                    .to_dtype(candle_core::DType::F32)?
-                    .to_vec1::<f32>()?,
+                    .to_dtype(candle_core::DType::F64)?
+                    .to_vec1::<f64>()?,
             ),
-            None => out.extend(std::iter::repeat_n(0f32, v.elem_count())),
+            None => out.extend(std::iter::repeat_n(0f64, v.elem_count())),
         }
     }
     Ok(out)
 }
 
-/// Every var's values, flattened and concatenated in var order.
-pub fn flat_params(vars: &[Var]) -> Result<Vec<f32>> {
+/// Tensors (one per var), flattened and concatenated in order, in f64.
+pub fn flatten(ts: &[Tensor]) -> Result<Vec<f64>> {
     let mut out = Vec::new();
-    for v in vars {
+    for t in ts {
         out.extend(
-            v.as_tensor()
-                .flatten_all()?
-                .to_dtype(candle_core::DType::F32)?
-                .to_vec1::<f32>()?,
+            t.flatten_all()?
+                .to_dtype(candle_core::DType::F64)?
+                .to_vec1::<f64>()?,
         );
     }
     Ok(out)
 }
 
-pub fn dot(a: &[f32], b: &[f32]) -> f64 {
+pub fn dot(a: &[f64], b: &[f64]) -> f64 {
     multi_dot(a, &[b])[0]
 }
 
-/// ⟨a, b_k⟩ for every b_k in one parallel pass over `a` (f64 accumulation).
-pub fn multi_dot(a: &[f32], bs: &[&[f32]]) -> Vec<f64> {
+/// ⟨a, b_k⟩ for every b_k in one parallel pass over `a`.
+pub fn multi_dot(a: &[f64], bs: &[&[f64]]) -> Vec<f64> {
     use rayon::prelude::*;
     const CH: usize = 1 << 14;
     let n = bs.iter().map(|b| b.len()).fold(a.len(), usize::min);
@@ -76,12 +76,7 @@ pub fn multi_dot(a: &[f32], bs: &[&[f32]]) -> Vec<f64> {
             let (lo, hi) = (c * CH, ((c + 1) * CH).min(n));
             let x = &a[lo..hi];
             bs.iter()
-                .map(|b| {
-                    x.iter()
-                        .zip(&b[lo..hi])
-                        .map(|(p, q)| *p as f64 * *q as f64)
-                        .sum::<f64>()
-                })
+                .map(|b| x.iter().zip(&b[lo..hi]).map(|(p, q)| p * q).sum::<f64>())
                 .collect::<Vec<f64>>()
         })
         .reduce(
@@ -95,21 +90,8 @@ pub fn multi_dot(a: &[f32], bs: &[&[f32]]) -> Vec<f64> {
         )
 }
 
-pub fn norm(a: &[f32]) -> f64 {
+pub fn norm(a: &[f64]) -> f64 {
     dot(a, a).sqrt()
-}
-
-/// ⟨a, c ⊙ b⟩ (c = None: plain dot).
-pub fn dot_scaled(a: &[f32], c: Option<&[f32]>, b: &[f32]) -> f64 {
-    match c {
-        None => dot(a, b),
-        Some(c) => a
-            .iter()
-            .zip(c)
-            .zip(b)
-            .map(|((x, s), y)| *x as f64 * *s as f64 * *y as f64)
-            .sum(),
-    }
 }
 
 /// The summed log-prob of one observed response as a scalar tensor: with a graph (`graph`) to
@@ -142,21 +124,9 @@ pub fn observed_logp(model: &Model, seq: &Seq, argmax: bool, graph: bool) -> Res
 }
 
 /// Gradient of a scalar with respect to every var, flattened.
-pub fn grad_of(model: &Model, scalar: &Tensor) -> Result<Vec<f32>> {
+pub fn grad_of(model: &Model, scalar: &Tensor) -> Result<Vec<f64>> {
     let grads = scalar.backward()?;
     flat_grad(model.params.vars(), &grads)
-}
-
-/// Checks two flat vectors have one length (a var set changed between snapshots otherwise).
-pub fn same_len(a: &[f32], b: &[f32]) -> Result<()> {
-    if a.len() != b.len() {
-        bail!(
-            "influence: parameter vectors of different lengths ({} vs {})",
-            a.len(),
-            b.len()
-        );
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -190,7 +160,7 @@ mod tests {
                 .squeeze(0)
                 .unwrap()
         };
-        let jac = |x: &[f32]| -> Vec<Vec<f32>> {
+        let jac = |x: &[f32]| -> Vec<Vec<f64>> {
             (0..v)
                 .map(|i| {
                     let zi = z(x).get(i).unwrap();

@@ -13,4 +13,4 @@ pub use config::{
     Algo, Duration, InfluenceTarget, OptimConfig, OptimKind, PhaseConfig, TrainConfig,
 };
 pub use options::TrainOptions;
-pub use trainer::{Command, Session, TrainerHandle, spawn};
+pub use trainer::{Command, InfluenceBench, Session, TrainerHandle, spawn};

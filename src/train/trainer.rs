@@ -28,6 +28,9 @@ use crate::schema::event::{
     Observed, PhasePlan, ProbeInfo, RunHeader, StepRecord, VERSION,
 };
 
+mod batched;
+pub use batched::InfluenceBench;
+
 /// Instructions to a running trainer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Command {
@@ -701,7 +704,11 @@ impl Session {
         out
     }
 
-    /// One update, plus its first-order influence record (src/train/influence.rs).
+    /// One update, plus its first-order influence record (src/train/influence.rs). The record
+    /// is computed after the update from θ₀ (the weights before it), θ₁ (after) and the
+    /// optimizer's state: by one batched pass where the hand-written pass applies
+    /// ([`batched`]), else from flat per-example gradients ([`Session::influence_flat`], also
+    /// the batched path's reference in the tests).
     #[allow(clippy::too_many_arguments)]
     fn update_influenced(
         &self,
@@ -714,20 +721,64 @@ impl Session {
         lr: f64,
         step: usize,
     ) -> Result<(BTreeMap<String, f64>, InfluenceRecord)> {
-        use super::influence::{
-            flat_params, flatten_grads, grad_of, multi_dot, norm, observed_logp, same_len,
-        };
+        let m = &self.model;
+        let theta0 = m.snapshot()?;
+        let metrics = self.update(phase.algo, idx, rejected, reference, lp, opt, lr, step)?;
         let t0 = Instant::now();
+        let theta1 = m.snapshot()?;
+        let job = batched::Job {
+            algo: phase.algo,
+            idx,
+            rejected,
+            reference,
+            lp,
+            step: batched::StepChange::new(&theta0, &theta1, &metrics, opt, lr)?,
+            observed: self.observed(),
+        };
+        m.restore(&theta0)?;
+        let parts = match self.influence_batched(&job) {
+            Ok(Some(p)) => Ok(p),
+            Ok(None) => {
+                m.restore(&theta0)?;
+                self.influence_flat(&job)
+            }
+            Err(e) => Err(e),
+        };
+        // Always put the updated weights back, even when the influence computation failed.
+        m.restore(&theta1)?;
+        let parts = parts?;
+        let rec = InfluenceRecord {
+            step,
+            phase: phase.name.clone(),
+            lr,
+            optimizer: phase.optim.kind,
+            batch: idx.iter().map(|&i| self.pairs[i].index).collect(),
+            observed: job.observed.iter().map(|(o, _, _)| *o).collect(),
+            actual: parts.actual,
+            predicted: parts.predicted,
+            contributions: parts.contributions,
+            cosine: parts.cosine,
+            target: self.cfg.influence_target,
+            wall_ms: t0.elapsed().as_secs_f64() * 1e3,
+        };
+        Ok((metrics, rec))
+    }
+
+    /// The influence record's numbers from flat per-example gradients (every weight's gradient
+    /// concatenated, one graph backward per training example and per observed response), at
+    /// the weights θ₀ the model holds on entry; leaves θ₁ in the model.
+    fn influence_flat(&self, job: &batched::Job<'_>) -> Result<batched::Parts> {
+        use super::influence::{flatten_grads, grad_of, multi_dot, norm, observed_logp};
         let m = &self.model;
         let vars = m.params.vars();
-        let theta0 = m.snapshot()?;
-        let flat0 = flat_params(vars)?;
+        let st = &job.step;
         // Per-example loss gradients ∇L_u and the cosines' ∇f_u at θ₀.
         let target = self.cfg.influence_target;
-        let mut g_loss = Vec::with_capacity(idx.len());
-        let mut g_fu = Vec::with_capacity(idx.len());
-        for &i in idx {
-            let (l, _, tl) = self.batch_loss(phase.algo, &[i], rejected, reference, lp)?;
+        let mut scaled = Vec::with_capacity(job.idx.len());
+        let mut g_fu = Vec::with_capacity(job.idx.len());
+        for &i in job.idx {
+            let (l, _, tl) =
+                self.batch_loss(job.algo, &[i], job.rejected, job.reference, job.lp)?;
             let g = flatten_grads(vars, &tl.param_grads(m, &l.backward()?)?)?;
             g_fu.push(match target {
                 InfluenceTarget::Loss => g.iter().map(|x| -x).collect(),
@@ -735,102 +786,50 @@ impl Session {
                     grad_of(m, &observed_logp(m, &self.pairs[i].chosen, false, true)?)?
                 }
                 InfluenceTarget::Rejected => {
-                    grad_of(m, &observed_logp(m, &rejected[i], false, true)?)?
+                    grad_of(m, &observed_logp(m, &job.rejected[i], false, true)?)?
                 }
             });
-            g_loss.push(g);
+            // c ⊙ ∇L_u once
+            scaled.push(match st.flat_scale() {
+                Some(c) => g.iter().zip(c).map(|(g, c)| g * c).collect::<Vec<f64>>(),
+                None => g,
+            });
         }
-        let t_pre = t0.elapsed();
-        let metrics = self.update(phase.algo, idx, rejected, reference, lp, opt, lr, step)?;
-        let t1 = Instant::now();
-        let theta1 = m.snapshot()?;
-        let flat1 = flat_params(vars)?;
-        same_len(&flat0, &flat1)?;
-        let delta: Vec<f32> = flat1.iter().zip(&flat0).map(|(a, b)| a - b).collect();
-        drop(flat1);
-        drop(flat0);
-        // Clip coefficient κ (PyTorch's clip_grad_norm_: max / (norm + 1e-6) when below 1).
-        let kappa = match (opt.config().max_grad_norm, metrics.get("grad_norm")) {
-            (Some(max), Some(&n)) => (max / (n + 1e-6)).min(1.0),
-            _ => 1.0,
-        };
-        let mut scale: Option<Vec<f32>> = None;
-        for (i, v) in vars.iter().enumerate() {
-            if let Some(c) = opt.grad_scale(i, v.elem_count())? {
-                scale.get_or_insert_with(Vec::new).extend(c);
-            }
-        }
-        if let Some(c) = &scale {
-            same_len(c, &delta)?;
-        }
-        let b = idx.len() as f64;
-        let observed = self.observed();
-        m.restore(&theta0)?;
-        let mut f0 = Vec::with_capacity(observed.len());
-        let mut predicted = Vec::with_capacity(observed.len());
-        let mut contributions = Vec::with_capacity(observed.len());
-        let mut cosine = Vec::with_capacity(observed.len());
-        // c ⊙ ∇L_u once, then one fused pass per observed gradient over every vector it meets.
-        let scaled: Vec<Vec<f32>> = g_loss
-            .iter()
-            .map(|gl| match &scale {
-                Some(c) => gl.iter().zip(c).map(|(g, c)| g * c).collect(),
-                None => gl.clone(),
-            })
-            .collect();
-        drop(g_loss);
+        let delta = st.flat_delta();
         let fu_norms: Vec<f64> = g_fu.iter().map(|g| norm(g)).collect();
-        let nb = idx.len();
-        let result: Result<()> = (|| {
-            for (_, seq, argmax) in &observed {
-                let f = observed_logp(m, seq, *argmax, true)?;
-                f0.push(f.to_scalar::<f32>()? as f64);
-                let g = grad_of(m, &f)?;
-                let mut targets: Vec<&[f32]> = vec![&delta, &g];
-                targets.extend(scaled.iter().map(|v| v.as_slice()));
-                targets.extend(g_fu.iter().map(|v| v.as_slice()));
-                let d = multi_dot(&g, &targets);
-                predicted.push(d[0]);
-                let ng = d[1].max(0.0).sqrt();
-                contributions.push(
-                    d[2..2 + nb]
-                        .iter()
-                        .map(|x| -(lr * kappa / b) * x)
-                        .collect::<Vec<f64>>(),
-                );
-                cosine.push(
-                    d[2 + nb..]
-                        .iter()
-                        .zip(&fu_norms)
-                        .map(|(x, nu)| x / (ng * nu).max(1e-30))
-                        .collect::<Vec<f64>>(),
-                );
-            }
-            Ok(())
-        })();
-        // Always put the updated weights back, even when the influence computation failed.
-        m.restore(&theta1)?;
-        result?;
-        let mut actual = Vec::with_capacity(observed.len());
-        for ((_, seq, argmax), f0) in observed.iter().zip(&f0) {
-            let f1 = observed_logp(m, seq, *argmax, false)?.to_scalar::<f32>()? as f64;
-            actual.push(f1 - f0);
+        let nb = job.idx.len();
+        let mut parts = batched::Parts::default();
+        for (_, seq, argmax) in &job.observed {
+            let f = observed_logp(m, seq, *argmax, true)?;
+            parts
+                .f0
+                .push(f.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?);
+            let g = grad_of(m, &f)?;
+            let mut targets: Vec<&[f64]> = vec![&delta, &g];
+            targets.extend(scaled.iter().map(|v| v.as_slice()));
+            targets.extend(g_fu.iter().map(|v| v.as_slice()));
+            let d = multi_dot(&g, &targets);
+            parts.predicted.push(d[0]);
+            let ng = d[1].max(0.0).sqrt();
+            parts
+                .contributions
+                .push(d[2..2 + nb].iter().map(|x| st.share(nb) * x).collect());
+            parts.cosine.push(
+                d[2 + nb..]
+                    .iter()
+                    .zip(&fu_norms)
+                    .map(|(x, nu)| x / (ng * nu).max(1e-30))
+                    .collect(),
+            );
         }
-        let rec = InfluenceRecord {
-            step,
-            phase: phase.name.clone(),
-            lr,
-            optimizer: phase.optim.kind,
-            batch: idx.iter().map(|&i| self.pairs[i].index).collect(),
-            observed: observed.iter().map(|(o, _, _)| *o).collect(),
-            actual,
-            predicted,
-            contributions,
-            cosine,
-            target,
-            wall_ms: (t_pre + t1.elapsed()).as_secs_f64() * 1e3,
-        };
-        Ok((metrics, rec))
+        st.restore_after(m)?;
+        for ((_, seq, argmax), f0) in job.observed.iter().zip(&parts.f0) {
+            let f1 = observed_logp(m, seq, *argmax, false)?
+                .to_dtype(candle_core::DType::F64)?
+                .to_scalar::<f64>()?;
+            parts.actual.push(f1 - f0);
+        }
+        Ok(parts)
     }
 
     /// The batch loss (with a graph) and its TRL metrics, for the records `idx`, with the
@@ -843,7 +842,6 @@ impl Session {
         reference: Option<&[(f64, f64)]>,
         lp: LossParams,
     ) -> Result<(Tensor, BTreeMap<String, f64>, TrainLogps)> {
-        let b = idx.len();
         let dev = &self.model.device;
         let with_rejected = algo != Algo::Sft;
         let mut seqs: Vec<&Seq> = idx.iter().map(|&i| &self.pairs[i].chosen).collect();
@@ -855,13 +853,38 @@ impl Session {
             .model
             .train_logps_masked(&batch.ids, &batch.targets, &batch.mask)?;
         let summed = logprob::masked_sums(tl.logps(), &batch)?;
-        let lens: Vec<f32> = batch.response_lens().iter().map(|&l| l as f32).collect();
+        let (loss, metrics) =
+            self.loss_on(algo, idx, reference, lp, &summed, &batch.response_lens())?;
+        Ok((loss, metrics, tl))
+    }
+
+    /// The loss of the records `idx` from their summed response log-probs `summed` ([B] chosen,
+    /// then [B] rejected unless SFT) and response lengths (same order), with its TRL metrics.
+    fn loss_on(
+        &self,
+        algo: Algo,
+        idx: &[usize],
+        reference: Option<&[(f64, f64)]>,
+        lp: LossParams,
+        summed: &Tensor,
+        lens: &[usize],
+    ) -> Result<(Tensor, BTreeMap<String, f64>)> {
+        let b = idx.len();
+        let dev = summed.device();
+        let dt = summed.dtype();
+        let with_rejected = algo != Algo::Sft;
+        let vec =
+            |v: Vec<f32>| -> Result<Tensor> { Ok(Tensor::from_vec(v, b, dev)?.to_dtype(dt)?) };
+        let lens: Vec<f32> = lens.iter().map(|&l| l as f32).collect();
+        if lens.len() < if with_rejected { 2 * b } else { b } {
+            bail!("loss of {b} records: {} response lengths", lens.len());
+        }
         let pc = summed.narrow(0, 0, b)?;
-        let lc = Tensor::from_vec(lens[..b].to_vec(), b, dev)?;
+        let lc = vec(lens[..b].to_vec())?;
         let (pr, lrj) = if with_rejected {
             (
                 Some(summed.narrow(0, b, b)?),
-                Some(Tensor::from_vec(lens[b..].to_vec(), b, dev)?),
+                Some(vec(lens[b..2 * b].to_vec())?),
             )
         } else {
             (None, None)
@@ -870,14 +893,11 @@ impl Session {
             Some(r) => {
                 let c: Vec<f32> = idx.iter().map(|&i| r[i].0 as f32).collect();
                 let j: Vec<f32> = idx.iter().map(|&i| r[i].1 as f32).collect();
-                (
-                    Some(Tensor::from_vec(c, b, dev)?),
-                    Some(Tensor::from_vec(j, b, dev)?),
-                )
+                (Some(vec(c)?), Some(vec(j)?))
             }
             None => (None, None),
         };
-        let (loss, metrics) = loss::compute(
+        Ok(loss::compute(
             algo,
             lp,
             &LossInputs {
@@ -888,8 +908,7 @@ impl Session {
                 len_chosen: &lc,
                 len_rejected: lrj.as_ref(),
             },
-        )?;
-        Ok((loss, metrics, tl))
+        )?)
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -9,6 +9,7 @@
 
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
+use std::ops::Range;
 
 use candle_core::{Error, Result};
 use rayon::prelude::*;
@@ -352,6 +353,48 @@ fn mm_new_on<T: Real>((a, ta, b, tb, (m, n, k)): Prod<'_, T>, par: bool) -> Resu
     // SAFETY: gemm returned Ok with k > 0 and no accumulation, so it wrote C(i, j) at i·n + j
     // for every i < m, j < n: all m·n elements of the spare capacity it was given.
     unsafe { c.set_len(mn) };
+    Ok(c)
+}
+
+/// Per-segment products C_s = A_sᵀ·B_s [p×q] for row-major A [n×p] and B [n×q] whose rows are
+/// split into segments (row ranges, e.g. one per sequence of a batch): C [segments×p×q], an
+/// empty segment's block zero. Each sequence's own weight gradient (δᵀa over its rows) at the
+/// cost of the batch's one product; segments run in parallel, each on one thread.
+pub(crate) fn mm_segments<T: Real>(
+    a: &[T],
+    b: &[T],
+    p: usize,
+    q: usize,
+    segs: &[Range<usize>],
+) -> Result<Vec<T>> {
+    let n = segs.iter().map(|r| r.end).max().unwrap_or(0);
+    if a.len() < n * p || b.len() < n * q || segs.iter().any(|r| r.start > r.end) {
+        return Err(Error::Msg(format!(
+            "per-segment products over {n} rows: buffers of {} and {} elements for widths {p} and {q}",
+            a.len(),
+            b.len()
+        )));
+    }
+    let mut c = vec![T::zero(); segs.len() * p * q];
+    if p * q == 0 {
+        return Ok(c);
+    }
+    c.par_chunks_mut(p * q)
+        .zip(segs)
+        .try_for_each(|(cs, r)| -> Result<()> {
+            let k = r.len();
+            if k == 0 {
+                return Ok(());
+            }
+            gemm(
+                (p, q, k),
+                &mut MatMut::new(cs, q),
+                false,
+                (&a[r.start * p..r.end * p], dense(true, p, k)),
+                (&b[r.start * q..r.end * q], dense(false, k, q)),
+                false,
+            )
+        })?;
     Ok(c)
 }
 

@@ -36,6 +36,10 @@ pub(crate) trait Real: WithDType + std::ops::Neg<Output = Self> {
     fn sum_f64(xs: &[Self]) -> f64 {
         xs.iter().map(|x| x.to_f64()).sum()
     }
+    /// Σ a·b over the shorter of the two, in f64.
+    fn dot_f64(a: &[Self], b: &[Self]) -> f64 {
+        a.iter().zip(b).map(|(x, y)| x.to_f64() * y.to_f64()).sum()
+    }
     /// y = silu(a)·b element-wise.
     fn swiglu(a: &[Self], b: &[Self], y: &mut [Self]) {
         for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
@@ -104,6 +108,25 @@ impl Real for f32 {
             }
             total += acc.to_array().iter().map(|&x| f64::from(x)).sum::<f64>()
                 + ch.remainder().iter().map(|&x| f64::from(x)).sum::<f64>();
+        }
+        total
+    }
+    fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
+        // as sum_f64: eight f32 lanes over blocks of 256, blocks summed in f64
+        let n = a.len().min(b.len());
+        let mut total = 0f64;
+        for (ab, bb) in a[..n].chunks(256).zip(b[..n].chunks(256)) {
+            let mut acc = f32x8::ZERO;
+            let (mut ca, mut cb) = (ab.chunks_exact(8), bb.chunks_exact(8));
+            for (x, y) in (&mut ca).zip(&mut cb) {
+                acc += lanes(x) * lanes(y);
+            }
+            total += acc.to_array().iter().map(|&x| f64::from(x)).sum::<f64>()
+                + ca.remainder()
+                    .iter()
+                    .zip(cb.remainder())
+                    .map(|(&x, &y)| f64::from(x) * f64::from(y))
+                    .sum::<f64>();
         }
         total
     }

@@ -2,6 +2,8 @@
 //! accumulation where a sum is long. Shared by the candle nodes of `fused` and the hand-written
 //! training pass of `manual`.
 
+use std::ops::Range;
+
 use candle_core::{Error, Result, WithDType};
 use rayon::prelude::*;
 
@@ -374,6 +376,41 @@ pub(crate) fn col_sums<T: Real>(y: &[T], w: usize) -> Vec<T> {
         }
     }
     s.into_iter().map(T::from_f64).collect()
+}
+
+/// Column sums of rows [n × w] per segment of rows: [segments × w], accumulated in f64 (a
+/// bias's gradient per sequence).
+pub(crate) fn col_sums_segments<T: Real>(y: &[T], w: usize, segs: &[Range<usize>]) -> Vec<T> {
+    segs.iter()
+        .flat_map(|r| col_sums(&y[r.start * w..r.end * w], w))
+        .collect()
+}
+
+/// RMSNorm's weight gradient per segment of rows: Σ_r g_r ⊙ x_r / rms(x_r) over each segment's
+/// rows ([`rms_bwd`]'s dw, one per sequence), [segments × h].
+pub(crate) fn rms_dw_segments<T: Real>(
+    x: &[T],
+    g: &[T],
+    h: usize,
+    eps: f64,
+    segs: &[Range<usize>],
+) -> Vec<T> {
+    let per_seg: Vec<Vec<T>> = segs
+        .par_iter()
+        .map(|r| {
+            let mut dw = vec![0f64; h];
+            for row in r.clone() {
+                let (xr, gr) = (&x[row * h..(row + 1) * h], &g[row * h..(row + 1) * h]);
+                let ms = xr.iter().map(|&v| v.to_f64() * v.to_f64()).sum::<f64>() / h as f64;
+                let rs = 1.0 / (ms + eps).sqrt();
+                for j in 0..h {
+                    dw[j] += gr[j].to_f64() * xr[j].to_f64() * rs;
+                }
+            }
+            dw.into_iter().map(T::from_f64).collect()
+        })
+        .collect();
+    per_seg.concat()
 }
 
 /// y += x, element-wise.
