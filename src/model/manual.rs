@@ -56,27 +56,30 @@ impl Tape {
     /// from one backward of the whole batch: sequences do not interact, so every layer's
     /// per-position inputs a and output gradients δ are each sequence's own, and its weight
     /// gradient Σ_t δ_tᵀ a_t is taken over its rows alone (same flops as the batch's one
-    /// product). `sink` gets weight i's blocks [B × size of i] (in the compute dtype) and
-    /// must be done with them when it returns: no more than one weight's blocks exist at once,
-    /// never a per-sequence gradient of the whole model. `dlp` is [B·T], row-major.
+    /// product). `sink` gets each weight's blocks (in the compute dtype, in slabs of its rows
+    /// of at most `slab_bytes`, [`SLAB_BYTES`] normally) and must be done with them when it returns: never a per-sequence gradient of
+    /// the whole model. `dlp` is [B·T], row-major.
     pub(crate) fn backward_per_seq(
         self,
         model: &Model,
         dlp: &[f64],
         sink: &mut impl SeqGradSink,
+        slab_bytes: usize,
     ) -> Result<()> {
         match self {
-            Tape::F32(t) => t.backward_per_seq(model, dlp, sink),
-            Tape::F64(t) => t.backward_per_seq(model, dlp, sink),
+            Tape::F32(t) => t.backward_per_seq(model, dlp, sink, slab_bytes),
+            Tape::F64(t) => t.backward_per_seq(model, dlp, sink, slab_bytes),
         }
     }
 }
 
 /// What [`Tape::backward_per_seq`] hands each weight's per-sequence gradients to.
 pub(crate) trait SeqGradSink {
-    /// Weight `index` (its position in the model's weights): `blocks` [B × size], sequence s's
-    /// gradient at `blocks[s·size..(s + 1)·size]`, laid out as the weight.
-    fn weight<T: Real>(&mut self, index: usize, blocks: &[T]) -> Result<()>;
+    /// Elements offset..offset + len of weight `index` (its position in the model's weights,
+    /// elements in the weight's row-major order) for every sequence: `blocks` [B × len],
+    /// sequence s's at `blocks[s·len..(s + 1)·len]`. A large weight comes in several slabs of
+    /// its rows; every element of every weight comes exactly once.
+    fn weight<T: Real>(&mut self, index: usize, offset: usize, blocks: &[T]) -> Result<()>;
 }
 
 /// `targets` value asking the pass to score the position's greedy token (the argmax of its
@@ -119,6 +122,11 @@ pub(crate) fn forward_rows(
             (lp, Tape::F64(tape))
         }
     }))
+}
+
+/// Whether the hand-written pass (and [`Tape::backward_per_seq`]) applies to `model`.
+pub fn applies_to(model: &Model) -> bool {
+    applies(model).is_some()
 }
 
 /// The llama-family config and weight index when the hand-written pass applies to `model`:
@@ -392,40 +400,102 @@ fn greedy<T: Real>(row: &[T]) -> u32 {
 enum Split {
     /// The batch's: one per weight, summed over every sequence.
     Sum,
-    /// Each sequence's own: [B × size] per weight.
-    PerSeq,
+    /// Each sequence's own: [B × size] per weight, in slabs of rows of at most this many bytes.
+    PerSeq(usize),
 }
 
-/// (`other`, the weight gradient δᵀa [out×inp] over n rows): summed, beside `other` on a
-/// thread each ([`mm_pair`]), or per segment of rows ([`mm_segments`]) after it.
-fn with_wgrad<T: Real>(
-    other: Prod<'_, T>,
-    (delta, a): (&[T], &[T]),
-    (out, inp, n): (usize, usize, usize),
-    segs: Option<&[Range<usize>]>,
-) -> Result<(Vec<T>, Vec<T>)> {
-    Ok(match segs {
-        None => mm_pair(other, (delta, true, a, false, (out, inp, n)))?,
-        Some(s) => {
-            let (oa, ta, ob, tb, dims) = other;
-            (
-                mm_new(oa, ta, ob, tb, dims)?,
-                mm_segments(delta, a, out, inp, s)?,
-            )
-        }
-    })
-}
+/// How the backward hands over a weight's gradient: (weight index, offset of the first element
+/// given, values). Summed: the whole gradient at offset 0. Per sequence: [B × len] blocks of
+/// elements offset..offset + len of each sequence's gradient.
+type Emit<'a, T> = dyn FnMut(usize, usize, Vec<T>) -> Result<()> + 'a;
 
-/// The weight gradient δᵀa [out×inp] over n rows, summed or per segment of rows.
+/// [`Tape::backward_per_seq`]'s default: per-sequence gradients of one weight are handed over
+/// in slabs of its rows holding at most this many bytes over all sequences (the LM head of a
+/// 32k vocabulary for 48 sequences would otherwise take gigabytes at once).
+pub(crate) const SLAB_BYTES: usize = 64 << 20;
+
+/// Weight `i`'s gradient δᵀa [out×inp] over the n rows of δ [n×out] and a [n×inp], to `emit`,
+/// and `other` (another product of the backward) computed beside it: summed (the two on a
+/// thread each, [`mm_pair`]), or per sequence (`segs`, [`per_seq_slabs`]).
 fn wgrad<T: Real>(
+    emit: &mut Emit<'_, T>,
+    slab_bytes: usize,
+    i: usize,
+    other: Option<Prod<'_, T>>,
     (delta, a): (&[T], &[T]),
     (out, inp, n): (usize, usize, usize),
     segs: Option<&[Range<usize>]>,
-) -> Result<Vec<T>> {
-    Ok(match segs {
-        None => mm_new(delta, true, a, false, (out, inp, n))?,
-        Some(s) => mm_segments(delta, a, out, inp, s)?,
-    })
+) -> Result<Option<Vec<T>>> {
+    match segs {
+        None => {
+            let (x, g) = match other {
+                Some(o) => {
+                    let (x, g) = mm_pair(o, (delta, true, a, false, (out, inp, n)))?;
+                    (Some(x), g)
+                }
+                None => (None, mm_new(delta, true, a, false, (out, inp, n))?),
+            };
+            emit(i, 0, g)?;
+            Ok(x)
+        }
+        Some(s) => {
+            let x = match other {
+                Some((oa, ta, ob, tb, dims)) => Some(mm_new(oa, ta, ob, tb, dims)?),
+                None => None,
+            };
+            per_seq_slabs(
+                emit,
+                slab_bytes,
+                i,
+                Some((delta, a, s)),
+                (out, inp),
+                s.len(),
+                None,
+            )?;
+            Ok(x)
+        }
+    }
+}
+
+/// Rows of embedding gradients gathered per sequence: (dx [N×inp], the token id of each row,
+/// rows per sequence).
+type Scatter<'a, T> = (&'a [T], &'a [u32], usize);
+
+/// Weight `i`'s per-sequence gradients [out × inp] each, in slabs of rows to `emit`: the
+/// product δ_sᵀ a_s over each sequence's rows `segs[s]` (`prod`: δ, a, segs), plus, for an
+/// embedding, row g of `scatter`'s dx added at row ids[g] of its sequence's block.
+fn per_seq_slabs<T: Real>(
+    emit: &mut Emit<'_, T>,
+    slab_bytes: usize,
+    i: usize,
+    prod: Option<(&[T], &[T], &[Range<usize>])>,
+    (out, inp): (usize, usize),
+    nseq: usize,
+    scatter: Option<Scatter<'_, T>>,
+) -> Result<()> {
+    let row_bytes = (nseq * inp * std::mem::size_of::<T>()).max(1);
+    let slab = (slab_bytes / row_bytes).clamp(1, out.max(1));
+    for r0 in (0..out).step_by(slab) {
+        let r1 = (r0 + slab).min(out);
+        let rows = r1 - r0;
+        let mut blocks = match prod {
+            Some((d, a, s)) => mm_segments(d, a, out, inp, r0..r1, s)?,
+            None => vec![T::zero(); nseq * rows * inp],
+        };
+        if let Some((dx, ids, t)) = scatter {
+            for (g, (row, &id)) in dx.chunks(inp).zip(ids).enumerate() {
+                let id = id as usize;
+                if (r0..r1).contains(&id) && g / t < nseq {
+                    let at = ((g / t) * rows + id - r0) * inp;
+                    for (e, &x) in blocks[at..at + inp].iter_mut().zip(row) {
+                        *e += x;
+                    }
+                }
+            }
+        }
+        emit(i, r0 * inp, blocks)?;
+    }
+    Ok(())
 }
 
 impl<T: Real> LlamaTape<T> {
@@ -440,7 +510,7 @@ impl<T: Real> LlamaTape<T> {
         };
         let mut grads: Vec<Option<Vec<T>>> = vec![None; model.params.len()];
         with_weights::<T, _>(&model.params, |w| {
-            self.run_backward(ix, w, &dlp, Split::Sum, &mut |i, g| {
+            self.run_backward(ix, w, &dlp, Split::Sum, &mut |i, _, g| {
                 let slot = grads
                     .get_mut(i)
                     .with_context(|| format!("no weight {i} in the model"))?;
@@ -470,13 +540,16 @@ impl<T: Real> LlamaTape<T> {
         model: &Model,
         dlp: &[f64],
         sink: &mut impl SeqGradSink,
+        slab_bytes: usize,
     ) -> Result<()> {
         let Net::Llama(_, ix) = &model.net else {
             bail!("the hand-written backward needs the llama-family model its forward ran on");
         };
         let dlp: Vec<T> = dlp.iter().map(|&g| T::from_f64(g)).collect();
         with_weights::<T, _>(&model.params, |w| {
-            self.run_backward(ix, w, &dlp, Split::PerSeq, &mut |i, g| sink.weight(i, &g))
+            self.run_backward(ix, w, &dlp, Split::PerSeq(slab_bytes), &mut |i, off, g| {
+                sink.weight(i, off, &g)
+            })
         })
     }
 
@@ -488,14 +561,18 @@ impl<T: Real> LlamaTape<T> {
         w: &[&[T]],
         dlp: &[T],
         split: Split,
-        emit: &mut dyn FnMut(usize, Vec<T>) -> Result<()>,
+        emit: &mut Emit<'_, T>,
     ) -> Result<()> {
         let c = &self.c;
         let (hd, t) = (self.hd, self.hd.t);
         let n = hd.b * t;
         // per sequence: each batch row's positions, and its positions among the LM head's rows
         let seqs: Option<Vec<Range<usize>>> =
-            (split == Split::PerSeq).then(|| (0..hd.b).map(|s| s * t..(s + 1) * t).collect());
+            (split != Split::Sum).then(|| (0..hd.b).map(|s| s * t..(s + 1) * t).collect());
+        let slab_bytes = match split {
+            Split::Sum => usize::MAX,
+            Split::PerSeq(b) => b,
+        };
         let head_seqs: Option<Vec<Range<usize>>> = match (&seqs, &self.rows) {
             (Some(_), Some(r)) => Some(
                 (0..hd.b)
@@ -546,13 +623,37 @@ impl<T: Real> LlamaTape<T> {
                 }
             });
         let head = w[ix.head()];
-        let (dhf, dhead) = with_wgrad(
-            (&dz, false, head, false, (ns, h, vocab)),
-            (&dz, &self.hf),
-            (vocab, h, ns),
-            head_segs,
-        )?;
-        drop(dz);
+        let other = Some((&dz[..], false, head, false, (ns, h, vocab)));
+        // Summed, a tied head's gradient is the embedding's start; per sequence, its slabs are
+        // made with the embedding's (dz is kept until then).
+        let mut tied_head: Option<Vec<T>> = None;
+        let dhf = match (ix.lm_head, segs) {
+            (None, None) => {
+                let (x, g) = mm_pair(
+                    (&dz, false, head, false, (ns, h, vocab)),
+                    (&dz, true, &self.hf, false, (vocab, h, ns)),
+                )?;
+                tied_head = Some(g);
+                x
+            }
+            (None, Some(_)) => mm_new(&dz, false, head, false, (ns, h, vocab))?,
+            (Some(hi), _) => wgrad(
+                emit,
+                slab_bytes,
+                hi,
+                other,
+                (&dz, &self.hf),
+                (vocab, h, ns),
+                head_segs,
+            )?
+            .context("the LM head's input gradient")?,
+        };
+        // per sequence with a tied head, dz makes the head's share of the embedding's slabs
+        let dz = if segs.is_some() && ix.lm_head.is_none() {
+            dz
+        } else {
+            Vec::new()
+        };
         let dhf = match &self.rows {
             None => dhf,
             Some(r) => scatter_rows(&dhf, r, h, n),
@@ -561,35 +662,53 @@ impl<T: Real> LlamaTape<T> {
         if let Some(s) = segs {
             dnorm = rms_dw_segments(&self.xl, &dhf, h, eps, s);
         }
-        emit(ix.norm, dnorm)?;
+        emit(ix.norm, 0, dnorm)?;
 
         for (l, a) in ix.layers.iter().zip(self.layers).rev() {
             // MLP: x' = xm + down(silu(gate)·up)
-            let (dm, dwd) = with_wgrad(
-                (&dx, false, w[l.down], false, (n, inter, h)),
+            let dm = wgrad(
+                emit,
+                slab_bytes,
+                l.down,
+                Some((&dx, false, w[l.down], false, (n, inter, h))),
                 (&dx, &a.m),
                 (h, inter, n),
                 segs,
-            )?;
-            emit(l.down, dwd)?;
+            )?
+            .context("the MLP's input gradient")?;
             drop(a.m);
             let (mut dgate, mut dup) = (a.gate, a.up);
             swiglu_grad_in_place(&mut dgate, &mut dup, &a.sig, &dm);
             drop(dm);
             drop(a.sig);
             let (dgate, dup) = (&dgate[..], &dup[..]);
-            let (dwg, dwu) = match segs {
-                None => mm_pair(
+            if segs.is_none() {
+                let (dwg, dwu) = mm_pair(
                     (dgate, true, &a.hn2, false, (inter, h, n)),
                     (dup, true, &a.hn2, false, (inter, h, n)),
-                )?,
-                Some(_) => (
-                    wgrad((dgate, &a.hn2), (inter, h, n), segs)?,
-                    wgrad((dup, &a.hn2), (inter, h, n), segs)?,
-                ),
-            };
-            emit(l.gate, dwg)?;
-            emit(l.up, dwu)?;
+                )?;
+                emit(l.gate, 0, dwg)?;
+                emit(l.up, 0, dwu)?;
+            } else {
+                wgrad(
+                    emit,
+                    slab_bytes,
+                    l.gate,
+                    None,
+                    (dgate, &a.hn2),
+                    (inter, h, n),
+                    segs,
+                )?;
+                wgrad(
+                    emit,
+                    slab_bytes,
+                    l.up,
+                    None,
+                    (dup, &a.hn2),
+                    (inter, h, n),
+                    segs,
+                )?;
+            }
             let mut dhn2 = vec![T::zero(); n * h];
             mm(
                 &mut dhn2,
@@ -607,16 +726,19 @@ impl<T: Real> LlamaTape<T> {
                 dpost = rms_dw_segments(&a.xm, &dhn2, h, eps, s);
             }
             add_into(&mut dxm, &dx);
-            emit(l.post_norm, dpost)?;
+            emit(l.post_norm, 0, dpost)?;
 
             // attention: xm = x + o_proj(attn(rope(q), rope(k), v))
-            let (da, dwo) = with_wgrad(
-                (&dxm, false, w[l.o], false, (n, qd, h)),
+            let da = wgrad(
+                emit,
+                slab_bytes,
+                l.o,
+                Some((&dxm, false, w[l.o], false, (n, qd, h))),
                 (&dxm, &a.a),
                 (h, qd, n),
                 segs,
-            )?;
-            emit(l.o, dwo)?;
+            )?
+            .context("the attention output's gradient")?;
             let (mut dq, mut dk, dv) =
                 attn_backward(hd, &a.q, &a.k, &a.v, &da, a.probs.as_deref())?;
             drop(da);
@@ -626,6 +748,7 @@ impl<T: Real> LlamaTape<T> {
                 if let Some(bias) = p.bias {
                     emit(
                         bias,
+                        0,
                         match segs {
                             None => col_sums(g, width),
                             Some(s) => col_sums_segments(g, width, s),
@@ -639,7 +762,7 @@ impl<T: Real> LlamaTape<T> {
                 (&dk, l.k.weight, kd, false),
                 (&dv, l.v.weight, kd, false),
             ] {
-                emit(wi, wgrad((g, &a.hn1), (width, h, n), segs)?)?;
+                wgrad(emit, slab_bytes, wi, None, (g, &a.hn1), (width, h, n), segs)?;
                 mm(&mut dhn1, g, false, w[wi], false, (n, h, width), !first)?;
             }
             let (mut dxl, mut din) = split_rms(rms_bwd(&a.x, w[l.input_norm], &dhn1, eps)?, n * h);
@@ -647,27 +770,37 @@ impl<T: Real> LlamaTape<T> {
                 din = rms_dw_segments(&a.x, &dhn1, h, eps, s);
             }
             add_into(&mut dxl, &dxm);
-            emit(l.input_norm, din)?;
+            emit(l.input_norm, 0, din)?;
             dx = dxl;
         }
 
-        // embedding: rows of the tokens seen (plus the head's gradient when tied), into the
-        // block of the sequence each position belongs to
-        let blocks = segs.map_or(1, <[_]>::len);
-        let mut demb = match ix.lm_head {
-            None => dhead,
-            Some(hi) => {
-                emit(hi, dhead)?;
-                vec![T::zero(); blocks * vocab * h]
+        // embedding: rows of the tokens seen (plus the head's gradient when tied)
+        match segs {
+            None => {
+                let mut demb = tied_head.unwrap_or_else(|| vec![T::zero(); vocab * h]);
+                for (row, &id) in dx.chunks(h).zip(&self.ids) {
+                    let id = id as usize;
+                    for (e, &g) in demb[id * h..(id + 1) * h].iter_mut().zip(row) {
+                        *e += g;
+                    }
+                }
+                emit(ix.embed, 0, demb)
             }
-        };
-        let per_block = if segs.is_some() { t } else { n };
-        for (r, (row, &id)) in dx.chunks(h).zip(&self.ids).enumerate() {
-            let at = (r / per_block * vocab + id as usize) * h;
-            for (e, &g) in demb[at..at + h].iter_mut().zip(row) {
-                *e += g;
+            Some(s) => {
+                let head = match (ix.lm_head, head_segs) {
+                    (None, Some(hs)) => Some((&dz[..], &self.hf[..], hs)),
+                    _ => None,
+                };
+                per_seq_slabs(
+                    emit,
+                    slab_bytes,
+                    ix.embed,
+                    head,
+                    (vocab, h),
+                    s.len(),
+                    Some((&dx, &self.ids, t)),
+                )
             }
         }
-        emit(ix.embed, demb)
     }
 }

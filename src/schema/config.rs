@@ -314,8 +314,9 @@ pub struct TrainConfig {
     /// evaluation interval), and always at phase boundaries.
     #[serde(default)]
     pub transfer_every: usize,
-    /// First-order influence every this many updates (0 = off; None = 100 for models up to 50M
-    /// parameters, off above).
+    /// First-order influence every this many updates (0 = off; None = for models up to 50M
+    /// parameters 20 where the batched pass applies (llama/qwen2 on the CPU) and 100 elsewhere,
+    /// off above).
     #[serde(default)]
     pub influence_every: Option<usize>,
     /// Influence: the first this many probes are observed…

@@ -669,11 +669,19 @@ impl Session {
 
     /// One optimizer update on the records `idx` (positions in the training list).
     #[allow(clippy::too_many_arguments)]
-    /// Updates between influence records (0 = off).
+    /// Updates between influence records (0 = off). The default, for models up to 50M
+    /// parameters: every 20 updates where the batched pass computes the records (a record
+    /// costs ~7 updates on the demo), every 100 where they come from flat gradients (~30).
     fn influence_every(&self) -> usize {
         match self.cfg.influence_every {
             Some(k) => k,
-            None if self.model.n_params() <= 50_000_000 => 100,
+            None if self.model.n_params() <= 50_000_000 => {
+                if crate::model::manual::applies_to(&self.model) {
+                    20
+                } else {
+                    100
+                }
+            }
             None => 0,
         }
     }

@@ -356,30 +356,33 @@ fn mm_new_on<T: Real>((a, ta, b, tb, (m, n, k)): Prod<'_, T>, par: bool) -> Resu
     Ok(c)
 }
 
-/// Per-segment products C_s = A_sᵀ·B_s [p×q] for row-major A [n×p] and B [n×q] whose rows are
-/// split into segments (row ranges, e.g. one per sequence of a batch): C [segments×p×q], an
-/// empty segment's block zero. Each sequence's own weight gradient (δᵀa over its rows) at the
-/// cost of the batch's one product; segments run in parallel, each on one thread.
+/// Per-segment products C_s = A_s[:, part]ᵀ·B_s ([part.len()×q]) for row-major A [n×p] and
+/// B [n×q] whose rows are split into segments (row ranges, e.g. one per sequence of a batch):
+/// C [segments×part.len()×q], an empty segment's block zero. With δ as A and a layer's input as
+/// B, each sequence's own weight gradient (rows `part` of it) at the cost of the batch's one
+/// product; segments run in parallel, each on one thread.
 pub(crate) fn mm_segments<T: Real>(
     a: &[T],
     b: &[T],
     p: usize,
     q: usize,
+    part: Range<usize>,
     segs: &[Range<usize>],
 ) -> Result<Vec<T>> {
     let n = segs.iter().map(|r| r.end).max().unwrap_or(0);
-    if a.len() < n * p || b.len() < n * q || segs.iter().any(|r| r.start > r.end) {
+    if a.len() < n * p || b.len() < n * q || part.end > p || segs.iter().any(|r| r.start > r.end) {
         return Err(Error::Msg(format!(
-            "per-segment products over {n} rows: buffers of {} and {} elements for widths {p} and {q}",
+            "per-segment products over {n} rows: buffers of {} and {} elements for widths {p} and {q}, columns {part:?}",
             a.len(),
             b.len()
         )));
     }
-    let mut c = vec![T::zero(); segs.len() * p * q];
-    if p * q == 0 {
+    let m = part.len();
+    let mut c = vec![T::zero(); segs.len() * m * q];
+    if m * q == 0 {
         return Ok(c);
     }
-    c.par_chunks_mut(p * q)
+    c.par_chunks_mut(m * q)
         .zip(segs)
         .try_for_each(|(cs, r)| -> Result<()> {
             let k = r.len();
@@ -387,10 +390,10 @@ pub(crate) fn mm_segments<T: Real>(
                 return Ok(());
             }
             gemm(
-                (p, q, k),
+                (m, q, k),
                 &mut MatMut::new(cs, q),
                 false,
-                (&a[r.start * p..r.end * p], dense(true, p, k)),
+                (tail(a, r.start * p + part.start, "A")?, cols(p)),
                 (&b[r.start * q..r.end * q], dense(false, k, q)),
                 false,
             )

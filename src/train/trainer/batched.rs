@@ -23,7 +23,7 @@ use rayon::prelude::*;
 use super::{LossParams, Optimizer, Session};
 use crate::model::Model;
 use crate::model::kernels::Real;
-use crate::model::manual::{GREEDY_TARGET, SeqGradSink, Tape, forward_rows};
+use crate::model::manual::{GREEDY_TARGET, SLAB_BYTES, SeqGradSink, Tape, forward_rows};
 use crate::probe::{Batch, Seq};
 use crate::schema::config::{Algo, InfluenceTarget};
 use crate::schema::event::Observed;
@@ -225,22 +225,31 @@ struct Products<'a> {
 }
 
 impl SeqGradSink for Products<'_> {
-    fn weight<T: Real>(&mut self, i: usize, blocks: &[T]) -> Result<()> {
+    fn weight<T: Real>(&mut self, i: usize, offset: usize, blocks: &[T]) -> Result<()> {
         let lay = &self.lay;
         let (nb, k) = (lay.nb, lay.k());
+        let p = blocks.len() / lay.rows.max(1);
+        let part = offset..offset + p;
         let delta = self
             .step
             .delta
             .get(i)
-            .with_context(|| format!("influence: no weight {i}"))?;
-        let p = delta.len();
+            .and_then(|d| d.get(part.clone()))
+            .with_context(|| format!("influence: no elements {part:?} in weight {i}"))?;
         if blocks.len() != lay.rows * p {
             bail!(
-                "influence: weight {i} has {} gradient values for {} sequences of {p}",
+                "influence: weight {i} has {} gradient values for {} sequences",
                 blocks.len(),
                 lay.rows
             );
         }
+        let scale = match self.step.scale.get(i).and_then(Option::as_deref) {
+            Some(c) => Some(
+                c.get(part.clone())
+                    .with_context(|| format!("influence: no scale for {part:?} of weight {i}"))?,
+            ),
+            None => None,
+        };
         let blk = |r: usize| &blocks[r * p..(r + 1) * p];
         // the k directions, one row of p each: Δθ, c ⊙ ∇L_u, ∇f_u
         let mut xs = vec![T::zero(); k * p];
@@ -267,7 +276,7 @@ impl SeqGradSink for Products<'_> {
                     }
                     Some(first) => f.copy_from_slice(blk(first + u)),
                 }
-                if let Some(c) = self.step.scale.get(i).and_then(Option::as_deref) {
+                if let Some(c) = scale {
                     for (g, &c) in gu.iter_mut().zip(c) {
                         *g *= T::from_f64(f64::from(c));
                     }
@@ -318,6 +327,12 @@ impl Session {
     /// on entry) and one forward at θ₁ (left in the model), or None (model untouched) where
     /// the hand-written pass does not apply.
     pub(super) fn influence_batched(&self, job: &Job<'_>) -> Result<Option<Parts>> {
+        self.influence_batched_in(job, SLAB_BYTES)
+    }
+
+    /// [`Session::influence_batched`] with each weight's per-sequence gradients in slabs of at
+    /// most `slab_bytes`.
+    fn influence_batched_in(&self, job: &Job<'_>, slab_bytes: usize) -> Result<Option<Parts>> {
         let m = &self.model;
         let nb = job.idx.len();
         let with_rejected = job.algo != Algo::Sft;
@@ -386,7 +401,7 @@ impl Session {
             fu_sq: vec![0.0; nb],
             lay,
         };
-        pass.tape.backward_per_seq(m, &dlp, &mut acc)?;
+        pass.tape.backward_per_seq(m, &dlp, &mut acc, slab_bytes)?;
         let share = job.step.share(nb);
         let mut parts = Parts {
             f0: pass.sums[first_obs..].to_vec(),
@@ -589,7 +604,7 @@ mod tests {
 
     /// Both ways of computing one record, after a warm-up update (so AdamW's preconditioner is
     /// past its first step) and one update of the batch [0, 1, 2].
-    fn both(s: &Session, algo: Algo, kind: OptimKind) -> (Parts, Parts) {
+    fn both(s: &Session, algo: Algo, kind: OptimKind, slab_bytes: usize) -> (Parts, Parts) {
         let rejected: Vec<Seq> = s.pairs.iter().map(|p| p.rejected.clone()).collect();
         let reference: Vec<(f64, f64)> = (0..s.pairs.len())
             .map(|i| (-30.0 - i as f64, -28.0 + 0.5 * i as f64))
@@ -625,7 +640,7 @@ mod tests {
         let flat = s.influence_flat(&job).unwrap();
         s.model.restore(&theta0).unwrap();
         let batched = s
-            .influence_batched(&job)
+            .influence_batched_in(&job, slab_bytes)
             .unwrap()
             .expect("the batched pass");
         (flat, batched)
@@ -660,19 +675,27 @@ mod tests {
     #[test]
     fn batched_influence_equals_the_flat_gradient_reference_in_f64() {
         use InfluenceTarget::*;
-        for (model, algo, target, kind) in [
-            ("llama", Algo::Dpo, Loss, OptimKind::Adamw),
-            ("llama", Algo::Dpo, Chosen, OptimKind::Sgd),
-            ("llama", Algo::Dpo, Rejected, OptimKind::Rmsprop),
-            ("llama", Algo::Sft, Loss, OptimKind::Adamw),
-            ("llama", Algo::Ipo, Rejected, OptimKind::Adamw),
-            ("qwen2", Algo::Dpo, Loss, OptimKind::Adamw),
-            ("llama_tied", Algo::Dpo, Chosen, OptimKind::Adamw),
+        // slabs: whole weights, or a few rows at a time (1 KiB over all sequences)
+        for (model, algo, target, kind, slab) in [
+            ("llama", Algo::Dpo, Loss, OptimKind::Adamw, SLAB_BYTES),
+            ("llama", Algo::Dpo, Chosen, OptimKind::Sgd, 1024),
+            ("llama", Algo::Dpo, Rejected, OptimKind::Rmsprop, SLAB_BYTES),
+            ("llama", Algo::Sft, Loss, OptimKind::Adamw, 1024),
+            ("llama", Algo::Ipo, Rejected, OptimKind::Adamw, SLAB_BYTES),
+            ("qwen2", Algo::Dpo, Loss, OptimKind::Adamw, 1024),
+            (
+                "llama_tied",
+                Algo::Dpo,
+                Chosen,
+                OptimKind::Adamw,
+                SLAB_BYTES,
+            ),
+            ("llama_tied", Algo::Sft, Loss, OptimKind::Adamw, 1024),
         ] {
             let s = session(model, algo, target, DType::F64);
-            let (flat, batched) = both(&s, algo, kind);
+            let (flat, batched) = both(&s, algo, kind, slab);
             agree(
-                &format!("{model} {algo:?} {target:?} {kind:?} f64"),
+                &format!("{model} {algo:?} {target:?} {kind:?} f64 slabs of {slab} bytes"),
                 &flat,
                 &batched,
                 1e-9,
@@ -684,7 +707,7 @@ mod tests {
     fn batched_influence_agrees_with_the_flat_reference_in_f32() {
         for (model, algo) in [("llama", Algo::Dpo), ("qwen2", Algo::Sft)] {
             let s = session(model, algo, InfluenceTarget::Loss, DType::F32);
-            let (flat, batched) = both(&s, algo, OptimKind::Adamw);
+            let (flat, batched) = both(&s, algo, OptimKind::Adamw, SLAB_BYTES);
             // relative to each quantity's scale: f32 rounding of two different summation orders
             let scale = |v: &[f64]| v.iter().fold(0f64, |a, x| a.max(x.abs()));
             for (name, a, b) in [
