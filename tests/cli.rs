@@ -661,6 +661,26 @@ fn bench_preset_runs_the_gpu_workload_at_toy_size() {
     assert!(v["probe_eval_max_abs_diff"].as_f64().unwrap() < 1e-3, "{v}");
 }
 
+#[test]
+fn bench_influence_prints_update_and_record_times() {
+    // the JSON line has exactly these keys; a record observes 40 responses against the
+    // update's 8 sequences, so it cannot cost less than the update
+    let out = ok(&["bench", "--influence", "--steps", "1", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let keys: Vec<&String> = v.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["influence_ms", "ratio", "update_ms"], "{v}");
+    let (u, i, r) = (
+        v["update_ms"].as_f64().unwrap(),
+        v["influence_ms"].as_f64().unwrap(),
+        v["ratio"].as_f64().unwrap(),
+    );
+    assert!(u > 0.0 && i > u, "{v}");
+    assert!((r - i / u).abs() < 1e-9, "{v}");
+    let o = ldviz(&["bench", "--flat"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--influence"));
+}
+
 /// A synthetic two-phase run (sft to step 10, then dpo to 20, evaluations every 5 steps) whose
 /// 3 × 3 transfer matrix is scored at steps 0, 10 and 20: entry (i, j) moves from its t = 0
 /// value by a(s)·(i + 1) on the diagonal and b(s)·(j + 1) off it, so the mean diagonal change is
