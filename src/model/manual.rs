@@ -461,6 +461,9 @@ fn wgrad<T: Real>(
 /// rows per sequence).
 type Scatter<'a, T> = (&'a [T], &'a [u32], usize);
 
+/// A weight gradient's product per sequence: (δ [n×out], a [n×inp], each sequence's rows).
+type SeqProd<'a, T> = (&'a [T], &'a [T], &'a [Range<usize>]);
+
 /// Weight `i`'s per-sequence gradients [out × inp] each, in slabs of rows to `emit`: the
 /// product δ_sᵀ a_s over each sequence's rows `segs[s]` (`prod`: δ, a, segs), plus, for an
 /// embedding, row g of `scatter`'s dx added at row ids[g] of its sequence's block.
@@ -468,7 +471,7 @@ fn per_seq_slabs<T: Real>(
     emit: &mut Emit<'_, T>,
     slab_bytes: usize,
     i: usize,
-    prod: Option<(&[T], &[T], &[Range<usize>])>,
+    prod: Option<SeqProd<'_, T>>,
     (out, inp): (usize, usize),
     nseq: usize,
     scatter: Option<Scatter<'_, T>>,

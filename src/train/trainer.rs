@@ -905,7 +905,7 @@ impl Session {
             }
             None => (None, None),
         };
-        Ok(loss::compute(
+        loss::compute(
             algo,
             lp,
             &LossInputs {
@@ -916,7 +916,7 @@ impl Session {
                 len_chosen: &lc,
                 len_rejected: lrj.as_ref(),
             },
-        )?)
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
