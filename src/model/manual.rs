@@ -35,20 +35,98 @@ use super::kernels::{
     swiglu_keep,
 };
 use super::llama::LlamaWeights;
+use super::manual_ln::LnTape;
 use super::{Model, Net, Params, TrainLogps};
 
 /// The hand-written pass's record of one forward, in the compute dtype.
 pub(crate) enum Tape {
     F32(LlamaTape<f32>),
     F64(LlamaTape<f64>),
+    /// gpt_neox and gpt2 ([`super::manual_ln`]).
+    LnF32(LnTape<f32>),
+    LnF64(LnTape<f64>),
+}
+
+/// A pass's record of one forward, run backward.
+pub(crate) trait PassTape<T: Real>: Sized {
+    /// The backward from the log-probs' gradient `dlp` [B·T]: every weight's gradient handed to
+    /// `emit` once (summed at offset 0, or per sequence in slabs, by `split`).
+    fn run_backward(
+        self,
+        model: &Model,
+        w: &[&[T]],
+        dlp: &[T],
+        split: Split,
+        emit: &mut Emit<'_, T>,
+    ) -> Result<()>;
+}
+
+/// Every weight's summed gradient (as tensors, weight order) from a pass's tape.
+fn backward_sum<T: Real, P: PassTape<T>>(
+    tape: P,
+    model: &Model,
+    dlp: &Tensor,
+) -> Result<Vec<Option<Tensor>>> {
+    let dlp: Vec<T> = dlp
+        .to_dtype(T::DTYPE)?
+        .flatten_all()?
+        .to_vec1()
+        .context("the log-probs' gradient")?;
+    let mut grads: Vec<Option<Vec<T>>> = vec![None; model.params.len()];
+    with_weights::<T, _>(&model.params, |w| {
+        tape.run_backward(model, w, &dlp, Split::Sum, &mut |i, _, g| {
+            let slot = grads
+                .get_mut(i)
+                .with_context(|| format!("no weight {i} in the model"))?;
+            *slot = Some(g);
+            Ok(())
+        })
+    })?;
+    let shapes: Vec<_> = model
+        .params
+        .vars()
+        .iter()
+        .map(|v| v.shape().clone())
+        .collect();
+    grads
+        .into_iter()
+        .zip(shapes)
+        .map(|(g, s)| {
+            g.map(|g| Tensor::from_vec(g, s, &model.device))
+                .transpose()
+                .map_err(Into::into)
+        })
+        .collect()
+}
+
+/// Each sequence's gradients from a pass's tape, to `sink`.
+fn backward_seqs<T: Real, P: PassTape<T>>(
+    tape: P,
+    model: &Model,
+    dlp: &[f64],
+    sink: &mut impl SeqGradSink,
+    slab_bytes: usize,
+) -> Result<()> {
+    let dlp: Vec<T> = dlp.iter().map(|&g| T::from_f64(g)).collect();
+    with_weights::<T, _>(&model.params, |w| {
+        tape.run_backward(
+            model,
+            w,
+            &dlp,
+            Split::PerSeq(slab_bytes),
+            &mut |i, off, g| sink.weight(i, off, &g),
+        )
+    })
 }
 
 impl Tape {
     /// The gradient of every weight, in weight order, given the log-probs' gradient `dlp`.
     pub(crate) fn backward(self, model: &Model, dlp: &Tensor) -> Result<Vec<Option<Tensor>>> {
         match self {
-            Tape::F32(t) => t.backward(model, dlp),
-            Tape::F64(t) => t.backward(model, dlp),
+            Tape::F32(t) => backward_sum(t, model, dlp),
+            Tape::F64(t) => backward_sum(t, model, dlp),
+            Tape::LnF32(t) => backward_sum(t, model, dlp),
+            Tape::LnF64(t) => backward_sum(t, model, dlp),
         }
     }
 
@@ -67,8 +145,10 @@ impl Tape {
         slab_bytes: usize,
     ) -> Result<()> {
         match self {
-            Tape::F32(t) => t.backward_per_seq(model, dlp, sink, slab_bytes),
-            Tape::F64(t) => t.backward_per_seq(model, dlp, sink, slab_bytes),
+            Tape::F32(t) => backward_seqs(t, model, dlp, sink, slab_bytes),
+            Tape::F64(t) => backward_seqs(t, model, dlp, sink, slab_bytes),
+            Tape::LnF32(t) => backward_seqs(t, model, dlp, sink, slab_bytes),
+            Tape::LnF64(t) => backward_seqs(t, model, dlp, sink, slab_bytes),
         }
     }
 }
@@ -98,10 +178,6 @@ pub(crate) fn forward_rows(
     rows: Vec<usize>,
     (b, t): (usize, usize),
 ) -> Result<Option<(Vec<f64>, Tape)>> {
-    let Some(c) = applies(model) else {
-        return Ok(None);
-    };
-    let (cfg, ix) = c;
     if ids.len() != b * t || targets.len() != b * t || rows.iter().any(|&r| r >= b * t) {
         bail!(
             "per-sequence pass over [{b}×{t}]: {} ids, {} targets, rows up to {:?}",
@@ -110,35 +186,62 @@ pub(crate) fn forward_rows(
             rows.iter().max()
         );
     }
-    Ok(Some(match model.compute {
-        DType::F32 => {
-            let (lp, tape) =
-                forward::<f32>(cfg, ix, &model.params, ids, targets, Some(rows), b, t)?;
-            (lp.into_iter().map(f64::from).collect(), Tape::F32(tape))
+    Ok(
+        forward_any(model, ids, targets, Some(rows), (b, t))?.map(|(lp, tape)| {
+            let lp = match lp {
+                Lp::F32(v) => v.into_iter().map(f64::from).collect(),
+                Lp::F64(v) => v,
+            };
+            (lp, tape)
+        }),
+    )
+}
+
+/// Per-position log-probs in the compute dtype.
+enum Lp {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+/// The forward of whichever hand-written pass applies to `model` (None: none does).
+fn forward_any(
+    model: &Model,
+    ids: Vec<u32>,
+    targets: Vec<u32>,
+    rows: Option<Vec<usize>>,
+    (b, t): (usize, usize),
+) -> Result<Option<(Lp, Tape)>> {
+    if !applies_to(model) {
+        return Ok(None);
+    }
+    let p = &model.params;
+    Ok(Some(match (&model.net, model.compute) {
+        (Net::Llama(c, ix), DType::F32) => {
+            let (lp, tape) = forward::<f32>(c, ix, p, ids, targets, rows, b, t)?;
+            (Lp::F32(lp), Tape::F32(tape))
         }
-        _ => {
-            let (lp, tape) =
-                forward::<f64>(cfg, ix, &model.params, ids, targets, Some(rows), b, t)?;
-            (lp, Tape::F64(tape))
+        (Net::Llama(c, ix), _) => {
+            let (lp, tape) = forward::<f64>(c, ix, p, ids, targets, rows, b, t)?;
+            (Lp::F64(lp), Tape::F64(tape))
+        }
+        (net, DType::F32) => {
+            let (lp, tape) = super::manual_ln::forward::<f32>(net, p, ids, targets, rows, b, t)?;
+            (Lp::F32(lp), Tape::LnF32(tape))
+        }
+        (net, _) => {
+            let (lp, tape) = super::manual_ln::forward::<f64>(net, p, ids, targets, rows, b, t)?;
+            (Lp::F64(lp), Tape::LnF64(tape))
         }
     }))
 }
 
-/// Whether the hand-written pass (and [`Tape::backward_per_seq`]) applies to `model`.
+/// Whether a hand-written pass (and [`Tape::backward_per_seq`]) applies to `model`: every
+/// architecture (llama/qwen2 here, gpt_neox and gpt2 in [`super::manual_ln`]) on the CPU, every
+/// weight in the compute dtype, f32 or f64.
 pub fn applies_to(model: &Model) -> bool {
-    applies(model).is_some()
-}
-
-/// The llama-family config and weight index when the hand-written pass applies to `model`:
-/// llama/qwen2 on the CPU, every weight in the compute dtype, f32 or f64.
-fn applies(model: &Model) -> Option<(&LlamaConfig, &LlamaWeights)> {
-    let Net::Llama(c, ix) = &model.net else {
-        return None;
-    };
     let dt = model.compute;
     let same_dtype = model.params.vars().iter().all(|v| v.dtype() == dt);
-    (model.device.is_cpu() && same_dtype && matches!(dt, DType::F32 | DType::F64))
-        .then_some((c, ix))
+    model.device.is_cpu() && same_dtype && matches!(dt, DType::F32 | DType::F64)
 }
 
 /// Per-position log-probs for training ([`Model::forward_logps`]'s values) from the
@@ -154,10 +257,9 @@ pub fn train_logps(
     targets: &Tensor,
     mask: Option<&Tensor>,
 ) -> Result<Option<TrainLogps>> {
-    let Some((c, ix)) = applies(model) else {
+    if !applies_to(model) {
         return Ok(None);
-    };
-    let dt = model.compute;
+    }
     let (b, t) = ids.dims2()?;
     if targets.dims2()? != (b, t) {
         bail!(
@@ -182,15 +284,12 @@ pub fn train_logps(
             Some((0..b * t).filter(|&r| m[r] != 0.0).collect())
         }
     };
-    let (lp, tape) = match dt {
-        DType::F32 => {
-            let (lp, tape) = forward::<f32>(c, ix, &model.params, ids_v, tg_v, rows, b, t)?;
-            (Var::from_vec(lp, (b, t), &model.device)?, Tape::F32(tape))
-        }
-        _ => {
-            let (lp, tape) = forward::<f64>(c, ix, &model.params, ids_v, tg_v, rows, b, t)?;
-            (Var::from_vec(lp, (b, t), &model.device)?, Tape::F64(tape))
-        }
+    let Some((lp, tape)) = forward_any(model, ids_v, tg_v, rows, (b, t))? else {
+        return Ok(None);
+    };
+    let lp = match lp {
+        Lp::F32(v) => Var::from_vec(v, (b, t), &model.device)?,
+        Lp::F64(v) => Var::from_vec(v, (b, t), &model.device)?,
     };
     Ok(Some(TrainLogps::manual(lp, tape)))
 }
@@ -198,7 +297,10 @@ pub fn train_logps(
 // ---------------------------------------------------------------- weights
 
 /// Runs `f` with every weight's elements borrowed as contiguous `&[T]` (in weight order).
-fn with_weights<T: WithDType, R>(p: &Params, f: impl FnOnce(&[&[T]]) -> Result<R>) -> Result<R> {
+pub(crate) fn with_weights<T: WithDType, R>(
+    p: &Params,
+    f: impl FnOnce(&[&[T]]) -> Result<R>,
+) -> Result<R> {
     let tensors: Vec<Tensor> = p.vars().iter().map(|v| v.as_tensor().clone()).collect();
     let guards: Vec<_> = tensors.iter().map(|t| t.storage_and_layout()).collect();
     let mut slices = Vec::with_capacity(guards.len());
@@ -246,17 +348,211 @@ pub(crate) struct LlamaTape<T> {
     hd: Heads,
     tab: RopeTab,
     ids: Vec<u32>,
+    layers: Vec<LayerActs<T>>,
+    /// residual stream before the final norm
+    xl: Vec<T>,
+    head: HeadTape<T>,
+}
+
+/// The LM head's record: what its backward needs.
+pub(crate) struct HeadTape<T> {
     /// The positions that reach the LM head (None: all); `targets`, `hf`, `e` and `inv_sum`
     /// hold those rows only.
     rows: Option<Vec<usize>>,
     targets: Vec<u32>,
-    layers: Vec<LayerActs<T>>,
-    /// residual stream before the final norm, and after it
-    xl: Vec<T>,
+    /// the final hidden states (after the final norm) of those rows
     hf: Vec<T>,
     /// exp(z − max z) of the logits' rows [N, V], and 1 / the sum of each row
     e: Vec<T>,
     inv_sum: Vec<T>,
+}
+
+/// The LM head and log-softmax on the rows `rows` (None: all n) of the final hidden states
+/// `hf` [n×h]: per-position log-probs [n] (0 off `rows`), a target of [`GREEDY_TARGET`] taking
+/// the row's greedy token, and the head's record.
+pub(crate) fn head_forward<T: Real>(
+    hf: Vec<T>,
+    head: &[T],
+    targets: Vec<u32>,
+    rows: Option<Vec<usize>>,
+    (n, h, vocab): (usize, usize, usize),
+) -> Result<(Vec<T>, HeadTape<T>)> {
+    let (hf, mut targets) = match &rows {
+        Some(r) => (
+            gather_rows(&hf, r, h),
+            r.iter().map(|&i| targets[i]).collect(),
+        ),
+        None => (hf, targets),
+    };
+    let ns = targets.len();
+    let mut z = gemm_xwt(&hf, head, ns, h, vocab)?;
+    for (tg, row) in targets.iter_mut().zip(z.chunks(vocab)) {
+        if *tg == GREEDY_TARGET {
+            *tg = greedy(row);
+        }
+    }
+    let (lp_sel, inv_sum) = log_softmax_rows(&mut z, &targets, vocab)?;
+    let lp = match &rows {
+        None => lp_sel,
+        Some(r) => scatter_rows(&lp_sel, r, 1, n),
+    };
+    Ok((
+        lp,
+        HeadTape {
+            rows,
+            targets,
+            hf,
+            e: z,
+            inv_sum,
+        },
+    ))
+}
+
+/// What the head's backward leaves for the rest: the final hidden states' gradient [n×h] (all
+/// rows), and for a head tied to the token embedding its gradient (summed) or what makes it
+/// per sequence (with the embedding's slabs).
+pub(crate) struct HeadGrads<T> {
+    pub dhf: Vec<T>,
+    tied: Option<Vec<T>>,
+    dz: Vec<T>,
+    hf: Vec<T>,
+    head_segs: Option<Vec<Range<usize>>>,
+}
+
+/// The LM head's backward from the log-probs' gradient `dlp` [n]: the head's gradient to
+/// `emit` when untied (`untied`: its index), the final hidden states' gradient back. `segs`:
+/// each sequence's rows (per-sequence gradients), `b`/`t` the batch's shape.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn head_backward<T: Real>(
+    tape: HeadTape<T>,
+    dlp: &[T],
+    head: &[T],
+    untied: Option<usize>,
+    (b, t, h, vocab): (usize, usize, usize, usize),
+    segs: Option<&[Range<usize>]>,
+    slab_bytes: usize,
+    emit: &mut Emit<'_, T>,
+) -> Result<HeadGrads<T>> {
+    let n = b * t;
+    // each sequence's positions among the LM head's rows
+    let head_segs: Option<Vec<Range<usize>>> = match (segs, &tape.rows) {
+        (Some(_), Some(r)) => Some(
+            (0..b)
+                .map(|s| r.partition_point(|&i| i < s * t)..r.partition_point(|&i| i < (s + 1) * t))
+                .collect(),
+        ),
+        (s, _) => s.map(<[_]>::to_vec),
+    };
+    // dz = g ⊙ (onehot − softmax), in place over the exponentials
+    let dlp_sel: Vec<T> = match &tape.rows {
+        None => dlp.to_vec(),
+        Some(r) => r.iter().map(|&i| dlp[i]).collect(),
+    };
+    let ns = dlp_sel.len();
+    let mut dz = tape.e;
+    dz.par_chunks_mut(vocab)
+        .zip(dlp_sel.par_iter().zip(&tape.inv_sum))
+        .zip(&tape.targets)
+        .for_each(|((row, (&g, &inv)), &ti)| {
+            if g == T::zero() {
+                row.fill(T::zero());
+                return;
+            }
+            let c = -g * inv;
+            for x in row.iter_mut() {
+                *x *= c;
+            }
+            if let Some(x) = row.get_mut(ti as usize) {
+                *x += g;
+            }
+        });
+    let other = Some((&dz[..], false, head, false, (ns, h, vocab)));
+    // Summed, a tied head's gradient is the embedding's start; per sequence, its slabs are
+    // made with the embedding's (dz is kept until then).
+    let mut tied: Option<Vec<T>> = None;
+    let dhf = match (untied, segs) {
+        (None, None) => {
+            let (x, g) = mm_pair(
+                (&dz, false, head, false, (ns, h, vocab)),
+                (&dz, true, &tape.hf, false, (vocab, h, ns)),
+            )?;
+            tied = Some(g);
+            x
+        }
+        (None, Some(_)) => mm_new(&dz, false, head, false, (ns, h, vocab))?,
+        (Some(hi), _) => wgrad(
+            emit,
+            slab_bytes,
+            hi,
+            other,
+            (&dz, &tape.hf),
+            (vocab, h, ns),
+            head_segs.as_deref(),
+        )?
+        .context("the LM head's input gradient")?,
+    };
+    let keep = segs.is_some() && untied.is_none();
+    let dhf = match &tape.rows {
+        None => dhf,
+        Some(r) => scatter_rows(&dhf, r, h, n),
+    };
+    Ok(HeadGrads {
+        dhf,
+        tied,
+        dz: if keep { dz } else { Vec::new() },
+        hf: if keep { tape.hf } else { Vec::new() },
+        head_segs,
+    })
+}
+
+/// A token (or position) embedding's gradient from the residual stream's gradient `dx` [n×h]
+/// at the rows' `ids`, to `emit` as weight `index` [vocab×h]: summed (plus the tied head's, in
+/// `head`), or per sequence (`segs`, rows per sequence `t`) in slabs.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn embed_backward<T: Real>(
+    emit: &mut Emit<'_, T>,
+    slab_bytes: usize,
+    index: usize,
+    dx: &[T],
+    ids: &[u32],
+    (vocab, h, t): (usize, usize, usize),
+    segs: Option<&[Range<usize>]>,
+    head: Option<HeadGrads<T>>,
+) -> Result<()> {
+    match segs {
+        None => {
+            let mut demb = head
+                .and_then(|g| g.tied)
+                .unwrap_or_else(|| vec![T::zero(); vocab * h]);
+            for (row, &id) in dx.chunks(h).zip(ids) {
+                let id = id as usize;
+                if id >= vocab {
+                    bail!("embedding row {id} outside {vocab}");
+                }
+                for (e, &g) in demb[id * h..(id + 1) * h].iter_mut().zip(row) {
+                    *e += g;
+                }
+            }
+            emit(index, 0, demb)
+        }
+        Some(s) => {
+            let prod = head.as_ref().and_then(|g| {
+                (!g.dz.is_empty())
+                    .then_some(())
+                    .and(g.head_segs.as_deref())
+                    .map(|hs| (&g.dz[..], &g.hf[..], hs))
+            });
+            per_seq_slabs(
+                emit,
+                slab_bytes,
+                index,
+                prod,
+                (vocab, h),
+                s.len(),
+                Some((dx, ids, t)),
+            )
+        }
+    }
 }
 
 fn heads(c: &LlamaConfig, b: usize, t: usize) -> Result<Heads> {
@@ -346,25 +642,8 @@ fn forward<T: Real>(
                 m,
             });
         }
-        let mut hf = rms_fwd(&x, w[ix.norm], eps)?;
-        let mut targets = targets;
-        if let Some(r) = &rows {
-            hf = gather_rows(&hf, r, h);
-            targets = r.iter().map(|&i| targets[i]).collect();
-        }
-        let ns = targets.len();
-        let head = w[ix.head()];
-        let mut z = gemm_xwt(&hf, head, ns, h, vocab)?;
-        for (tg, row) in targets.iter_mut().zip(z.chunks(vocab)) {
-            if *tg == GREEDY_TARGET {
-                *tg = greedy(row);
-            }
-        }
-        let (lp_sel, inv_sum) = log_softmax_rows(&mut z, &targets, vocab)?;
-        let lp = match &rows {
-            None => lp_sel,
-            Some(r) => scatter_rows(&lp_sel, r, 1, n),
-        };
+        let hf = rms_fwd(&x, w[ix.norm], eps)?;
+        let (lp, head) = head_forward(hf, w[ix.head()], targets, rows, (n, h, vocab))?;
         Ok((
             lp,
             LlamaTape {
@@ -372,13 +651,9 @@ fn forward<T: Real>(
                 hd,
                 tab,
                 ids,
-                rows,
-                targets,
                 layers,
                 xl: x,
-                hf,
-                e: z,
-                inv_sum,
+                head,
             },
         ))
     })
@@ -397,7 +672,7 @@ fn greedy<T: Real>(row: &[T]) -> u32 {
 
 /// Which gradients the backward writes.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Split {
+pub(crate) enum Split {
     /// The batch's: one per weight, summed over every sequence.
     Sum,
     /// Each sequence's own: [B × size] per weight, in slabs of rows of at most this many bytes.
@@ -407,7 +682,7 @@ enum Split {
 /// How the backward hands over a weight's gradient: (weight index, offset of the first element
 /// given, values). Summed: the whole gradient at offset 0. Per sequence: [B × len] blocks of
 /// elements offset..offset + len of each sequence's gradient.
-type Emit<'a, T> = dyn FnMut(usize, usize, Vec<T>) -> Result<()> + 'a;
+pub(crate) type Emit<'a, T> = dyn FnMut(usize, usize, Vec<T>) -> Result<()> + 'a;
 
 /// [`Tape::backward_per_seq`]'s default: per-sequence gradients of one weight are handed over
 /// in slabs of its rows holding at most this many bytes over all sequences (the LM head of a
@@ -417,7 +692,7 @@ pub(crate) const SLAB_BYTES: usize = 64 << 20;
 /// Weight `i`'s gradient δᵀa [out×inp] over the n rows of δ [n×out] and a [n×inp], to `emit`,
 /// and `other` (another product of the backward) computed beside it: summed (the two on a
 /// thread each, [`mm_pair`]), or per sequence (`segs`, [`per_seq_slabs`]).
-fn wgrad<T: Real>(
+pub(crate) fn wgrad<T: Real>(
     emit: &mut Emit<'_, T>,
     slab_bytes: usize,
     i: usize,
@@ -501,64 +776,26 @@ fn per_seq_slabs<T: Real>(
     Ok(())
 }
 
-impl<T: Real> LlamaTape<T> {
-    fn backward(self, model: &Model, dlp: &Tensor) -> Result<Vec<Option<Tensor>>> {
-        let dlp: Vec<T> = dlp
-            .to_dtype(T::DTYPE)?
-            .flatten_all()?
-            .to_vec1()
-            .context("the log-probs' gradient")?;
-        let Net::Llama(_, ix) = &model.net else {
-            bail!("the hand-written backward needs the llama-family model its forward ran on");
-        };
-        let mut grads: Vec<Option<Vec<T>>> = vec![None; model.params.len()];
-        with_weights::<T, _>(&model.params, |w| {
-            self.run_backward(ix, w, &dlp, Split::Sum, &mut |i, _, g| {
-                let slot = grads
-                    .get_mut(i)
-                    .with_context(|| format!("no weight {i} in the model"))?;
-                *slot = Some(g);
-                Ok(())
-            })
-        })?;
-        let shapes: Vec<_> = model
-            .params
-            .vars()
-            .iter()
-            .map(|v| v.shape().clone())
-            .collect();
-        grads
-            .into_iter()
-            .zip(shapes)
-            .map(|(g, s)| {
-                g.map(|g| Tensor::from_vec(g, s, &model.device))
-                    .transpose()
-                    .map_err(Into::into)
-            })
-            .collect()
-    }
-
-    fn backward_per_seq(
+impl<T: Real> PassTape<T> for LlamaTape<T> {
+    fn run_backward(
         self,
         model: &Model,
-        dlp: &[f64],
-        sink: &mut impl SeqGradSink,
-        slab_bytes: usize,
+        w: &[&[T]],
+        dlp: &[T],
+        split: Split,
+        emit: &mut Emit<'_, T>,
     ) -> Result<()> {
         let Net::Llama(_, ix) = &model.net else {
             bail!("the hand-written backward needs the llama-family model its forward ran on");
         };
-        let dlp: Vec<T> = dlp.iter().map(|&g| T::from_f64(g)).collect();
-        with_weights::<T, _>(&model.params, |w| {
-            self.run_backward(ix, w, &dlp, Split::PerSeq(slab_bytes), &mut |i, off, g| {
-                sink.weight(i, off, &g)
-            })
-        })
+        self.llama_backward(ix, w, dlp, split, emit)
     }
+}
 
+impl<T: Real> LlamaTape<T> {
     /// The backward from the log-probs' gradient `dlp`: every weight's gradient handed to
     /// `emit` (weight index, gradient: summed, or [B × size] per sequence by `split`) once.
-    fn run_backward(
+    fn llama_backward(
         self,
         ix: &LlamaWeights,
         w: &[&[T]],
@@ -569,24 +806,14 @@ impl<T: Real> LlamaTape<T> {
         let c = &self.c;
         let (hd, t) = (self.hd, self.hd.t);
         let n = hd.b * t;
-        // per sequence: each batch row's positions, and its positions among the LM head's rows
+        // per sequence: each batch row's positions
         let seqs: Option<Vec<Range<usize>>> =
             (split != Split::Sum).then(|| (0..hd.b).map(|s| s * t..(s + 1) * t).collect());
         let slab_bytes = match split {
             Split::Sum => usize::MAX,
             Split::PerSeq(b) => b,
         };
-        let head_seqs: Option<Vec<Range<usize>>> = match (&seqs, &self.rows) {
-            (Some(_), Some(r)) => Some(
-                (0..hd.b)
-                    .map(|s| {
-                        r.partition_point(|&i| i < s * t)..r.partition_point(|&i| i < (s + 1) * t)
-                    })
-                    .collect(),
-            ),
-            (s, _) => s.clone(),
-        };
-        let (segs, head_segs) = (seqs.as_deref(), head_seqs.as_deref());
+        let segs = seqs.as_deref();
         if dlp.len() != n {
             bail!(
                 "the log-probs' gradient has {} values for {n} positions",
@@ -601,69 +828,20 @@ impl<T: Real> LlamaTape<T> {
         );
         let (qd, kd) = (hd.qs(), hd.ks());
         let tab = &self.tab;
-
-        // LM head and log-softmax: dz = g ⊙ (onehot − softmax), in place over the exponentials
-        let dlp_sel: Vec<T> = match &self.rows {
-            None => dlp.to_vec(),
-            Some(r) => r.iter().map(|&i| dlp[i]).collect(),
-        };
-        let ns = dlp_sel.len();
-        let mut dz = self.e;
-        dz.par_chunks_mut(vocab)
-            .zip(dlp_sel.par_iter().zip(&self.inv_sum))
-            .zip(&self.targets)
-            .for_each(|((row, (&g, &inv)), &ti)| {
-                if g == T::zero() {
-                    row.fill(T::zero());
-                    return;
-                }
-                let c = -g * inv;
-                for x in row.iter_mut() {
-                    *x *= c;
-                }
-                if let Some(x) = row.get_mut(ti as usize) {
-                    *x += g;
-                }
-            });
-        let head = w[ix.head()];
-        let other = Some((&dz[..], false, head, false, (ns, h, vocab)));
-        // Summed, a tied head's gradient is the embedding's start; per sequence, its slabs are
-        // made with the embedding's (dz is kept until then).
-        let mut tied_head: Option<Vec<T>> = None;
-        let dhf = match (ix.lm_head, segs) {
-            (None, None) => {
-                let (x, g) = mm_pair(
-                    (&dz, false, head, false, (ns, h, vocab)),
-                    (&dz, true, &self.hf, false, (vocab, h, ns)),
-                )?;
-                tied_head = Some(g);
-                x
-            }
-            (None, Some(_)) => mm_new(&dz, false, head, false, (ns, h, vocab))?,
-            (Some(hi), _) => wgrad(
-                emit,
-                slab_bytes,
-                hi,
-                other,
-                (&dz, &self.hf),
-                (vocab, h, ns),
-                head_segs,
-            )?
-            .context("the LM head's input gradient")?,
-        };
-        // per sequence with a tied head, dz makes the head's share of the embedding's slabs
-        let dz = if segs.is_some() && ix.lm_head.is_none() {
-            dz
-        } else {
-            Vec::new()
-        };
-        let dhf = match &self.rows {
-            None => dhf,
-            Some(r) => scatter_rows(&dhf, r, h, n),
-        };
-        let (mut dx, mut dnorm) = split_rms(rms_bwd(&self.xl, w[ix.norm], &dhf, eps)?, n * h);
+        let hg = head_backward(
+            self.head,
+            dlp,
+            w[ix.head()],
+            ix.lm_head,
+            (hd.b, t, h, vocab),
+            segs,
+            slab_bytes,
+            emit,
+        )?;
+        let dhf = &hg.dhf;
+        let (mut dx, mut dnorm) = split_rms(rms_bwd(&self.xl, w[ix.norm], dhf, eps)?, n * h);
         if let Some(s) = segs {
-            dnorm = rms_dw_segments(&self.xl, &dhf, h, eps, s);
+            dnorm = rms_dw_segments(&self.xl, dhf, h, eps, s);
         }
         emit(ix.norm, 0, dnorm)?;
 
@@ -778,32 +956,15 @@ impl<T: Real> LlamaTape<T> {
         }
 
         // embedding: rows of the tokens seen (plus the head's gradient when tied)
-        match segs {
-            None => {
-                let mut demb = tied_head.unwrap_or_else(|| vec![T::zero(); vocab * h]);
-                for (row, &id) in dx.chunks(h).zip(&self.ids) {
-                    let id = id as usize;
-                    for (e, &g) in demb[id * h..(id + 1) * h].iter_mut().zip(row) {
-                        *e += g;
-                    }
-                }
-                emit(ix.embed, 0, demb)
-            }
-            Some(s) => {
-                let head = match (ix.lm_head, head_segs) {
-                    (None, Some(hs)) => Some((&dz[..], &self.hf[..], hs)),
-                    _ => None,
-                };
-                per_seq_slabs(
-                    emit,
-                    slab_bytes,
-                    ix.embed,
-                    head,
-                    (vocab, h),
-                    s.len(),
-                    Some((&dx, &self.ids, t)),
-                )
-            }
-        }
+        embed_backward(
+            emit,
+            slab_bytes,
+            ix.embed,
+            &dx,
+            &self.ids,
+            (vocab, h, t),
+            segs,
+            Some(hg),
+        )
     }
 }

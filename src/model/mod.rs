@@ -17,6 +17,7 @@ pub mod layers;
 pub mod llama;
 mod logps;
 pub mod manual;
+mod manual_ln;
 pub mod net;
 pub mod tokenizer;
 pub mod weights;

@@ -152,6 +152,143 @@ pub(crate) fn rms_bwd<T: Real>(x: &[T], w: &[T], g: &[T], eps: f64) -> Result<Ve
     }
     Ok(out)
 }
+// ---------------------------------------------------------------- LayerNorm
+
+/// Each row's mean and 1/sqrt(variance + eps), in f64.
+fn ln_stats<T: Real>(xr: &[T], eps: f64) -> (f64, f64) {
+    let h = xr.len() as f64;
+    let mean = xr.iter().map(|v| v.to_f64()).sum::<f64>() / h;
+    let var = xr
+        .iter()
+        .map(|v| (v.to_f64() - mean) * (v.to_f64() - mean))
+        .sum::<f64>()
+        / h;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+/// LayerNorm of rows [n × h]: (x − mean)/sqrt(var + eps)·w + b (biased variance, as PyTorch).
+pub(crate) fn ln_fwd<T: Real>(x: &[T], w: &[T], b: &[T], eps: f64) -> Vec<T> {
+    let h = w.len();
+    let mut y = vec![T::zero(); x.len()];
+    y.par_chunks_mut(h)
+        .zip(x.par_chunks(h))
+        .for_each(|(yr, xr)| {
+            let (mean, r) = ln_stats(xr, eps);
+            for j in 0..h {
+                yr[j] = T::from_f64((xr[j].to_f64() - mean) * r * w[j].to_f64() + b[j].to_f64());
+            }
+        });
+    y
+}
+
+/// LayerNorm's input gradient from the output gradient `g` (rows [n × h]):
+/// dx = r·(ĝ − mean(ĝ) − x̂·mean(ĝ ⊙ x̂)) with ĝ = g ⊙ w, x̂ the normalised row.
+pub(crate) fn ln_bwd<T: Real>(x: &[T], w: &[T], g: &[T], eps: f64) -> Vec<T> {
+    let h = w.len();
+    let mut dx = vec![T::zero(); x.len()];
+    dx.par_chunks_mut(h)
+        .zip(x.par_chunks(h).zip(g.par_chunks(h)))
+        .for_each(|(dr, (xr, gr))| {
+            let (mean, r) = ln_stats(xr, eps);
+            let (mut m1, mut m2) = (0f64, 0f64);
+            for j in 0..h {
+                let gh = gr[j].to_f64() * w[j].to_f64();
+                m1 += gh;
+                m2 += gh * (xr[j].to_f64() - mean) * r;
+            }
+            let (m1, m2) = (m1 / h as f64, m2 / h as f64);
+            for j in 0..h {
+                let xh = (xr[j].to_f64() - mean) * r;
+                let gh = gr[j].to_f64() * w[j].to_f64();
+                dr[j] = T::from_f64(r * (gh - m1 - xh * m2));
+            }
+        });
+    dx
+}
+
+/// LayerNorm's weight and bias gradients per segment of rows: [segments × h] each, Σ g ⊙ x̂
+/// and Σ g over each segment (one segment of all rows: the batch's).
+pub(crate) fn ln_wb_segments<T: Real>(
+    x: &[T],
+    g: &[T],
+    h: usize,
+    eps: f64,
+    segs: &[Range<usize>],
+) -> (Vec<T>, Vec<T>) {
+    let per: Vec<(Vec<T>, Vec<T>)> = segs
+        .par_iter()
+        .map(|r| {
+            let (mut dw, mut db) = (vec![0f64; h], vec![0f64; h]);
+            for row in r.clone() {
+                let (xr, gr) = (&x[row * h..(row + 1) * h], &g[row * h..(row + 1) * h]);
+                let (mean, rs) = ln_stats(xr, eps);
+                for j in 0..h {
+                    let gj = gr[j].to_f64();
+                    dw[j] += gj * (xr[j].to_f64() - mean) * rs;
+                    db[j] += gj;
+                }
+            }
+            (
+                dw.into_iter().map(T::from_f64).collect(),
+                db.into_iter().map(T::from_f64).collect(),
+            )
+        })
+        .collect();
+    let (w, b): (Vec<Vec<T>>, Vec<Vec<T>>) = per.into_iter().unzip();
+    (w.concat(), b.concat())
+}
+
+// ---------------------------------------------------------------- GELU
+
+const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+
+/// GELU element-wise: exact (erf, `exact`) or the tanh approximation (gelu_new), as candle's
+/// gelu_erf and gelu compute them.
+pub(crate) fn gelu_fwd<T: Real>(x: &[T], exact: bool) -> Vec<T> {
+    let mut y = vec![T::zero(); x.len()];
+    y.par_chunks_mut(4096)
+        .zip(x.par_chunks(4096))
+        .for_each(|(yc, xc)| {
+            for (o, &v) in yc.iter_mut().zip(xc) {
+                let v = v.to_f64();
+                *o = T::from_f64(if exact {
+                    (candle_core::cpu::erf::erf_f64(v * std::f64::consts::FRAC_1_SQRT_2) + 1.0)
+                        * 0.5
+                        * v
+                } else {
+                    0.5 * v * (1.0 + (SQRT_2_OVER_PI * v * (1.0 + 0.044715 * v * v)).tanh())
+                });
+            }
+        });
+    y
+}
+
+/// GELU's backward in place: g ← g · gelu′(x).
+pub(crate) fn gelu_bwd_in_place<T: Real>(x: &[T], g: &mut [T], exact: bool) {
+    g.par_chunks_mut(4096)
+        .zip(x.par_chunks(4096))
+        .for_each(|(gc, xc)| {
+            for (o, &v) in gc.iter_mut().zip(xc) {
+                let v = v.to_f64();
+                let d = if exact {
+                    0.5 * (1.0
+                        + candle_core::cpu::erf::erf_f64(v * std::f64::consts::FRAC_1_SQRT_2))
+                        + v * (-0.5 * v * v).exp() / (2.0 * std::f64::consts::PI).sqrt()
+                } else {
+                    let u = SQRT_2_OVER_PI * v * (1.0 + 0.044715 * v * v);
+                    let th = u.tanh();
+                    0.5 * (1.0 + th)
+                        + 0.5
+                            * v
+                            * (1.0 - th * th)
+                            * SQRT_2_OVER_PI
+                            * (1.0 + 3.0 * 0.044715 * v * v)
+                };
+                *o = T::from_f64(o.to_f64() * d);
+            }
+        });
+}
+
 /// rms_bwd's [dx ; dw] buffer split into its two parts.
 pub(crate) fn split_rms<T>(mut v: Vec<T>, nx: usize) -> (Vec<T>, Vec<T>) {
     let dw = v.split_off(nx);

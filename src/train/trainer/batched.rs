@@ -691,21 +691,31 @@ mod tests {
                 SLAB_BYTES,
             ),
             ("llama_tied", Algo::Sft, Loss, OptimKind::Adamw, 1024),
+            ("gpt_neox", Algo::Dpo, Loss, OptimKind::Adamw, 1024),
+            ("gpt2", Algo::Dpo, Chosen, OptimKind::Adamw, SLAB_BYTES),
+            ("gpt2", Algo::Sft, Loss, OptimKind::Sgd, 1024),
         ] {
             let s = session(model, algo, target, DType::F64);
             let (flat, batched) = both(&s, algo, kind, slab);
+            // the flat reference scores observed responses through candle's graph, whose GELU
+            // backward rounds its constants to six digits (gpt_neox, gpt2: ~1e-6 relative)
+            let tol = if model.starts_with("gpt") { 1e-4 } else { 1e-9 };
             agree(
                 &format!("{model} {algo:?} {target:?} {kind:?} f64 slabs of {slab} bytes"),
                 &flat,
                 &batched,
-                1e-9,
+                tol,
             );
         }
     }
 
     #[test]
     fn batched_influence_agrees_with_the_flat_reference_in_f32() {
-        for (model, algo) in [("llama", Algo::Dpo), ("qwen2", Algo::Sft)] {
+        for (model, algo) in [
+            ("llama", Algo::Dpo),
+            ("qwen2", Algo::Sft),
+            ("gpt_neox", Algo::Dpo),
+        ] {
             let s = session(model, algo, InfluenceTarget::Loss, DType::F32);
             let (flat, batched) = both(&s, algo, OptimKind::Adamw, SLAB_BYTES);
             // relative to each quantity's scale: f32 rounding of two different summation orders
