@@ -1,6 +1,7 @@
 //! `ldviz bench`: times training steps of a fixed llama config (vocab 8192, hidden 256, 8 layers,
 //! 4 heads, intermediate 1024, untied, batch 8 × 64, AdamW, f32): the median of N steps after 3
-//! warm-ups, split into forward (incl. loss), backward and optimizer.
+//! warm-ups, split into forward (incl. loss), backward and optimizer; `--arch` gives gpt_neox or
+//! gpt2 the same sizes.
 
 use std::time::Instant;
 
@@ -62,22 +63,77 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 pub fn train_step(steps: usize) -> Result<BenchResult> {
-    train_step_on(steps, &Device::Cpu, Precision::F32)
+    train_step_on(steps, &Device::Cpu, Precision::F32, BenchArch::Llama)
+}
+
+/// The architecture of the training-step benchmark (`ldviz bench --arch`), at the bench
+/// config's sizes; tools/bench_torch.py --arch builds the same in transformers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BenchArch {
+    /// llama: RMSNorm, RoPE, SwiGLU, untied head.
+    Llama,
+    /// gpt_neox (Pythia): LayerNorm, fused q/k/v with bias, RoPE on a quarter of each head,
+    /// exact GELU, parallel residual, untied head.
+    #[value(name = "gpt_neox")]
+    GptNeox,
+    /// gpt2: LayerNorm, Conv1D projections, learned positions, tanh GELU, tied head.
+    Gpt2,
+}
+
+/// The benchmark model's config for `arch`, with its raw config.json.
+pub fn bench_model_config(arch: BenchArch) -> Result<(ModelConfig, serde_json::Value)> {
+    let c = bench_config();
+    let raw = match arch {
+        BenchArch::Llama => {
+            return Ok((
+                ModelConfig::Llama(c),
+                serde_json::json!({"model_type": "llama"}),
+            ));
+        }
+        BenchArch::GptNeox => serde_json::json!({
+            "model_type": "gpt_neox",
+            "vocab_size": c.vocab_size,
+            "hidden_size": c.hidden_size,
+            "intermediate_size": c.intermediate_size,
+            "num_hidden_layers": c.num_hidden_layers,
+            "num_attention_heads": c.num_attention_heads,
+            "rotary_pct": 0.25,
+            "rotary_emb_base": 10000.0,
+            "layer_norm_eps": 1e-5,
+            "use_parallel_residual": true,
+            "tie_word_embeddings": false,
+            "hidden_act": "gelu",
+            "attention_bias": true,
+            "max_position_embeddings": 2048
+        }),
+        BenchArch::Gpt2 => serde_json::json!({
+            "model_type": "gpt2",
+            "vocab_size": c.vocab_size,
+            "n_embd": c.hidden_size,
+            "n_inner": c.intermediate_size,
+            "n_layer": c.num_hidden_layers,
+            "n_head": c.num_attention_heads,
+            "n_positions": 2048,
+            "layer_norm_epsilon": 1e-5,
+            "activation_function": "gelu_new",
+            "tie_word_embeddings": true
+        }),
+    };
+    Ok((ModelConfig::from_value(&raw, "the bench config")?, raw))
 }
 
 /// [`train_step`] on any device and precision (timings synchronize the device).
-pub fn train_step_on(steps: usize, dev: &Device, prec: Precision) -> Result<BenchResult> {
+pub fn train_step_on(
+    steps: usize,
+    dev: &Device,
+    prec: Precision,
+    arch: BenchArch,
+) -> Result<BenchResult> {
     let c = bench_config();
     let (b, t) = (8usize, 64usize);
-    let raw = serde_json::json!({"model_type": "llama"});
-    let mut model = Model::random(
-        ModelConfig::Llama(c.clone()),
-        raw,
-        placeholder_tok()?,
-        0.02,
-        0,
-        dev,
-    )?;
+    let (cfg, raw) = bench_model_config(arch)?;
+    let mut model = Model::random(cfg, raw, placeholder_tok()?, 0.02, 0, dev)?;
     model.set_precision(prec);
     let ids: Vec<u32> = (0..b * t)
         .map(|i| ((i * 7919 + 13) % c.vocab_size) as u32)

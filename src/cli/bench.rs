@@ -22,6 +22,10 @@ pub struct BenchArgs {
     /// With --preset: timed repetitions.
     #[arg(long, default_value_t = 5)]
     reps: usize,
+    /// The training-step benchmark's architecture (same sizes; tools/bench_torch.py --arch
+    /// builds the same model in transformers).
+    #[arg(long, value_enum, default_value = "llama")]
+    arch: crate::bench::BenchArch,
     /// Timed steps (median reported).
     #[arg(long, default_value_t = 10)]
     steps: usize,
@@ -139,7 +143,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         return Ok(());
     }
     let dev = crate::device::open(a.device, a.dtype)?;
-    let r = crate::bench::train_step_on(a.steps.max(1), &dev, a.dtype)?;
+    let r = crate::bench::train_step_on(a.steps.max(1), &dev, a.dtype, a.arch)?;
     let peak = if a.peak {
         Some(crate::bench::matmul_peak()?)
     } else {
@@ -148,6 +152,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     let rss = crate::bench::peak_rss_mib();
     if a.json {
         let mut v = serde_json::to_value(&r)?;
+        v["arch"] = serde_json::to_value(a.arch)?;
         if let Some(p) = peak {
             v["peak_gflops"] = serde_json::json!(p);
             v["utilization"] = serde_json::json!(r.gflops / p);
@@ -158,8 +163,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
         println!("{v}");
     } else {
         println!(
-            "llama 8x256 (vocab 8192), batch 8x64, AdamW, f32: step {:.1} ms (forward {:.1}, backward {:.1}, optimizer {:.1}), {:.0} tokens/s, {:.1} GFLOP/s",
-            r.step_ms, r.forward_ms, r.backward_ms, r.optimizer_ms, r.tokens_per_s, r.gflops
+            "{:?} 8x256 (vocab 8192), batch 8x64, AdamW, f32: step {:.1} ms (forward {:.1}, backward {:.1}, optimizer {:.1}), {:.0} tokens/s, {:.1} GFLOP/s",
+            a.arch,
+            r.step_ms,
+            r.forward_ms,
+            r.backward_ms,
+            r.optimizer_ms,
+            r.tokens_per_s,
+            r.gflops
         );
         if let Some(p) = peak {
             println!(

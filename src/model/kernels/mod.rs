@@ -40,6 +40,18 @@ pub(crate) trait Real: WithDType + std::ops::Neg<Output = Self> {
     fn dot_f64(a: &[Self], b: &[Self]) -> f64 {
         a.iter().zip(b).map(|(x, y)| x.to_f64() * y.to_f64()).sum()
     }
+    /// y = GELU(x) element-wise: exact (erf) or the tanh approximation, in f64.
+    fn gelu(x: &[Self], y: &mut [Self], exact: bool) {
+        for (o, &v) in y.iter_mut().zip(x) {
+            *o = Self::from_f64(gelu_f64(v.to_f64(), exact));
+        }
+    }
+    /// g ← g·GELU′(x) element-wise.
+    fn gelu_grad(x: &[Self], g: &mut [Self], exact: bool) {
+        for (o, &v) in g.iter_mut().zip(x) {
+            *o = Self::from_f64(o.to_f64() * gelu_grad_f64(v.to_f64(), exact));
+        }
+    }
     /// y = silu(a)·b element-wise.
     fn swiglu(a: &[Self], b: &[Self], y: &mut [Self]) {
         for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
@@ -130,6 +142,45 @@ impl Real for f32 {
         }
         total
     }
+    fn gelu(x: &[f32], y: &mut [f32], exact: bool) {
+        let n8 = x.len() / 8 * 8;
+        for (yc, xc) in y[..n8].chunks_exact_mut(8).zip(x[..n8].chunks_exact(8)) {
+            let v = lanes(xc);
+            let half = f32x8::splat(0.5);
+            let onep = if exact {
+                one_plus_erf8(v * f32x8::splat(std::f32::consts::FRAC_1_SQRT_2))
+            } else {
+                one_pm_tanh8(gelu_tanh_arg(v)).0
+            };
+            yc.copy_from_slice(&(half * v * onep).to_array());
+        }
+        for j in n8..x.len() {
+            y[j] = gelu_f64(f64::from(x[j]), exact) as f32;
+        }
+    }
+    fn gelu_grad(x: &[f32], g: &mut [f32], exact: bool) {
+        let n8 = x.len() / 8 * 8;
+        let (one, half) = (f32x8::splat(1.0), f32x8::splat(0.5));
+        for (gc, xc) in g[..n8].chunks_exact_mut(8).zip(x[..n8].chunks_exact(8)) {
+            let v = lanes(xc);
+            let d = if exact {
+                // 0.5(1 + erf(x/√2)) + x·φ(x)
+                let e = one_plus_erf8(v * f32x8::splat(std::f32::consts::FRAC_1_SQRT_2));
+                let phi = (-(half * v * v)).exp() * f32x8::splat(0.398_942_3);
+                half * e + v * phi
+            } else {
+                // 0.5(1 + t) + 0.5x(1 + t)(1 − t)·√(2/π)(1 + 3·0.044715x²)
+                let (p, m) = one_pm_tanh8(gelu_tanh_arg(v));
+                let du = f32x8::splat(SQRT_2_OVER_PI as f32)
+                    * (one + f32x8::splat(3.0 * 0.044715) * v * v);
+                half * p + half * v * p * m * du
+            };
+            gc.copy_from_slice(&(lanes(gc) * d).to_array());
+        }
+        for j in n8..x.len() {
+            g[j] = (f64::from(g[j]) * gelu_grad_f64(f64::from(x[j]), exact)) as f32;
+        }
+    }
     fn swiglu(a: &[f32], b: &[f32], y: &mut [f32]) {
         let n8 = a.len() / 8 * 8;
         for ((yc, ac), bc) in y[..n8]
@@ -201,6 +252,75 @@ impl Real for f64 {
     }
 }
 
+const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+
+/// GELU in f64: exact 0.5x(1 + erf(x/√2)) (candle's erf), or the tanh approximation
+/// 0.5x(1 + tanh(√(2/π)(x + 0.044715x³))) (gelu_new).
+pub(crate) fn gelu_f64(v: f64, exact: bool) -> f64 {
+    if exact {
+        (candle_core::cpu::erf::erf_f64(v * std::f64::consts::FRAC_1_SQRT_2) + 1.0) * 0.5 * v
+    } else {
+        0.5 * v * (1.0 + (SQRT_2_OVER_PI * v * (1.0 + 0.044715 * v * v)).tanh())
+    }
+}
+
+/// GELU′ in f64 (exact constants: candle's own backward rounds them to six digits).
+pub(crate) fn gelu_grad_f64(v: f64, exact: bool) -> f64 {
+    if exact {
+        0.5 * (1.0 + candle_core::cpu::erf::erf_f64(v * std::f64::consts::FRAC_1_SQRT_2))
+            + v * (-0.5 * v * v).exp() / (2.0 * std::f64::consts::PI).sqrt()
+    } else {
+        let th = (SQRT_2_OVER_PI * v * (1.0 + 0.044715 * v * v)).tanh();
+        0.5 * (1.0 + th)
+            + 0.5 * v * (1.0 - th * th) * SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * v * v)
+    }
+}
+
+/// √(2/π)(x + 0.044715x³), the tanh approximation's argument.
+#[inline]
+fn gelu_tanh_arg(v: f32x8) -> f32x8 {
+    f32x8::splat(SQRT_2_OVER_PI as f32) * v * (f32x8::splat(1.0) + f32x8::splat(0.044715) * v * v)
+}
+
+/// (1 + tanh u, 1 − tanh u) per lane, each from e = exp(−2|u|) without cancellation:
+/// 2/(1 + e) and 2e/(1 + e), swapped for u < 0.
+#[inline]
+fn one_pm_tanh8(u: f32x8) -> (f32x8, f32x8) {
+    let one = f32x8::splat(1.0);
+    let e = (f32x8::splat(-2.0) * u.abs()).exp(); // in (0, 1]
+    let a = f32x8::splat(2.0) / (one + e);
+    let b = a * e;
+    let pos = u.cmp_ge(f32x8::ZERO);
+    (pos.blend(a, b), pos.blend(b, a))
+}
+
+/// 1 + erf(x) per lane from Numerical Recipes' Chebyshev fit of erfc (fractional error
+/// < 1.2e-7): erfc(|x|) for x < 0 (no cancellation far out), 2 − erfc(x) above.
+#[inline]
+fn one_plus_erf8(x: f32x8) -> f32x8 {
+    let one = f32x8::splat(1.0);
+    let z = x.abs();
+    let t = one / (one + f32x8::splat(0.5) * z);
+    let c = [
+        -1.265_512_2,
+        1.000_023_7,
+        0.374_091_96,
+        0.096_784_18,
+        -0.186_288_06,
+        0.278_868_07,
+        -1.135_203_98,
+        1.488_515_87,
+        -0.822_152_23,
+        0.170_872_77,
+    ];
+    let mut p = f32x8::splat(c[9]);
+    for &k in c[..9].iter().rev() {
+        p = p * t + f32x8::splat(k);
+    }
+    let erfc = t * (-(z * z) + p).exp();
+    x.cmp_ge(f32x8::ZERO).blend(f32x8::splat(2.0) - erfc, erfc)
+}
+
 /// Eight consecutive f32s (the caller passes chunks of exactly 8).
 #[inline]
 fn lanes(c: &[f32]) -> f32x8 {
@@ -247,6 +367,33 @@ pub(crate) fn sigmoid_from<T: Real>(a: T, e: T) -> T {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The eight-lane f32 GELU and its derivative (both variants) against the f64 formulas,
+    /// over −12 … 12 (the lanes' erf and tanh are fits of their own).
+    #[test]
+    fn vector_gelu_matches_f64() {
+        let xs: Vec<f32> = (0..24_003).map(|i| -12.0 + i as f32 * 0.001).collect();
+        for exact in [true, false] {
+            let mut y = vec![0f32; xs.len()];
+            f32::gelu(&xs, &mut y, exact);
+            let mut g = vec![1f32; xs.len()];
+            f32::gelu_grad(&xs, &mut g, exact);
+            for ((&x, &yv), &gv) in xs.iter().zip(&y).zip(&g) {
+                let (want, dwant) = (
+                    gelu_f64(f64::from(x), exact),
+                    gelu_grad_f64(f64::from(x), exact),
+                );
+                assert!(
+                    (f64::from(yv) - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                    "gelu({x}, exact {exact}) = {yv}, f64 {want}"
+                );
+                assert!(
+                    (f64::from(gv) - dwant).abs() <= 1e-6 * (1.0 + dwant.abs()),
+                    "gelu'({x}, exact {exact}) = {gv}, f64 {dwant}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn vector_exp_matches_libm() {

@@ -240,26 +240,13 @@ pub(crate) fn ln_wb_segments<T: Real>(
 
 // ---------------------------------------------------------------- GELU
 
-const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
-
 /// GELU element-wise: exact (erf, `exact`) or the tanh approximation (gelu_new), as candle's
-/// gelu_erf and gelu compute them.
+/// gelu_erf and gelu compute them ([`Real::gelu`]).
 pub(crate) fn gelu_fwd<T: Real>(x: &[T], exact: bool) -> Vec<T> {
     let mut y = vec![T::zero(); x.len()];
     y.par_chunks_mut(4096)
         .zip(x.par_chunks(4096))
-        .for_each(|(yc, xc)| {
-            for (o, &v) in yc.iter_mut().zip(xc) {
-                let v = v.to_f64();
-                *o = T::from_f64(if exact {
-                    (candle_core::cpu::erf::erf_f64(v * std::f64::consts::FRAC_1_SQRT_2) + 1.0)
-                        * 0.5
-                        * v
-                } else {
-                    0.5 * v * (1.0 + (SQRT_2_OVER_PI * v * (1.0 + 0.044715 * v * v)).tanh())
-                });
-            }
-        });
+        .for_each(|(yc, xc)| T::gelu(xc, yc, exact));
     y
 }
 
@@ -267,26 +254,7 @@ pub(crate) fn gelu_fwd<T: Real>(x: &[T], exact: bool) -> Vec<T> {
 pub(crate) fn gelu_bwd_in_place<T: Real>(x: &[T], g: &mut [T], exact: bool) {
     g.par_chunks_mut(4096)
         .zip(x.par_chunks(4096))
-        .for_each(|(gc, xc)| {
-            for (o, &v) in gc.iter_mut().zip(xc) {
-                let v = v.to_f64();
-                let d = if exact {
-                    0.5 * (1.0
-                        + candle_core::cpu::erf::erf_f64(v * std::f64::consts::FRAC_1_SQRT_2))
-                        + v * (-0.5 * v * v).exp() / (2.0 * std::f64::consts::PI).sqrt()
-                } else {
-                    let u = SQRT_2_OVER_PI * v * (1.0 + 0.044715 * v * v);
-                    let th = u.tanh();
-                    0.5 * (1.0 + th)
-                        + 0.5
-                            * v
-                            * (1.0 - th * th)
-                            * SQRT_2_OVER_PI
-                            * (1.0 + 3.0 * 0.044715 * v * v)
-                };
-                *o = T::from_f64(o.to_f64() * d);
-            }
-        });
+        .for_each(|(gc, xc)| T::gelu_grad(xc, gc, exact));
 }
 
 /// rms_bwd's [dx ; dw] buffer split into its two parts.
