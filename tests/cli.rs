@@ -662,6 +662,19 @@ fn bench_preset_runs_the_gpu_workload_at_toy_size() {
 }
 
 #[test]
+fn bench_arch_times_each_architecture_at_the_same_sizes() {
+    for (arch, params) in [("gpt_neox", 10_512_896), ("gpt2", 8_940_032)] {
+        let out = ok(&["bench", "--arch", arch, "--steps", "1", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert_eq!(v["arch"], arch, "{v}");
+        // transformers' GPTNeoXForCausalLM / GPT2LMHeadModel of tools/bench_torch.py --arch
+        // count the same parameters
+        assert_eq!(v["params"], params, "{v}");
+        assert!(v["step_ms"].as_f64().unwrap() > 0.0, "{v}");
+    }
+}
+
+#[test]
 fn bench_influence_prints_update_and_record_times() {
     // the JSON line has exactly these keys; a record observes 40 responses against the
     // update's 8 sequences, so it cannot cost less than the update

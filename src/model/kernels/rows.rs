@@ -154,16 +154,15 @@ pub(crate) fn rms_bwd<T: Real>(x: &[T], w: &[T], g: &[T], eps: f64) -> Result<Ve
 }
 // ---------------------------------------------------------------- LayerNorm
 
-/// Each row's mean and 1/sqrt(variance + eps), in f64.
-fn ln_stats<T: Real>(xr: &[T], eps: f64) -> (f64, f64) {
+/// A row centred into `xc` (x − mean), and 1/sqrt(variance + eps); sums in f64 (eight f32
+/// lanes at a time, [`Real::sum_f64`] / [`Real::dot_f64`]), element-wise work in `T`.
+fn ln_center<T: Real>(xr: &[T], xc: &mut [T], eps: f64) -> T {
     let h = xr.len() as f64;
-    let mean = xr.iter().map(|v| v.to_f64()).sum::<f64>() / h;
-    let var = xr
-        .iter()
-        .map(|v| (v.to_f64() - mean) * (v.to_f64() - mean))
-        .sum::<f64>()
-        / h;
-    (mean, 1.0 / (var + eps).sqrt())
+    let mean = T::from_f64(T::sum_f64(xr) / h);
+    for (c, &x) in xc.iter_mut().zip(xr) {
+        *c = x - mean;
+    }
+    T::from_f64(1.0 / (T::dot_f64(xc, xc) / h + eps).sqrt())
 }
 
 /// LayerNorm of rows [n × h]: (x − mean)/sqrt(var + eps)·w + b (biased variance, as PyTorch).
@@ -173,9 +172,9 @@ pub(crate) fn ln_fwd<T: Real>(x: &[T], w: &[T], b: &[T], eps: f64) -> Vec<T> {
     y.par_chunks_mut(h)
         .zip(x.par_chunks(h))
         .for_each(|(yr, xr)| {
-            let (mean, r) = ln_stats(xr, eps);
-            for j in 0..h {
-                yr[j] = T::from_f64((xr[j].to_f64() - mean) * r * w[j].to_f64() + b[j].to_f64());
+            let r = ln_center(xr, yr, eps);
+            for ((y, &wj), &bj) in yr.iter_mut().zip(w).zip(b) {
+                *y = *y * r * wj + bj;
             }
         });
     y
@@ -188,26 +187,28 @@ pub(crate) fn ln_bwd<T: Real>(x: &[T], w: &[T], g: &[T], eps: f64) -> Vec<T> {
     let mut dx = vec![T::zero(); x.len()];
     dx.par_chunks_mut(h)
         .zip(x.par_chunks(h).zip(g.par_chunks(h)))
-        .for_each(|(dr, (xr, gr))| {
-            let (mean, r) = ln_stats(xr, eps);
-            let (mut m1, mut m2) = (0f64, 0f64);
-            for j in 0..h {
-                let gh = gr[j].to_f64() * w[j].to_f64();
-                m1 += gh;
-                m2 += gh * (xr[j].to_f64() - mean) * r;
-            }
-            let (m1, m2) = (m1 / h as f64, m2 / h as f64);
-            for j in 0..h {
-                let xh = (xr[j].to_f64() - mean) * r;
-                let gh = gr[j].to_f64() * w[j].to_f64();
-                dr[j] = T::from_f64(r * (gh - m1 - xh * m2));
-            }
-        });
+        .for_each_init(
+            || (vec![T::zero(); h], vec![T::zero(); h]),
+            |(xh, gh), (dr, (xr, gr))| {
+                let r = ln_center(xr, xh, eps);
+                for x in xh.iter_mut() {
+                    *x *= r;
+                }
+                for ((o, &gj), &wj) in gh.iter_mut().zip(gr).zip(w) {
+                    *o = gj * wj;
+                }
+                let m1 = T::from_f64(T::sum_f64(gh) / h as f64);
+                let m2 = T::from_f64(T::dot_f64(gh, xh) / h as f64);
+                for ((d, &gj), &xj) in dr.iter_mut().zip(gh.iter()).zip(xh.iter()) {
+                    *d = r * (gj - m1 - xj * m2);
+                }
+            },
+        );
     dx
 }
 
 /// LayerNorm's weight and bias gradients per segment of rows: [segments × h] each, Σ g ⊙ x̂
-/// and Σ g over each segment (one segment of all rows: the batch's).
+/// and Σ g over each segment (one segment of all rows: the batch's), accumulated in f64.
 pub(crate) fn ln_wb_segments<T: Real>(
     x: &[T],
     g: &[T],
@@ -215,27 +216,45 @@ pub(crate) fn ln_wb_segments<T: Real>(
     eps: f64,
     segs: &[Range<usize>],
 ) -> (Vec<T>, Vec<T>) {
-    let per: Vec<(Vec<T>, Vec<T>)> = segs
-        .par_iter()
-        .map(|r| {
+    // blocks of rows in parallel (a segment may be all rows), each block within one segment
+    let block = 16usize;
+    let jobs: Vec<(usize, Range<usize>)> = segs
+        .iter()
+        .enumerate()
+        .flat_map(|(s, r)| {
+            (r.start..r.end)
+                .step_by(block)
+                .map(move |a| (s, a..(a + block).min(r.end)))
+        })
+        .collect();
+    let parts: Vec<(usize, Vec<f64>, Vec<f64>)> = jobs
+        .into_par_iter()
+        .map(|(s, rows)| {
             let (mut dw, mut db) = (vec![0f64; h], vec![0f64; h]);
-            for row in r.clone() {
+            let mut xh = vec![T::zero(); h];
+            for row in rows {
                 let (xr, gr) = (&x[row * h..(row + 1) * h], &g[row * h..(row + 1) * h]);
-                let (mean, rs) = ln_stats(xr, eps);
+                let r = ln_center(xr, &mut xh, eps).to_f64();
                 for j in 0..h {
                     let gj = gr[j].to_f64();
-                    dw[j] += gj * (xr[j].to_f64() - mean) * rs;
+                    dw[j] += gj * xh[j].to_f64() * r;
                     db[j] += gj;
                 }
             }
-            (
-                dw.into_iter().map(T::from_f64).collect(),
-                db.into_iter().map(T::from_f64).collect(),
-            )
+            (s, dw, db)
         })
         .collect();
-    let (w, b): (Vec<Vec<T>>, Vec<Vec<T>>) = per.into_iter().unzip();
-    (w.concat(), b.concat())
+    let (mut dw, mut db) = (vec![0f64; segs.len() * h], vec![0f64; segs.len() * h]);
+    for (s, w, b) in parts {
+        for j in 0..h {
+            dw[s * h + j] += w[j];
+            db[s * h + j] += b[j];
+        }
+    }
+    (
+        dw.into_iter().map(T::from_f64).collect(),
+        db.into_iter().map(T::from_f64).collect(),
+    )
 }
 
 // ---------------------------------------------------------------- GELU
@@ -472,14 +491,30 @@ pub(crate) fn add_bias<T: Real>(y: &mut [T], b: &[T]) {
     });
 }
 
-/// Column sums of rows [n × w] (a bias's gradient), accumulated in f64.
+/// Column sums of rows [n × w] (a bias's gradient), accumulated in f64, blocks of rows in
+/// parallel.
 pub(crate) fn col_sums<T: Real>(y: &[T], w: usize) -> Vec<T> {
-    let mut s = vec![0f64; w];
-    for r in y.chunks(w) {
-        for (a, &x) in s.iter_mut().zip(r) {
-            *a += x.to_f64();
-        }
+    if w == 0 {
+        return Vec::new();
     }
+    let s = y
+        .par_chunks(w * 32)
+        .map(|blk| {
+            let mut s = vec![0f64; w];
+            for r in blk.chunks(w) {
+                for (a, &x) in s.iter_mut().zip(r) {
+                    *a += x.to_f64();
+                }
+            }
+            s
+        })
+        .reduce(
+            || vec![0f64; w],
+            |mut a, b| {
+                a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                a
+            },
+        );
     s.into_iter().map(T::from_f64).collect()
 }
 
