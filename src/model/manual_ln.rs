@@ -430,8 +430,8 @@ fn norm_bwd<T: Real>(
     (n, h, eps): (usize, usize, f64),
     segs: Option<&[Range<usize>]>,
 ) -> Result<Vec<T>> {
-    let all = [0..n];
-    let (dw, db) = ln_wb_segments(x, g, h, eps, segs.unwrap_or(&all));
+    let whole = 0..n;
+    let (dw, db) = ln_wb_segments(x, g, h, eps, segs.unwrap_or(std::slice::from_ref(&whole)));
     emit(norm.weight, 0, dw)?;
     emit(norm.bias, 0, db)?;
     Ok(ln_bwd(x, w[norm.weight], g, eps))
