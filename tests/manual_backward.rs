@@ -143,6 +143,24 @@ fn matches_candles_graph_in_f32() {
     }
 }
 
+/// (loss(w_e + ε) − loss(w_e − ε)) / 2ε for element `e` of the f64 weight `var` (ε = 1e-5),
+/// which is put back afterwards.
+fn central_difference(var: &candle_core::Var, e: usize, loss: impl Fn() -> f64) -> f64 {
+    let orig = var.as_tensor().copy().unwrap();
+    let flat: Vec<f64> = orig.flatten_all().unwrap().to_vec1().unwrap();
+    let eps = 1e-5;
+    let at = |delta: f64| -> f64 {
+        let mut v = flat.clone();
+        v[e] += delta;
+        var.set(&Tensor::from_vec(v, orig.shape(), &Device::Cpu).unwrap())
+            .unwrap();
+        loss()
+    };
+    let fd = (at(eps) - at(-eps)) / (2.0 * eps);
+    var.set(&orig).unwrap();
+    fd
+}
+
 /// A random model from a fixture's config.json with some fields changed.
 fn variant(fixture: &str, changes: serde_json::Value) -> Model {
     let path = common::fixtures().join(fixture).join("config.json");
@@ -232,26 +250,15 @@ fn layernorm_architectures_match_finite_differences_in_f64() {
                 .unwrap()
                 .to_vec1()
                 .unwrap();
-            let orig = var.as_tensor().copy().unwrap();
-            let flat: Vec<f64> = orig.flatten_all().unwrap().to_vec1().unwrap();
             let embedding = wname.contains("embed_in") || wname.contains("wte");
             let elems = if embedding {
                 let h = var.dims()[1];
                 vec![id0 * h, id0 * h + h - 1]
             } else {
-                vec![0, flat.len() / 2 + 1]
+                vec![0, var.elem_count() / 2 + 1]
             };
             for e in elems {
-                let eps = 1e-5;
-                let at = |delta: f64| -> f64 {
-                    let mut v = flat.clone();
-                    v[e] += delta;
-                    var.set(&Tensor::from_vec(v, orig.shape(), &Device::Cpu).unwrap())
-                        .unwrap();
-                    loss(&m)
-                };
-                let fd = (at(eps) - at(-eps)) / (2.0 * eps);
-                var.set(&orig).unwrap();
+                let fd = central_difference(var, e, || loss(&m));
                 let tol = 1e-8 + 1e-7 * fd.abs();
                 assert!(
                     (g[e] - fd).abs() <= tol,
@@ -336,19 +343,8 @@ fn matches_finite_differences_in_f64() {
             .unwrap()
             .to_vec1()
             .unwrap();
-        let orig = var.as_tensor().copy().unwrap();
-        let flat: Vec<f64> = orig.flatten_all().unwrap().to_vec1().unwrap();
         for e in elems {
-            let eps = 1e-5;
-            let at = |delta: f64| -> f64 {
-                let mut v = flat.clone();
-                v[e] += delta;
-                var.set(&Tensor::from_vec(v, orig.shape(), &Device::Cpu).unwrap())
-                    .unwrap();
-                loss(&m)
-            };
-            let fd = (at(eps) - at(-eps)) / (2.0 * eps);
-            var.set(&orig).unwrap();
+            let fd = central_difference(var, e, || loss(&m));
             let tol = 1e-7 + 1e-6 * fd.abs();
             assert!(
                 (fd - g[e]).abs() <= tol,

@@ -679,6 +679,36 @@ pub(crate) enum Split {
     PerSeq(usize),
 }
 
+impl Split {
+    /// Each sequence's rows of a [b × t] batch (None: summed), and the slab size.
+    pub(crate) fn layout(self, b: usize, t: usize) -> (Option<Vec<Range<usize>>>, usize) {
+        match self {
+            Split::Sum => (None, usize::MAX),
+            Split::PerSeq(bytes) => (Some((0..b).map(|s| s * t..(s + 1) * t).collect()), bytes),
+        }
+    }
+}
+
+/// RMSNorm's backward: its weight's gradient (summed or per sequence) to `emit` as weight
+/// `index`, the input's gradient back.
+#[allow(clippy::too_many_arguments)]
+fn rms_norm_bwd<T: Real>(
+    emit: &mut Emit<'_, T>,
+    index: usize,
+    x: &[T],
+    w: &[T],
+    g: &[T],
+    (n, h, eps): (usize, usize, f64),
+    segs: Option<&[Range<usize>]>,
+) -> Result<Vec<T>> {
+    let (dx, mut dw) = split_rms(rms_bwd(x, w, g, eps)?, n * h);
+    if let Some(s) = segs {
+        dw = rms_dw_segments(x, g, h, eps, s);
+    }
+    emit(index, 0, dw)?;
+    Ok(dx)
+}
+
 /// How the backward hands over a weight's gradient: (weight index, offset of the first element
 /// given, values). Summed: the whole gradient at offset 0. Per sequence: [B × len] blocks of
 /// elements offset..offset + len of each sequence's gradient.
@@ -807,12 +837,7 @@ impl<T: Real> LlamaTape<T> {
         let (hd, t) = (self.hd, self.hd.t);
         let n = hd.b * t;
         // per sequence: each batch row's positions
-        let seqs: Option<Vec<Range<usize>>> =
-            (split != Split::Sum).then(|| (0..hd.b).map(|s| s * t..(s + 1) * t).collect());
-        let slab_bytes = match split {
-            Split::Sum => usize::MAX,
-            Split::PerSeq(b) => b,
-        };
+        let (seqs, slab_bytes) = split.layout(hd.b, t);
         let segs = seqs.as_deref();
         if dlp.len() != n {
             bail!(
@@ -839,11 +864,7 @@ impl<T: Real> LlamaTape<T> {
             emit,
         )?;
         let dhf = &hg.dhf;
-        let (mut dx, mut dnorm) = split_rms(rms_bwd(&self.xl, w[ix.norm], dhf, eps)?, n * h);
-        if let Some(s) = segs {
-            dnorm = rms_dw_segments(&self.xl, dhf, h, eps, s);
-        }
-        emit(ix.norm, 0, dnorm)?;
+        let mut dx = rms_norm_bwd(emit, ix.norm, &self.xl, w[ix.norm], dhf, (n, h, eps), segs)?;
 
         for (l, a) in ix.layers.iter().zip(self.layers).rev() {
             // MLP: x' = xm + down(silu(gate)·up)
@@ -901,13 +922,16 @@ impl<T: Real> LlamaTape<T> {
                 false,
             )?;
             mm(&mut dhn2, dup, false, w[l.up], false, (n, h, inter), true)?;
-            let (mut dxm, mut dpost) =
-                split_rms(rms_bwd(&a.xm, w[l.post_norm], &dhn2, eps)?, n * h);
-            if let Some(s) = segs {
-                dpost = rms_dw_segments(&a.xm, &dhn2, h, eps, s);
-            }
+            let mut dxm = rms_norm_bwd(
+                emit,
+                l.post_norm,
+                &a.xm,
+                w[l.post_norm],
+                &dhn2,
+                (n, h, eps),
+                segs,
+            )?;
             add_into(&mut dxm, &dx);
-            emit(l.post_norm, 0, dpost)?;
 
             // attention: xm = x + o_proj(attn(rope(q), rope(k), v))
             let da = wgrad(
@@ -946,12 +970,16 @@ impl<T: Real> LlamaTape<T> {
                 wgrad(emit, slab_bytes, wi, None, (g, &a.hn1), (width, h, n), segs)?;
                 mm(&mut dhn1, g, false, w[wi], false, (n, h, width), !first)?;
             }
-            let (mut dxl, mut din) = split_rms(rms_bwd(&a.x, w[l.input_norm], &dhn1, eps)?, n * h);
-            if let Some(s) = segs {
-                din = rms_dw_segments(&a.x, &dhn1, h, eps, s);
-            }
+            let mut dxl = rms_norm_bwd(
+                emit,
+                l.input_norm,
+                &a.x,
+                w[l.input_norm],
+                &dhn1,
+                (n, h, eps),
+                segs,
+            )?;
             add_into(&mut dxl, &dxm);
-            emit(l.input_norm, 0, din)?;
             dx = dxl;
         }
 

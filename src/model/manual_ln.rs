@@ -455,12 +455,7 @@ impl<T: Real> PassTape<T> for LnTape<T> {
                 dlp.len()
             );
         }
-        let seqs: Option<Vec<Range<usize>>> =
-            (split != Split::Sum).then(|| (0..hd.b).map(|s| s * t..(s + 1) * t).collect());
-        let slab_bytes = match split {
-            Split::Sum => usize::MAX,
-            Split::PerSeq(b) => b,
-        };
+        let (seqs, slab_bytes) = split.layout(hd.b, t);
         let segs = seqs.as_deref();
         let (h, vocab, eps) = (net.h, net.vocab, net.eps);
         let hg = head_backward(

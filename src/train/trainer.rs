@@ -434,11 +434,7 @@ impl Session {
         if n == 0 {
             bail!("no training records");
         }
-        let lp = LossParams {
-            beta: self.cfg.beta,
-            gamma: self.cfg.gamma,
-            label_smoothing: self.cfg.label_smoothing,
-        };
+        let lp = self.loss_params();
         let mut order = Order::new(n, self.cfg.shuffle, self.cfg.seed);
         let influence_every = self.influence_every();
         let mut pending_influence: Option<InfluenceRecord> = None;
@@ -452,13 +448,7 @@ impl Session {
             })?;
             self.evaluate(sink, st, &phase.name, true)?;
             let mut reference = if phase.algo.needs_reference() {
-                let seqs: Vec<Seq> = self
-                    .pairs
-                    .iter()
-                    .flat_map(|p| [p.chosen.clone(), p.rejected.clone()])
-                    .collect();
-                let s = logprob::score(&self.model, &seqs, 16)?;
-                Some(s.chunks(2).map(|c| (c[0], c[1])).collect::<Vec<_>>())
+                Some(self.reference_logps()?)
             } else {
                 None
             };
@@ -669,6 +659,27 @@ impl Session {
 
     /// One optimizer update on the records `idx` (positions in the training list).
     #[allow(clippy::too_many_arguments)]
+    /// The loss's parameters from the configuration.
+    fn loss_params(&self) -> LossParams {
+        LossParams {
+            beta: self.cfg.beta,
+            gamma: self.cfg.gamma,
+            label_smoothing: self.cfg.label_smoothing,
+        }
+    }
+
+    /// Every training record's (chosen, rejected) summed log-probs under the current weights:
+    /// the frozen reference of a preference phase.
+    fn reference_logps(&self) -> Result<Vec<(f64, f64)>> {
+        let seqs: Vec<Seq> = self
+            .pairs
+            .iter()
+            .flat_map(|p| [p.chosen.clone(), p.rejected.clone()])
+            .collect();
+        let s = logprob::score(&self.model, &seqs, 16)?;
+        Ok(s.chunks(2).map(|c| (c[0], c[1])).collect())
+    }
+
     /// Updates between influence records (0 = off). The default, for models up to 50M
     /// parameters: every 20 updates where the batched pass computes the records (a record
     /// costs ~7 updates on the demo), every 100 where they come from flat gradients (~30).

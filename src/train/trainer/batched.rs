@@ -465,20 +465,10 @@ impl Session {
         if n == 0 {
             bail!("no training records");
         }
-        let lp = LossParams {
-            beta: self.cfg.beta,
-            gamma: self.cfg.gamma,
-            label_smoothing: self.cfg.label_smoothing,
-        };
+        let lp = self.loss_params();
         let rejected: Vec<Seq> = self.pairs.iter().map(|p| p.rejected.clone()).collect();
         let reference = if phase.algo.needs_reference() {
-            let seqs: Vec<Seq> = self
-                .pairs
-                .iter()
-                .flat_map(|p| [p.chosen.clone(), p.rejected.clone()])
-                .collect();
-            let s = crate::probe::logprob::score(&self.model, &seqs, 16)?;
-            Some(s.chunks(2).map(|c| (c[0], c[1])).collect::<Vec<_>>())
+            Some(self.reference_logps()?)
         } else {
             None
         };
