@@ -36,6 +36,7 @@ use super::kernels::{
 };
 use super::llama::LlamaWeights;
 use super::manual_ln::LnTape;
+use super::net::Proj;
 use super::{Model, Net, Params, TrainLogps};
 
 /// The hand-written pass's record of one forward, in the compute dtype.
@@ -762,6 +763,100 @@ pub(crate) fn wgrad<T: Real>(
     }
 }
 
+/// A projection as a hand-written pass reads it: weight and bias positions, sizes, layout.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Lin {
+    pub w: usize,
+    pub b: Option<usize>,
+    pub inp: usize,
+    pub out: usize,
+    /// gpt2's Conv1D: the weight is [in, out] and y = x·W
+    pub conv: bool,
+}
+
+impl Lin {
+    /// A Linear map without bias: weight `w` [out × inp].
+    pub(crate) fn plain(w: usize, inp: usize, out: usize) -> Lin {
+        Lin {
+            w,
+            b: None,
+            inp,
+            out,
+            conv: false,
+        }
+    }
+
+    pub(crate) fn of(p: &Proj, inp: usize, out: usize, conv: bool) -> Lin {
+        Lin {
+            w: p.weight,
+            b: p.bias,
+            inp,
+            out,
+            conv,
+        }
+    }
+
+    /// y [n×out] = x·Wᵀ + b (or x·W + b for Conv1D).
+    pub(crate) fn fwd<T: Real>(&self, w: &[&[T]], x: &[T], n: usize) -> Result<Vec<T>> {
+        let mut y = mm_new(x, false, w[self.w], !self.conv, (n, self.out, self.inp))?;
+        if let Some(b) = self.b {
+            add_bias(&mut y, w[b]);
+        }
+        Ok(y)
+    }
+
+    /// The backward at input x from the output gradient dy: weight and bias gradients to
+    /// `emit` (summed or per sequence, `segs`), the input's gradient back.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn bwd<T: Real>(
+        &self,
+        emit: &mut Emit<'_, T>,
+        slab_bytes: usize,
+        w: &[&[T]],
+        x: &[T],
+        dy: &[T],
+        n: usize,
+        segs: Option<&[Range<usize>]>,
+    ) -> Result<Vec<T>> {
+        if let Some(b) = self.b {
+            emit(
+                b,
+                0,
+                match segs {
+                    None => col_sums(dy, self.out),
+                    Some(s) => col_sums_segments(dy, self.out, s),
+                },
+            )?;
+        }
+        // dx = dy·W (Linear, W [out×in]) or dy·Wᵀ (Conv1D, W [in×out])
+        let other: Prod<'_, T> = (dy, false, w[self.w], self.conv, (n, self.inp, self.out));
+        let dx = if self.conv {
+            // dW [in×out] = xᵀ·dy
+            wgrad(
+                emit,
+                slab_bytes,
+                self.w,
+                Some(other),
+                (x, dy),
+                (self.inp, self.out, n),
+                segs,
+            )?
+        } else {
+            // dW [out×in] = dyᵀ·x
+            wgrad(
+                emit,
+                slab_bytes,
+                self.w,
+                Some(other),
+                (dy, x),
+                (self.out, self.inp, n),
+                segs,
+            )?
+        };
+        dx.ok_or_else(|| anyhow::anyhow!("a projection's input gradient was not computed"))
+    }
+}
+
 /// Rows of embedding gradients gathered per sequence: (dx [N×inp], the token id of each row,
 /// rows per sequence).
 type Scatter<'a, T> = (&'a [T], &'a [u32], usize);
@@ -868,16 +963,8 @@ impl<T: Real> LlamaTape<T> {
 
         for (l, a) in ix.layers.iter().zip(self.layers).rev() {
             // MLP: x' = xm + down(silu(gate)·up)
-            let dm = wgrad(
-                emit,
-                slab_bytes,
-                l.down,
-                Some((&dx, false, w[l.down], false, (n, inter, h))),
-                (&dx, &a.m),
-                (h, inter, n),
-                segs,
-            )?
-            .context("the MLP's input gradient")?;
+            let down = Lin::plain(l.down, inter, h);
+            let dm = down.bwd(emit, slab_bytes, w, &a.m, &dx, n, segs)?;
             drop(a.m);
             let (mut dgate, mut dup) = (a.gate, a.up);
             swiglu_grad_in_place(&mut dgate, &mut dup, &a.sig, &dm);
@@ -934,16 +1021,7 @@ impl<T: Real> LlamaTape<T> {
             add_into(&mut dxm, &dx);
 
             // attention: xm = x + o_proj(attn(rope(q), rope(k), v))
-            let da = wgrad(
-                emit,
-                slab_bytes,
-                l.o,
-                Some((&dxm, false, w[l.o], false, (n, qd, h))),
-                (&dxm, &a.a),
-                (h, qd, n),
-                segs,
-            )?
-            .context("the attention output's gradient")?;
+            let da = Lin::plain(l.o, qd, h).bwd(emit, slab_bytes, w, &a.a, &dxm, n, segs)?;
             let (mut dq, mut dk, dv) =
                 attn_backward(hd, &a.q, &a.k, &a.v, &da, a.probs.as_deref())?;
             drop(da);

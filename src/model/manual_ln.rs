@@ -23,99 +23,14 @@ use anyhow::{Result, bail};
 
 use super::config::{Gpt2Config, GptNeoxConfig};
 use super::kernels::{
-    Heads, Prod, Real, RopeTab, add_bias, add_into, attn_backward, attn_forward, col_sums,
-    col_sums_segments, gelu_bwd_in_place, gelu_fwd, ln_bwd, ln_fwd, ln_wb_segments, mm_new,
-    rope_rows,
+    Heads, Real, RopeTab, add_into, attn_backward, attn_forward, gelu_bwd_in_place, gelu_fwd,
+    ln_bwd, ln_fwd, ln_wb_segments, rope_rows,
 };
 use super::manual::{
-    Emit, HeadTape, PassTape, Split, embed_backward, head_backward, head_forward, wgrad,
-    with_weights,
+    Emit, HeadTape, Lin, PassTape, Split, embed_backward, head_backward, head_forward, with_weights,
 };
-use super::net::{Norm, Proj};
+use super::net::Norm;
 use super::{Model, Net, Params};
-
-/// A projection as the pass reads it.
-#[derive(Clone, Copy, Debug)]
-struct Lin {
-    w: usize,
-    b: Option<usize>,
-    inp: usize,
-    out: usize,
-    /// gpt2's Conv1D: the weight is [in, out] and y = x·W
-    conv: bool,
-}
-
-impl Lin {
-    fn of(p: &Proj, inp: usize, out: usize, conv: bool) -> Lin {
-        Lin {
-            w: p.weight,
-            b: p.bias,
-            inp,
-            out,
-            conv,
-        }
-    }
-
-    /// y [n×out] = x·Wᵀ + b (or x·W + b for Conv1D).
-    fn fwd<T: Real>(&self, w: &[&[T]], x: &[T], n: usize) -> Result<Vec<T>> {
-        let mut y = mm_new(x, false, w[self.w], !self.conv, (n, self.out, self.inp))?;
-        if let Some(b) = self.b {
-            add_bias(&mut y, w[b]);
-        }
-        Ok(y)
-    }
-
-    /// The backward at input x from the output gradient dy: weight and bias gradients to
-    /// `emit` (summed or per sequence, `segs`), the input's gradient back.
-    #[allow(clippy::too_many_arguments)]
-    fn bwd<T: Real>(
-        &self,
-        emit: &mut Emit<'_, T>,
-        slab_bytes: usize,
-        w: &[&[T]],
-        x: &[T],
-        dy: &[T],
-        n: usize,
-        segs: Option<&[Range<usize>]>,
-    ) -> Result<Vec<T>> {
-        if let Some(b) = self.b {
-            emit(
-                b,
-                0,
-                match segs {
-                    None => col_sums(dy, self.out),
-                    Some(s) => col_sums_segments(dy, self.out, s),
-                },
-            )?;
-        }
-        // dx = dy·W (Linear, W [out×in]) or dy·Wᵀ (Conv1D, W [in×out])
-        let other: Prod<'_, T> = (dy, false, w[self.w], self.conv, (n, self.inp, self.out));
-        let dx = if self.conv {
-            // dW [in×out] = xᵀ·dy
-            wgrad(
-                emit,
-                slab_bytes,
-                self.w,
-                Some(other),
-                (x, dy),
-                (self.inp, self.out, n),
-                segs,
-            )?
-        } else {
-            // dW [out×in] = dyᵀ·x
-            wgrad(
-                emit,
-                slab_bytes,
-                self.w,
-                Some(other),
-                (dy, x),
-                (self.out, self.inp, n),
-                segs,
-            )?
-        };
-        dx.ok_or_else(|| anyhow::anyhow!("a projection's input gradient was not computed"))
-    }
-}
 
 /// One layer as the pass reads it.
 #[derive(Clone, Debug)]
