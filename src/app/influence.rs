@@ -33,7 +33,7 @@ fn show(v: &mut InfluenceView, ctx: &ViewCtx<'_>, ui: &mut egui::Ui) {
     let accumulated = store.influence_accumulated();
     let run = &store.run;
     if run.influence.is_empty() {
-        ui.label("This run has no influence records. Record them with --influence-every K (on by default for models up to 50M parameters: every 20 updates for llama/qwen2 on the CPU, every 100 for others).");
+        ui.label("This run has no influence records. Record them with --influence-every K (on by default for models up to 50M parameters: every 20 updates on the CPU in f32, every 100 on GPUs or in bf16).");
         return;
     }
     let cursor_step = cursor

@@ -11,8 +11,9 @@
 //!
 //! It plugs into candle's graph at the log-probs: [`train_logps`] returns them as a leaf
 //! variable; the loss is built on them with candle ops, and [`TrainLogps::param_grads`] turns
-//! the loss's gradient with respect to that leaf into the weights' gradients. Where it does not
-//! apply (other architectures, devices and dtypes) it returns None and [`Model::train_logps`]
+//! the loss's gradient with respect to that leaf into the weights' gradients. gpt_neox and gpt2
+//! take the same machinery with their own layers (`super::manual_ln`). Where it does not
+//! apply (GPUs, bf16) it returns None and [`Model::train_logps`]
 //! takes candle's graph ([`Model::forward_logps`]) behind the same [`TrainLogps`]. The weights
 //! are read through the model's typed index ([`super::llama::LlamaWeights`]) and must not change
 //! between the forward and the backward.
@@ -246,8 +247,8 @@ pub fn applies_to(model: &Model) -> bool {
 }
 
 /// Per-position log-probs for training ([`Model::forward_logps`]'s values) from the
-/// hand-written pass, where it applies: llama/qwen2 on the CPU in f32/f64 (None elsewhere:
-/// candle's graph then).
+/// hand-written pass, where it applies: every architecture on the CPU in f32/f64 (None
+/// elsewhere: candle's graph then).
 ///
 /// With `mask` [B, T] (non-zero: the position's log-prob is used), positions outside it get
 /// log-prob 0 and no gradient, and the LM head runs only on the positions inside (a preference

@@ -257,8 +257,8 @@ impl Model {
     }
 
     /// Per-position log-probs [B, T] for a training step, with the way back to the weights'
-    /// gradients: llama/qwen2 on the CPU run a hand-written backward ([`manual`]), the rest
-    /// candle's graph. Same values as [`Model::forward_logps`].
+    /// gradients: on the CPU in f32/f64 a hand-written backward ([`manual`], and `manual_ln` for
+    /// gpt_neox and gpt2), elsewhere candle's graph. Same values as [`Model::forward_logps`].
     pub fn train_logps(&self, ids: &Tensor, targets: &Tensor) -> Result<TrainLogps> {
         self.train_logps_where(ids, targets, None)
     }

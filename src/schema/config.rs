@@ -315,7 +315,7 @@ pub struct TrainConfig {
     #[serde(default)]
     pub transfer_every: usize,
     /// First-order influence every this many updates (0 = off; None = for models up to 50M
-    /// parameters 20 where the batched pass applies (llama/qwen2 on the CPU) and 100 elsewhere,
+    /// parameters 20 where the batched pass applies (the CPU in f32/f64) and 100 elsewhere,
     /// off above).
     #[serde(default)]
     pub influence_every: Option<usize>,

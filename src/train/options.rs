@@ -122,7 +122,7 @@ pub struct TrainOptions {
     #[arg(long, default_value_t = d().transfer_every, hide_default_value = true)]
     pub transfer_every: usize,
     /// First-order influence (eNTK inner products) every K updates; 0 = off [default, for
-    /// models up to 50M parameters: 20 (llama/qwen2 on the CPU), 100 (others); off above].
+    /// models up to 50M parameters: 20 on the CPU in f32, 100 on GPUs or in bf16; off above].
     #[arg(long)]
     pub influence_every: Option<usize>,
     /// Influence: observe the first N probes…

@@ -682,7 +682,7 @@ impl Session {
 
     /// Updates between influence records (0 = off). The default, for models up to 50M
     /// parameters: every 20 updates where the batched pass computes the records (a record
-    /// costs ~7 updates on the demo), every 100 where they come from flat gradients (~30).
+    /// costs ~8 updates on the demo), every 100 where they come from flat gradients (~30).
     fn influence_every(&self) -> usize {
         match self.cfg.influence_every {
             Some(k) => k,
