@@ -23,8 +23,8 @@ use anyhow::{Result, bail};
 
 use super::config::{Gpt2Config, GptNeoxConfig};
 use super::kernels::{
-    Heads, Real, RopeTab, add_into, attn_backward, attn_forward, gelu_bwd_in_place, gelu_fwd,
-    ln_bwd, ln_fwd, ln_wb_segments, rope_rows,
+    Heads, Real, RopeTab, add_into, attn_backward, attn_forward, gelu_keep, ln_bwd, ln_fwd,
+    ln_wb_segments, mul_into, rope_rows,
 };
 use super::manual::{
     Emit, HeadTape, Lin, PassTape, Split, embed_backward, head_backward, head_forward, with_weights,
@@ -198,12 +198,12 @@ struct Acts<T> {
     v: Vec<T>,
     a: Vec<T>,
     probs: Option<Vec<T>>,
-    /// the MLP's input stream (x when parallel, x + attn otherwise), its LayerNorm, the
-    /// pre-activation and the GELU
-    xm: Vec<T>,
+    /// the MLP's input stream when sequential (x + attn; parallel: x itself), its LayerNorm,
+    /// the GELU and the GELU's derivative at its input
+    xm: Option<Vec<T>>,
     ln2: Vec<T>,
-    u: Vec<T>,
     g: Vec<T>,
+    gd: Vec<T>,
 }
 
 /// The LayerNorm pass's record of one forward.
@@ -282,26 +282,31 @@ pub(crate) fn forward<T: Real>(
                 rope_rows(&mut k, net.nh, net.dh, t, &tab, 1.0);
             }
             let (a, probs) = attn_forward(hd, &q, &k, &v)?;
-            let o = l.o.fwd(w, &a, n)?;
-            let xm = if net.parallel {
-                x.clone()
+            let mut o = l.o.fwd(w, &a, n)?;
+            // sequential: the MLP reads x + attn (made in o's buffer, kept as xm); parallel: x
+            let (xm, attn) = if net.parallel {
+                (None, Some(o))
             } else {
-                let mut xm = x.clone();
-                add_into(&mut xm, &o);
-                xm
+                add_into(&mut o, &x);
+                (Some(o), None)
             };
-            let ln2 = ln_fwd(&xm, w[l.ln2.weight], w[l.ln2.bias], eps);
-            let u = l.up.fwd(w, &ln2, n)?;
-            let g = gelu_fwd(&u, net.exact_gelu);
-            let d = l.down.fwd(w, &g, n)?;
-            let mut next = if net.parallel {
-                let mut nx = x.clone();
-                add_into(&mut nx, &o);
-                nx
-            } else {
-                xm.clone()
-            };
-            add_into(&mut next, &d);
+            let ln2 = ln_fwd(
+                xm.as_ref().unwrap_or(&x),
+                w[l.ln2.weight],
+                w[l.ln2.bias],
+                eps,
+            );
+            let (g, gd) = gelu_keep(&l.up.fwd(w, &ln2, n)?, net.exact_gelu);
+            // next = x + attn + mlp
+            let mut next = l.down.fwd(w, &g, n)?;
+            match (&xm, &attn) {
+                (Some(xm), _) => add_into(&mut next, xm),
+                (None, Some(o)) => {
+                    add_into(&mut next, o);
+                    add_into(&mut next, &x);
+                }
+                (None, None) => bail!("a layer without its attention output"),
+            }
             let prev = std::mem::replace(&mut x, next);
             layers.push(Acts {
                 x: prev,
@@ -313,8 +318,8 @@ pub(crate) fn forward<T: Real>(
                 probs,
                 xm,
                 ln2,
-                u,
                 g,
+                gd,
             });
         }
         let fnorm = &net.final_norm;
@@ -396,10 +401,18 @@ impl<T: Real> PassTape<T> for LnTape<T> {
             // MLP: out += down(gelu(up(ln2(xm))))
             let mut du = l.down.bwd(emit, slab_bytes, w, &a.g, &dx, n, segs)?;
             drop(a.g);
-            gelu_bwd_in_place(&a.u, &mut du, net.exact_gelu);
+            mul_into(&mut du, &a.gd);
             let dln2 = l.up.bwd(emit, slab_bytes, w, &a.ln2, &du, n, segs)?;
             drop(du);
-            let dxm_ln = norm_bwd(emit, &l.ln2, w, &a.xm, &dln2, (n, h, eps), segs)?;
+            let dxm_ln = norm_bwd(
+                emit,
+                &l.ln2,
+                w,
+                a.xm.as_ref().unwrap_or(&a.x),
+                &dln2,
+                (n, h, eps),
+                segs,
+            )?;
             // the attention output's gradient: the layer output's (parallel) or the MLP
             // stream's (sequential, xm = x + attn)
             let mut dstream = dx;

@@ -40,16 +40,12 @@ pub(crate) trait Real: WithDType + std::ops::Neg<Output = Self> {
     fn dot_f64(a: &[Self], b: &[Self]) -> f64 {
         a.iter().zip(b).map(|(x, y)| x.to_f64() * y.to_f64()).sum()
     }
-    /// y = GELU(x) element-wise: exact (erf) or the tanh approximation, in f64.
-    fn gelu(x: &[Self], y: &mut [Self], exact: bool) {
-        for (o, &v) in y.iter_mut().zip(x) {
+    /// y = GELU(x) and d = GELU′(x) element-wise, exact (erf) or the tanh approximation, in
+    /// f64: the forward keeps d for the backward, which then only multiplies.
+    fn gelu_keep(x: &[Self], y: &mut [Self], d: &mut [Self], exact: bool) {
+        for ((o, g), &v) in y.iter_mut().zip(d.iter_mut()).zip(x) {
             *o = Self::from_f64(gelu_f64(v.to_f64(), exact));
-        }
-    }
-    /// g ← g·GELU′(x) element-wise.
-    fn gelu_grad(x: &[Self], g: &mut [Self], exact: bool) {
-        for (o, &v) in g.iter_mut().zip(x) {
-            *o = Self::from_f64(o.to_f64() * gelu_grad_f64(v.to_f64(), exact));
+            *g = Self::from_f64(gelu_grad_f64(v.to_f64(), exact));
         }
     }
     /// y = silu(a)·b element-wise.
@@ -142,43 +138,34 @@ impl Real for f32 {
         }
         total
     }
-    fn gelu(x: &[f32], y: &mut [f32], exact: bool) {
-        let n8 = x.len() / 8 * 8;
-        for (yc, xc) in y[..n8].chunks_exact_mut(8).zip(x[..n8].chunks_exact(8)) {
-            let v = lanes(xc);
-            let half = f32x8::splat(0.5);
-            let onep = if exact {
-                one_plus_erf8(v * f32x8::splat(std::f32::consts::FRAC_1_SQRT_2))
-            } else {
-                one_pm_tanh8(gelu_tanh_arg(v)).0
-            };
-            yc.copy_from_slice(&(half * v * onep).to_array());
-        }
-        for j in n8..x.len() {
-            y[j] = gelu_f64(f64::from(x[j]), exact) as f32;
-        }
-    }
-    fn gelu_grad(x: &[f32], g: &mut [f32], exact: bool) {
+    fn gelu_keep(x: &[f32], y: &mut [f32], d: &mut [f32], exact: bool) {
         let n8 = x.len() / 8 * 8;
         let (one, half) = (f32x8::splat(1.0), f32x8::splat(0.5));
-        for (gc, xc) in g[..n8].chunks_exact_mut(8).zip(x[..n8].chunks_exact(8)) {
+        for ((yc, dc), xc) in y[..n8]
+            .chunks_exact_mut(8)
+            .zip(d[..n8].chunks_exact_mut(8))
+            .zip(x[..n8].chunks_exact(8))
+        {
             let v = lanes(xc);
-            let d = if exact {
-                // 0.5(1 + erf(x/√2)) + x·φ(x)
+            let (onep, dv) = if exact {
+                // GELU′ = 0.5(1 + erf(x/√2)) + x·φ(x)
                 let e = one_plus_erf8(v * f32x8::splat(std::f32::consts::FRAC_1_SQRT_2));
                 let phi = (-(half * v * v)).exp() * f32x8::splat(0.398_942_3);
-                half * e + v * phi
+                (e, half * e + v * phi)
             } else {
-                // 0.5(1 + t) + 0.5x(1 + t)(1 − t)·√(2/π)(1 + 3·0.044715x²)
+                // GELU′ = 0.5(1 + t) + 0.5x(1 + t)(1 − t)·√(2/π)(1 + 3·0.044715x²)
                 let (p, m) = one_pm_tanh8(gelu_tanh_arg(v));
                 let du = f32x8::splat(SQRT_2_OVER_PI as f32)
                     * (one + f32x8::splat(3.0 * 0.044715) * v * v);
-                half * p + half * v * p * m * du
+                (p, half * p + half * v * p * m * du)
             };
-            gc.copy_from_slice(&(lanes(gc) * d).to_array());
+            yc.copy_from_slice(&(half * v * onep).to_array());
+            dc.copy_from_slice(&dv.to_array());
         }
         for j in n8..x.len() {
-            g[j] = (f64::from(g[j]) * gelu_grad_f64(f64::from(x[j]), exact)) as f32;
+            let v = f64::from(x[j]);
+            y[j] = gelu_f64(v, exact) as f32;
+            d[j] = gelu_grad_f64(v, exact) as f32;
         }
     }
     fn swiglu(a: &[f32], b: &[f32], y: &mut [f32]) {
@@ -374,10 +361,8 @@ mod tests {
     fn vector_gelu_matches_f64() {
         let xs: Vec<f32> = (0..24_003).map(|i| -12.0 + i as f32 * 0.001).collect();
         for exact in [true, false] {
-            let mut y = vec![0f32; xs.len()];
-            f32::gelu(&xs, &mut y, exact);
-            let mut g = vec![1f32; xs.len()];
-            f32::gelu_grad(&xs, &mut g, exact);
+            let (mut y, mut g) = (vec![0f32; xs.len()], vec![0f32; xs.len()]);
+            f32::gelu_keep(&xs, &mut y, &mut g, exact);
             for ((&x, &yv), &gv) in xs.iter().zip(&y).zip(&g) {
                 let (want, dwant) = (
                     gelu_f64(f64::from(x), exact),

@@ -259,21 +259,27 @@ pub(crate) fn ln_wb_segments<T: Real>(
 
 // ---------------------------------------------------------------- GELU
 
-/// GELU element-wise: exact (erf, `exact`) or the tanh approximation (gelu_new), as candle's
-/// gelu_erf and gelu compute them ([`Real::gelu`]).
-pub(crate) fn gelu_fwd<T: Real>(x: &[T], exact: bool) -> Vec<T> {
+/// GELU element-wise and its derivative: exact (erf, `exact`) or the tanh approximation
+/// (gelu_new), as candle's gelu_erf and gelu compute them ([`Real::gelu_keep`]): (y, y′).
+pub(crate) fn gelu_keep<T: Real>(x: &[T], exact: bool) -> (Vec<T>, Vec<T>) {
     let mut y = vec![T::zero(); x.len()];
+    let mut d = vec![T::zero(); x.len()];
     y.par_chunks_mut(4096)
+        .zip(d.par_chunks_mut(4096))
         .zip(x.par_chunks(4096))
-        .for_each(|(yc, xc)| T::gelu(xc, yc, exact));
-    y
+        .for_each(|((yc, dc), xc)| T::gelu_keep(xc, yc, dc, exact));
+    (y, d)
 }
 
-/// GELU's backward in place: g ← g · gelu′(x).
-pub(crate) fn gelu_bwd_in_place<T: Real>(x: &[T], g: &mut [T], exact: bool) {
-    g.par_chunks_mut(4096)
+/// y ← y ⊙ x, element-wise (a gradient through an element-wise map whose derivative is x).
+pub(crate) fn mul_into<T: Real>(y: &mut [T], x: &[T]) {
+    y.par_chunks_mut(4096)
         .zip(x.par_chunks(4096))
-        .for_each(|(gc, xc)| T::gelu_grad(xc, gc, exact));
+        .for_each(|(a, b)| {
+            for (p, &q) in a.iter_mut().zip(b) {
+                *p *= q;
+            }
+        });
 }
 
 /// rms_bwd's [dx ; dw] buffer split into its two parts.
