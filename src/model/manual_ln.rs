@@ -153,34 +153,37 @@ fn qkv_col(per_head: bool, j: usize, hh: usize, dh: usize, h: usize) -> usize {
     }
 }
 
-/// q, k, v [n×h] each out of the fused projection's output [n×3h].
+/// q, k, v [n×h] each out of the fused projection's output [n×3h] (filled by copies, never
+/// zeroed first).
 fn split_qkv<T: Real>(net: &LnNet, qkv: &[T], n: usize) -> [Vec<T>; 3] {
     let (h, dh) = (net.h, net.dh);
-    let mut out = [
-        vec![T::zero(); n * h],
-        vec![T::zero(); n * h],
-        vec![T::zero(); n * h],
-    ];
-    for (j, o) in out.iter_mut().enumerate() {
-        for (row, src) in o.chunks_mut(h).zip(qkv.chunks(3 * h)) {
+    std::array::from_fn(|j| {
+        let mut o = Vec::with_capacity(n * h);
+        for src in qkv.chunks(3 * h) {
             for hh in 0..net.nh {
                 let c = qkv_col(net.per_head_qkv, j, hh, dh, h);
-                row[hh * dh..(hh + 1) * dh].copy_from_slice(&src[c..c + dh]);
+                o.extend_from_slice(&src[c..c + dh]);
             }
         }
-    }
-    out
+        o
+    })
 }
 
 /// The fused projection's output gradient [n×3h] from dq, dk, dv [n×h].
 fn merge_qkv<T: Real>(net: &LnNet, parts: [&[T]; 3], n: usize) -> Vec<T> {
     let (h, dh) = (net.h, net.dh);
-    let mut out = vec![T::zero(); n * 3 * h];
-    for (j, p) in parts.iter().enumerate() {
-        for (dst, row) in out.chunks_mut(3 * h).zip(p.chunks(h)) {
+    let mut out = Vec::with_capacity(n * 3 * h);
+    for r in 0..n {
+        // a row's 3h columns in order: per head [q k v] (gpt_neox) or [q… | k… | v…] (gpt2)
+        if net.per_head_qkv {
             for hh in 0..net.nh {
-                let c = qkv_col(net.per_head_qkv, j, hh, dh, h);
-                dst[c..c + dh].copy_from_slice(&row[hh * dh..(hh + 1) * dh]);
+                for p in parts {
+                    out.extend_from_slice(&p[r * h + hh * dh..r * h + (hh + 1) * dh]);
+                }
+            }
+        } else {
+            for p in parts {
+                out.extend_from_slice(&p[r * h..(r + 1) * h]);
             }
         }
     }
