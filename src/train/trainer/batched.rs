@@ -699,6 +699,77 @@ mod tests {
         }
     }
 
+    /// Where no hand-written pass applies (here f16 compute on f32 masters, the CPU's stand-in
+    /// for bf16), the batched path declines and the record comes from flat gradients.
+    #[test]
+    fn without_the_hand_written_pass_records_come_from_flat_gradients() {
+        let mut s = session("llama", Algo::Dpo, InfluenceTarget::Loss, DType::F32);
+        s.model.compute = DType::F16;
+        assert!(!crate::model::manual::applies_to(&s.model));
+        let rejected: Vec<Seq> = s.pairs.iter().map(|p| p.rejected.clone()).collect();
+        let reference: Vec<(f64, f64)> = vec![(-30.0, -28.0); s.pairs.len()];
+        let lp = LossParams {
+            beta: 0.5,
+            gamma: 0.0,
+            label_smoothing: 0.0,
+        };
+        let phase = s.cfg.phases[0].clone();
+        let mut opt = Optimizer::new(OptimConfig::new(OptimKind::Sgd, 1e-2), s.model.params.len());
+        let idx = [0usize, 1];
+        let theta0 = s.model.snapshot().unwrap();
+        let metrics = s
+            .update(
+                Algo::Dpo,
+                &idx,
+                &rejected,
+                Some(&reference),
+                lp,
+                &mut opt,
+                1e-2,
+                1,
+            )
+            .unwrap();
+        let theta1 = s.model.snapshot().unwrap();
+        let job = Job {
+            algo: Algo::Dpo,
+            idx: &idx,
+            rejected: &rejected,
+            reference: Some(&reference),
+            lp,
+            step: StepChange::new(&theta0, &theta1, &metrics, &opt, 1e-2).unwrap(),
+            observed: s.observed(),
+        };
+        s.model.restore(&theta0).unwrap();
+        assert!(s.influence_batched(&job).unwrap().is_none());
+        // the trainer's entry: the record is there, from the flat path
+        s.model.restore(&theta0).unwrap();
+        let (_, rec) = s
+            .update_influenced(
+                &phase,
+                &idx,
+                &rejected,
+                Some(&reference),
+                lp,
+                &mut opt,
+                1e-2,
+                2,
+            )
+            .unwrap();
+        assert_eq!(rec.observed.len(), job.observed.len());
+        assert!(rec.predicted.iter().all(|p| p.is_finite()));
+        assert!(
+            rec.predicted.iter().any(|p| p.abs() > 1e-6),
+            "{:?}",
+            rec.predicted
+        );
+        assert!(
+            rec.cosine
+                .iter()
+                .flatten()
+                .all(|c| (-1.0..=1.0).contains(c))
+        );
+    }
+
     #[test]
     fn batched_influence_agrees_with_the_flat_reference_in_f32() {
         for (model, algo) in [
