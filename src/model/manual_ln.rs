@@ -299,7 +299,7 @@ pub(crate) fn forward<T: Real>(
                 w[l.ln2.bias],
                 eps,
             );
-            let (g, gd) = gelu_keep(&l.up.fwd(w, &ln2, n)?, net.exact_gelu);
+            let (g, gd) = gelu_keep(l.up.fwd(w, &ln2, n)?, net.exact_gelu);
             // next = x + attn + mlp
             let mut next = l.down.fwd(w, &g, n)?;
             match (&xm, &attn) {

@@ -13,6 +13,8 @@ pub(crate) use attention::*;
 pub(crate) use gemm::*;
 pub(crate) use rows::*;
 
+use std::mem::MaybeUninit;
+
 use candle_core::WithDType;
 use wide::{CmpGe, f32x8};
 
@@ -40,12 +42,14 @@ pub(crate) trait Real: WithDType + std::ops::Neg<Output = Self> {
     fn dot_f64(a: &[Self], b: &[Self]) -> f64 {
         a.iter().zip(b).map(|(x, y)| x.to_f64() * y.to_f64()).sum()
     }
-    /// y = GELU(x) and d = GELU′(x) element-wise, exact (erf) or the tanh approximation, in
-    /// f64: the forward keeps d for the backward, which then only multiplies.
-    fn gelu_keep(x: &[Self], y: &mut [Self], d: &mut [Self], exact: bool) {
-        for ((o, g), &v) in y.iter_mut().zip(d.iter_mut()).zip(x) {
-            *o = Self::from_f64(gelu_f64(v.to_f64(), exact));
-            *g = Self::from_f64(gelu_grad_f64(v.to_f64(), exact));
+    /// x ← GELU(x) and d = GELU′(x) element-wise, exact (erf) or the tanh approximation, in
+    /// f64: the forward keeps d for the backward, which then only multiplies. Writes every
+    /// element of `d` (as long as `x`; the caller passes equal lengths).
+    fn gelu_keep(x: &mut [Self], d: &mut [MaybeUninit<Self>], exact: bool) {
+        for (v, g) in x.iter_mut().zip(d.iter_mut()) {
+            let f = v.to_f64();
+            g.write(Self::from_f64(gelu_grad_f64(f, exact)));
+            *v = Self::from_f64(gelu_f64(f, exact));
         }
     }
     /// y = silu(a)·b element-wise.
@@ -138,20 +142,16 @@ impl Real for f32 {
         }
         total
     }
-    fn gelu_keep(x: &[f32], y: &mut [f32], d: &mut [f32], exact: bool) {
-        let n8 = x.len() / 8 * 8;
+    fn gelu_keep(x: &mut [f32], d: &mut [MaybeUninit<f32>], exact: bool) {
+        let n8 = x.len().min(d.len()) / 8 * 8;
         let (one, half) = (f32x8::splat(1.0), f32x8::splat(0.5));
-        for ((yc, dc), xc) in y[..n8]
-            .chunks_exact_mut(8)
-            .zip(d[..n8].chunks_exact_mut(8))
-            .zip(x[..n8].chunks_exact(8))
-        {
+        for (xc, dc) in x[..n8].chunks_exact_mut(8).zip(d[..n8].chunks_exact_mut(8)) {
             let v = lanes(xc);
             let (onep, dv) = if exact {
-                // GELU′ = 0.5(1 + erf(x/√2)) + x·φ(x)
-                let e = one_plus_erf8(v * f32x8::splat(std::f32::consts::FRAC_1_SQRT_2));
-                let phi = (-(half * v * v)).exp() * f32x8::splat(0.398_942_3);
-                (e, half * e + v * phi)
+                // GELU′ = 0.5(1 + erf(x/√2)) + x·φ(x); φ(x) = exp(−x²/2)/√(2π) shares its
+                // exponential with erfc(|x|/√2)
+                let (e, g) = one_plus_erf8(v * f32x8::splat(std::f32::consts::FRAC_1_SQRT_2));
+                (e, half * e + v * g * f32x8::splat(0.398_942_3))
             } else {
                 // GELU′ = 0.5(1 + t) + 0.5x(1 + t)(1 − t)·√(2/π)(1 + 3·0.044715x²)
                 let (p, m) = one_pm_tanh8(gelu_tanh_arg(v));
@@ -159,13 +159,15 @@ impl Real for f32 {
                     * (one + f32x8::splat(3.0 * 0.044715) * v * v);
                 (p, half * p + half * v * p * m * du)
             };
-            yc.copy_from_slice(&(half * v * onep).to_array());
-            dc.copy_from_slice(&dv.to_array());
+            xc.copy_from_slice(&(half * v * onep).to_array());
+            for (o, g) in dc.iter_mut().zip(dv.to_array()) {
+                o.write(g);
+            }
         }
-        for j in n8..x.len() {
-            let v = f64::from(x[j]);
-            y[j] = gelu_f64(v, exact) as f32;
-            d[j] = gelu_grad_f64(v, exact) as f32;
+        for (v, g) in x[n8..].iter_mut().zip(&mut d[n8..]) {
+            let f = f64::from(*v);
+            g.write(gelu_grad_f64(f, exact) as f32);
+            *v = gelu_f64(f, exact) as f32;
         }
     }
     fn swiglu(a: &[f32], b: &[f32], y: &mut [f32]) {
@@ -281,31 +283,32 @@ fn one_pm_tanh8(u: f32x8) -> (f32x8, f32x8) {
     (pos.blend(a, b), pos.blend(b, a))
 }
 
-/// 1 + erf(x) per lane from Numerical Recipes' Chebyshev fit of erfc (fractional error
-/// < 1.2e-7): erfc(|x|) for x < 0 (no cancellation far out), 2 − erfc(x) above.
+/// (1 + erf(x), exp(−x²)) per lane, erfc from Abramowitz & Stegun 7.1.26:
+/// erfc(z) ≈ t(a₁ + t(a₂ + t(a₃ + t(a₄ + t·a₅))))·exp(−z²), t = 1/(1 + p·z), z = |x|, with an
+/// error below 1.5e-7 (absolute) in erf: erfc(|x|) for x < 0 (no cancellation far out),
+/// 2 − erfc(x) above. The exponential is returned too (GELU′'s Gaussian is the same one).
 #[inline]
-fn one_plus_erf8(x: f32x8) -> f32x8 {
+fn one_plus_erf8(x: f32x8) -> (f32x8, f32x8) {
     let one = f32x8::splat(1.0);
     let z = x.abs();
-    let t = one / (one + f32x8::splat(0.5) * z);
+    let t = one / (one + f32x8::splat(0.327_591_1) * z);
     let c = [
-        -1.265_512_2,
-        1.000_023_7,
-        0.374_091_96,
-        0.096_784_18,
-        -0.186_288_06,
-        0.278_868_07,
-        -1.135_204,
-        1.488_515_9,
-        -0.822_152_23,
-        0.170_872_77,
+        0.254_829_6,
+        -0.284_496_74,
+        1.421_413_8,
+        -1.453_152_1,
+        1.061_405_4,
     ];
-    let mut p = f32x8::splat(c[9]);
-    for &k in c[..9].iter().rev() {
+    let mut p = f32x8::splat(c[4]);
+    for &k in c[..4].iter().rev() {
         p = p * t + f32x8::splat(k);
     }
-    let erfc = t * (-(z * z) + p).exp();
-    x.cmp_ge(f32x8::ZERO).blend(f32x8::splat(2.0) - erfc, erfc)
+    let g = (-(z * z)).exp();
+    let erfc = t * p * g;
+    (
+        x.cmp_ge(f32x8::ZERO).blend(f32x8::splat(2.0) - erfc, erfc),
+        g,
+    )
 }
 
 /// Eight consecutive f32s (the caller passes chunks of exactly 8).
@@ -361,8 +364,11 @@ mod tests {
     fn vector_gelu_matches_f64() {
         let xs: Vec<f32> = (0..24_003).map(|i| -12.0 + i as f32 * 0.001).collect();
         for exact in [true, false] {
-            let (mut y, mut g) = (vec![0f32; xs.len()], vec![0f32; xs.len()]);
-            f32::gelu_keep(&xs, &mut y, &mut g, exact);
+            let (mut y, mut g) = (xs.clone(), vec![MaybeUninit::new(f32::NAN); xs.len()]);
+            f32::gelu_keep(&mut y, &mut g, exact);
+            // SAFETY: initialised above (and every element rewritten by gelu_keep)
+            let g: Vec<f32> = g.iter().map(|v| unsafe { v.assume_init() }).collect();
+            assert!(g.iter().all(|v| !v.is_nan()), "every derivative written");
             for ((&x, &yv), &gv) in xs.iter().zip(&y).zip(&g) {
                 let (want, dwant) = (
                     gelu_f64(f64::from(x), exact),

@@ -261,14 +261,18 @@ pub(crate) fn ln_wb_segments<T: Real>(
 
 /// GELU element-wise and its derivative: exact (erf, `exact`) or the tanh approximation
 /// (gelu_new), as candle's gelu_erf and gelu compute them ([`Real::gelu_keep`]): (y, y′).
-pub(crate) fn gelu_keep<T: Real>(x: &[T], exact: bool) -> (Vec<T>, Vec<T>) {
-    let mut y = vec![T::zero(); x.len()];
-    let mut d = vec![T::zero(); x.len()];
-    y.par_chunks_mut(4096)
-        .zip(d.par_chunks_mut(4096))
-        .zip(x.par_chunks(4096))
-        .for_each(|((yc, dc), xc)| T::gelu_keep(xc, yc, dc, exact));
-    (y, d)
+/// GELU is applied in place (`x` becomes y); the derivative's buffer is written, never zeroed.
+pub(crate) fn gelu_keep<T: Real>(mut x: Vec<T>, exact: bool) -> (Vec<T>, Vec<T>) {
+    let n = x.len();
+    let mut d: Vec<T> = Vec::with_capacity(n);
+    x.par_chunks_mut(4096)
+        .zip(d.spare_capacity_mut()[..n].par_chunks_mut(4096))
+        .for_each(|(xc, dc)| T::gelu_keep(xc, dc, exact));
+    // SAFETY: both sides are cut into chunks of 4096 from the same length n, so each pair has
+    // equal lengths, and `Real::gelu_keep` writes every element of its `d` chunk: all n
+    // elements of the spare capacity are initialised.
+    unsafe { d.set_len(n) };
+    (x, d)
 }
 
 /// y ← y ⊙ x, element-wise (a gradient through an element-wise map whose derivative is x).
