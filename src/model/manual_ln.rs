@@ -23,8 +23,8 @@ use anyhow::{Result, bail};
 
 use super::config::{Gpt2Config, GptNeoxConfig};
 use super::kernels::{
-    Heads, Real, RopeTab, add_into, attn_backward, attn_forward, gelu_keep, ln_bwd, ln_fwd,
-    ln_wb_segments, mul_into, rope_rows,
+    Heads, Real, RopeTab, add_into, attn_backward, attn_forward, gelu_keep, ln_bwd_add, ln_fwd,
+    ln_fwd2, ln_wb_segments, mul_into, rope_rows,
 };
 use super::manual::{
     Emit, HeadTape, Lin, PassTape, Split, embed_backward, head_backward, head_forward, with_weights,
@@ -276,7 +276,19 @@ pub(crate) fn forward<T: Real>(
         }
         let mut layers = Vec::with_capacity(net.layers.len());
         for l in &net.layers {
-            let ln1 = ln_fwd(&x, w[l.ln1.weight], w[l.ln1.bias], eps);
+            let (n1, n2) = (&l.ln1, &l.ln2);
+            // parallel: both norms read x, normalised once
+            let (ln1, ln2_of_x) = if net.parallel {
+                let (a, b) = ln_fwd2(
+                    &x,
+                    (w[n1.weight], w[n1.bias]),
+                    (w[n2.weight], w[n2.bias]),
+                    eps,
+                );
+                (a, Some(b))
+            } else {
+                (ln_fwd(&x, w[n1.weight], w[n1.bias], eps), None)
+            };
             let qkv = l.qkv.fwd(w, &ln1, n)?;
             let [mut q, mut k, v] = split_qkv(&net, &qkv, n);
             drop(qkv);
@@ -293,12 +305,11 @@ pub(crate) fn forward<T: Real>(
                 add_into(&mut o, &x);
                 (Some(o), None)
             };
-            let ln2 = ln_fwd(
-                xm.as_ref().unwrap_or(&x),
-                w[l.ln2.weight],
-                w[l.ln2.bias],
-                eps,
-            );
+            let ln2 = match (ln2_of_x, &xm) {
+                (Some(v), _) => v,
+                (None, Some(xm)) => ln_fwd(xm, w[n2.weight], w[n2.bias], eps),
+                (None, None) => bail!("a sequential layer without its MLP stream"),
+            };
             let (g, gd) = gelu_keep(l.up.fwd(w, &ln2, n)?, net.exact_gelu);
             // next = x + attn + mlp
             let mut next = l.down.fwd(w, &g, n)?;
@@ -342,22 +353,28 @@ pub(crate) fn forward<T: Real>(
     })
 }
 
-/// LayerNorm's backward: the weight and bias gradients to `emit`, the input's gradient back.
-#[allow(clippy::too_many_arguments)]
-fn norm_bwd<T: Real>(
+/// The backward of LayerNorms of the same rows x (one, or gpt_neox's parallel ln1 and ln2),
+/// each with its output gradient: their weight and bias gradients to `emit`, the sum of their
+/// input gradients added to `dx`.
+fn norms_bwd<T: Real>(
     emit: &mut Emit<'_, T>,
-    norm: &Norm,
+    norms: &[(&Norm, &[T])],
     w: &[&[T]],
     x: &[T],
-    g: &[T],
     (n, h, eps): (usize, usize, f64),
     segs: Option<&[Range<usize>]>,
-) -> Result<Vec<T>> {
+    dx: &mut [T],
+) -> Result<()> {
     let whole = 0..n;
-    let (dw, db) = ln_wb_segments(x, g, h, eps, segs.unwrap_or(std::slice::from_ref(&whole)));
-    emit(norm.weight, 0, dw)?;
-    emit(norm.bias, 0, db)?;
-    Ok(ln_bwd(x, w[norm.weight], g, eps))
+    let gs: Vec<&[T]> = norms.iter().map(|&(_, g)| g).collect();
+    let wb = ln_wb_segments(x, &gs, h, eps, segs.unwrap_or(std::slice::from_ref(&whole)));
+    for (&(norm, _), (dw, db)) in norms.iter().zip(wb) {
+        emit(norm.weight, 0, dw)?;
+        emit(norm.bias, 0, db)?;
+    }
+    let parts: Vec<(&[T], &[T])> = norms.iter().map(|&(nm, g)| (w[nm.weight], g)).collect();
+    ln_bwd_add(x, &parts, eps, dx);
+    Ok(())
 }
 
 impl<T: Real> PassTape<T> for LnTape<T> {
@@ -391,14 +408,15 @@ impl<T: Real> PassTape<T> for LnTape<T> {
             slab_bytes,
             emit,
         )?;
-        let mut dx = norm_bwd(
+        let mut dx = vec![T::zero(); n * h];
+        norms_bwd(
             emit,
-            &net.final_norm,
+            &[(&net.final_norm, &hg.dhf)],
             w,
             &self.xl,
-            &hg.dhf,
             (n, h, eps),
             segs,
+            &mut dx,
         )?;
         for (l, a) in net.layers.iter().zip(self.layers).rev() {
             // MLP: out += down(gelu(up(ln2(xm))))
@@ -407,20 +425,20 @@ impl<T: Real> PassTape<T> for LnTape<T> {
             mul_into(&mut du, &a.gd);
             let dln2 = l.up.bwd(emit, slab_bytes, w, &a.ln2, &du, n, segs)?;
             drop(du);
-            let dxm_ln = norm_bwd(
-                emit,
-                &l.ln2,
-                w,
-                a.xm.as_ref().unwrap_or(&a.x),
-                &dln2,
-                (n, h, eps),
-                segs,
-            )?;
             // the attention output's gradient: the layer output's (parallel) or the MLP
-            // stream's (sequential, xm = x + attn)
+            // stream's (sequential, xm = x + attn: ln2's input gradient added to it here;
+            // parallel: ln2 reads x, its backward is taken with ln1's below)
             let mut dstream = dx;
-            if !net.parallel {
-                add_into(&mut dstream, &dxm_ln);
+            if let Some(xm) = &a.xm {
+                norms_bwd(
+                    emit,
+                    &[(&l.ln2, &dln2)],
+                    w,
+                    xm,
+                    (n, h, eps),
+                    segs,
+                    &mut dstream,
+                )?;
             }
             let da = l.o.bwd(emit, slab_bytes, w, &a.a, &dstream, n, segs)?;
             let (mut dq, mut dk, dv) =
@@ -432,12 +450,14 @@ impl<T: Real> PassTape<T> for LnTape<T> {
             }
             let dqkv = merge_qkv(&net, [&dq, &dk, &dv], n);
             let dln1 = l.qkv.bwd(emit, slab_bytes, w, &a.ln1, &dqkv, n, segs)?;
-            let dx_attn = norm_bwd(emit, &l.ln1, w, &a.x, &dln1, (n, h, eps), segs)?;
-            // x's gradient: the stream's, plus both branches' through their norms
-            add_into(&mut dstream, &dx_attn);
-            if net.parallel {
-                add_into(&mut dstream, &dxm_ln);
-            }
+            drop(dqkv);
+            // x's gradient: the stream's, plus the branches' through their norms of x
+            let of_x: &[(&Norm, &[T])] = if a.xm.is_some() {
+                &[(&l.ln1, &dln1)]
+            } else {
+                &[(&l.ln2, &dln2), (&l.ln1, &dln1)]
+            };
+            norms_bwd(emit, of_x, w, &a.x, (n, h, eps), segs, &mut dstream)?;
             dx = dstream;
         }
         if let Some((wpe, np)) = net.pos {

@@ -473,4 +473,88 @@ mod tests {
         }
         assert_eq!(f32::max_of(&[]), f32::NEG_INFINITY);
     }
+
+    /// gpt_neox's parallel residual normalises x once for both norms and takes their backward
+    /// in one pass: the same values as each norm on its own (forward: exactly; backward and
+    /// the weight gradients per segment: to rounding, against f64 per-row formulas).
+    #[test]
+    fn two_layernorms_of_one_input_equal_each_alone() {
+        let (n, h, eps) = (37usize, 24usize, 1e-5);
+        let mut s = 7u64;
+        let mut rnd = move || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 11) as f64 / (1u64 << 53) as f64 - 0.5) as f32
+        };
+        let mut v = |k: usize, sc: f32, off: f32| -> Vec<f32> {
+            (0..k).map(|_| off + sc * rnd()).collect()
+        };
+        let x = v(n * h, 4.0, 0.7);
+        let (w1, b1, w2, b2) = (
+            v(h, 0.4, 1.0),
+            v(h, 0.2, 0.0),
+            v(h, 0.4, 1.0),
+            v(h, 0.2, 0.0),
+        );
+        let (g1, g2) = (v(n * h, 2.0, 0.0), v(n * h, 2.0, 0.0));
+        let (y1, y2) = ln_fwd2(&x, (&w1, &b1), (&w2, &b2), eps);
+        assert_eq!(y1, ln_fwd(&x, &w1, &b1, eps));
+        assert_eq!(y2, ln_fwd(&x, &w2, &b2, eps));
+        // f64 reference per row: x̂, dx = Σ_i r·(ĝ_i − mean ĝ_i − x̂·mean(ĝ_i x̂)), ĝ_i = g_i ⊙ w_i
+        let mut want = vec![0f64; n * h];
+        let (mut dw, mut db) = (
+            [vec![0f64; 2 * h], vec![0f64; 2 * h]],
+            [vec![0f64; 2 * h], vec![0f64; 2 * h]],
+        );
+        let segs = [0..20, 20..n];
+        for r in 0..n {
+            let xr: Vec<f64> = x[r * h..(r + 1) * h]
+                .iter()
+                .map(|&a| f64::from(a))
+                .collect();
+            let mean = xr.iter().sum::<f64>() / h as f64;
+            let var = xr.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / h as f64;
+            let rs = 1.0 / (var + eps).sqrt();
+            let xh: Vec<f64> = xr.iter().map(|a| (a - mean) * rs).collect();
+            let seg = usize::from(r >= 20);
+            for (k, (g, w)) in [(&g1, &w1), (&g2, &w2)].into_iter().enumerate() {
+                let gr: Vec<f64> = g[r * h..(r + 1) * h]
+                    .iter()
+                    .map(|&a| f64::from(a))
+                    .collect();
+                let gh: Vec<f64> = gr.iter().zip(w).map(|(a, &b)| a * f64::from(b)).collect();
+                let m1 = gh.iter().sum::<f64>() / h as f64;
+                let m2 = gh.iter().zip(&xh).map(|(a, b)| a * b).sum::<f64>() / h as f64;
+                for j in 0..h {
+                    want[r * h + j] += rs * (gh[j] - m1 - xh[j] * m2);
+                    dw[k][seg * h + j] += gr[j] * xh[j];
+                    db[k][seg * h + j] += gr[j];
+                }
+            }
+        }
+        let mut got = vec![0.5f32; n * h];
+        ln_bwd_add(&x, &[(&w1, &g1), (&w2, &g2)], eps, &mut got);
+        for (j, (&a, &b)) in got.iter().zip(&want).enumerate() {
+            let d = f64::from(a) - 0.5 - b;
+            assert!(
+                d.abs() <= 2e-5 * (1.0 + b.abs()),
+                "dx[{j}]: {a} − 0.5 vs {b}"
+            );
+        }
+        let wb = ln_wb_segments(&x, &[&g1, &g2], h, eps, &segs);
+        assert_eq!(wb.len(), 2);
+        for (k, (gw, gb)) in wb.iter().enumerate() {
+            for (got, want, what) in [(gw, &dw[k], "dw"), (gb, &db[k], "db")] {
+                assert_eq!(got.len(), 2 * h);
+                for (j, (&a, &b)) in got.iter().zip(want.iter()).enumerate() {
+                    let d = f64::from(a) - b;
+                    assert!(
+                        d.abs() <= 2e-5 * (1.0 + b.abs()),
+                        "{what}[{k}][{j}]: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -180,44 +180,92 @@ pub(crate) fn ln_fwd<T: Real>(x: &[T], w: &[T], b: &[T], eps: f64) -> Vec<T> {
     y
 }
 
-/// LayerNorm's input gradient from the output gradient `g` (rows [n × h]):
-/// dx = r·(ĝ − mean(ĝ) − x̂·mean(ĝ ⊙ x̂)) with ĝ = g ⊙ w, x̂ the normalised row.
-pub(crate) fn ln_bwd<T: Real>(x: &[T], w: &[T], g: &[T], eps: f64) -> Vec<T> {
-    let h = w.len();
-    let mut dx = vec![T::zero(); x.len()];
+/// Two LayerNorms of the same rows [n × h] (gpt_neox's parallel residual reads ln1(x) and
+/// ln2(x)), each row's mean and variance computed once: exactly [`ln_fwd`] twice.
+pub(crate) fn ln_fwd2<T: Real>(
+    x: &[T],
+    (w1, b1): (&[T], &[T]),
+    (w2, b2): (&[T], &[T]),
+    eps: f64,
+) -> (Vec<T>, Vec<T>) {
+    let h = w1.len();
+    let mut y1 = vec![T::zero(); x.len()];
+    let mut y2 = vec![T::zero(); x.len()];
+    y1.par_chunks_mut(h)
+        .zip(y2.par_chunks_mut(h))
+        .zip(x.par_chunks(h))
+        .for_each(|((r1, r2), xr)| {
+            let r = ln_center(xr, r1, eps);
+            for ((((a, b), (&wa, &ba)), &wb), &bb) in r1
+                .iter_mut()
+                .zip(r2.iter_mut())
+                .zip(w1.iter().zip(b1))
+                .zip(w2)
+                .zip(b2)
+            {
+                let c = *a * r;
+                *b = c * wb + bb;
+                *a = c * wa + ba;
+            }
+        });
+    (y1, y2)
+}
+
+/// dx += LayerNorm's input gradient from its output gradient `g` (rows [n × h]),
+/// r·(ĝ − mean(ĝ) − x̂·mean(ĝ ⊙ x̂)) with ĝ = g ⊙ w and x̂ the normalised row, summed over every
+/// norm (w, g) of the same rows x given: the backward is linear in ĝ, so several norms of one
+/// input (gpt_neox's parallel ln1 and ln2) take one pass with ĝ = Σ g_i ⊙ w_i, and the result
+/// lands in the residual stream's gradient without a buffer of its own.
+pub(crate) fn ln_bwd_add<T: Real>(x: &[T], parts: &[(&[T], &[T])], eps: f64, dx: &mut [T]) {
+    let Some(&(w0, _)) = parts.first() else {
+        return;
+    };
+    let h = w0.len();
     dx.par_chunks_mut(h)
-        .zip(x.par_chunks(h).zip(g.par_chunks(h)))
+        .zip(x.par_chunks(h))
+        .enumerate()
         .for_each_init(
             || (vec![T::zero(); h], vec![T::zero(); h]),
-            |(xh, gh), (dr, (xr, gr))| {
+            |(xh, gh), (row, (dr, xr))| {
                 let r = ln_center(xr, xh, eps);
                 for x in xh.iter_mut() {
                     *x *= r;
                 }
-                for ((o, &gj), &wj) in gh.iter_mut().zip(gr).zip(w) {
-                    *o = gj * wj;
+                for (i, &(w, g)) in parts.iter().enumerate() {
+                    let gr = &g[row * h..(row + 1) * h];
+                    if i == 0 {
+                        for ((o, &gj), &wj) in gh.iter_mut().zip(gr).zip(w) {
+                            *o = gj * wj;
+                        }
+                    } else {
+                        for ((o, &gj), &wj) in gh.iter_mut().zip(gr).zip(w) {
+                            *o += gj * wj;
+                        }
+                    }
                 }
                 let m1 = T::from_f64(T::sum_f64(gh) / h as f64);
                 let m2 = T::from_f64(T::dot_f64(gh, xh) / h as f64);
                 for ((d, &gj), &xj) in dr.iter_mut().zip(gh.iter()).zip(xh.iter()) {
-                    *d = r * (gj - m1 - xj * m2);
+                    *d += r * (gj - m1 - xj * m2);
                 }
             },
         );
-    dx
 }
 
-/// LayerNorm's weight and bias gradients per segment of rows: [segments × h] each, Σ g ⊙ x̂
-/// and Σ g over each segment (one segment of all rows: the batch's), accumulated in f64.
+/// LayerNorm's weight and bias gradients per segment of rows, for each output gradient in `gs`
+/// (several norms of the same rows x share the normalisation): per gradient, [segments × h]
+/// each, Σ g ⊙ x̂ and Σ g over each segment (one segment of all rows: the batch's),
+/// accumulated in f64.
 pub(crate) fn ln_wb_segments<T: Real>(
     x: &[T],
-    g: &[T],
+    gs: &[&[T]],
     h: usize,
     eps: f64,
     segs: &[Range<usize>],
-) -> (Vec<T>, Vec<T>) {
+) -> Vec<(Vec<T>, Vec<T>)> {
     // blocks of rows in parallel (a segment may be all rows), each block within one segment
     let block = 16usize;
+    let k = gs.len();
     let jobs: Vec<(usize, Range<usize>)> = segs
         .iter()
         .enumerate()
@@ -227,34 +275,48 @@ pub(crate) fn ln_wb_segments<T: Real>(
                 .map(move |a| (s, a..(a + block).min(r.end)))
         })
         .collect();
-    let parts: Vec<(usize, Vec<f64>, Vec<f64>)> = jobs
+    // per job: [dw_0 | db_0 | dw_1 | db_1 | …], h each
+    let parts: Vec<(usize, Vec<f64>)> = jobs
         .into_par_iter()
         .map(|(s, rows)| {
-            let (mut dw, mut db) = (vec![0f64; h], vec![0f64; h]);
+            let mut acc = vec![0f64; 2 * k * h];
             let mut xh = vec![T::zero(); h];
             for row in rows {
-                let (xr, gr) = (&x[row * h..(row + 1) * h], &g[row * h..(row + 1) * h]);
-                let r = ln_center(xr, &mut xh, eps).to_f64();
-                for j in 0..h {
-                    let gj = gr[j].to_f64();
-                    dw[j] += gj * xh[j].to_f64() * r;
-                    db[j] += gj;
+                let r = ln_center(&x[row * h..(row + 1) * h], &mut xh, eps).to_f64();
+                for (g, a) in gs.iter().zip(acc.chunks_mut(2 * h)) {
+                    let gr = &g[row * h..(row + 1) * h];
+                    let (dw, db) = a.split_at_mut(h);
+                    for (((w, b), &gj), &xj) in dw.iter_mut().zip(db.iter_mut()).zip(gr).zip(&xh) {
+                        let gj = gj.to_f64();
+                        *w += gj * xj.to_f64() * r;
+                        *b += gj;
+                    }
                 }
             }
-            (s, dw, db)
+            (s, acc)
         })
         .collect();
-    let (mut dw, mut db) = (vec![0f64; segs.len() * h], vec![0f64; segs.len() * h]);
-    for (s, w, b) in parts {
-        for j in 0..h {
-            dw[s * h + j] += w[j];
-            db[s * h + j] += b[j];
+    let ns = segs.len();
+    // per gradient: dw [segments × h], db [segments × h]
+    let mut out = vec![(vec![0f64; ns * h], vec![0f64; ns * h]); k];
+    for (s, acc) in parts {
+        for ((dw, db), a) in out.iter_mut().zip(acc.chunks(2 * h)) {
+            for (o, &v) in dw[s * h..(s + 1) * h].iter_mut().zip(&a[..h]) {
+                *o += v;
+            }
+            for (o, &v) in db[s * h..(s + 1) * h].iter_mut().zip(&a[h..]) {
+                *o += v;
+            }
         }
     }
-    (
-        dw.into_iter().map(T::from_f64).collect(),
-        db.into_iter().map(T::from_f64).collect(),
-    )
+    out.into_iter()
+        .map(|(dw, db)| {
+            (
+                dw.into_iter().map(T::from_f64).collect(),
+                db.into_iter().map(T::from_f64).collect(),
+            )
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------- GELU
