@@ -147,6 +147,13 @@ def main(argv=None):
         output_dir=a.output_dir, per_device=a.per_device, grad_accum=a.grad_accum, steps=a.steps,
         every=a.every, lr=a.lr, optim=a.optim, bf16=False if a.fp32 else None,
         fail_at_step=a.fail_at_step)
+    # Under torchrun, tear the process group down before the interpreter exits: left to exit,
+    # gloo's threads can be destroyed while still joinable, and a rank aborts
+    # ("terminate called without an active exception", exit -6) after a finished run.
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
